@@ -1,0 +1,1 @@
+"""Hydra configs of dlnlab, shipped with the package (the top-level conf/ folder)."""

@@ -1,0 +1,1 @@
+"""dlnlab: training dynamics of deep linear networks."""

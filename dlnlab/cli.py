@@ -1,0 +1,45 @@
+"""Thin command-line entry points; the work is done by library code (dlnlab.experiment)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from dlnlab import config as C
+from dlnlab.experiment import conf_dir, mark_failed, prepare, run
+from dlnlab.tasks import DataError
+
+log = logging.getLogger(__name__)
+C.register()
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
+def _train(cfg) -> None:
+    hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
+    try:
+        task = prepare(cfg)
+    except (C.ConfigError, DataError) as e:
+        # A user error: say what is wrong, no traceback. In a sweep the other jobs go on.
+        mark_failed(out_dir, str(e))
+        print(f"dlnlab-train: error: {e}", file=sys.stderr)
+        if hc.mode == RunMode.RUN:
+            sys.exit(2)
+        return
+    print(f"dlnlab-train: writing to {out_dir}", file=sys.stderr)
+    summary = run(cfg, out_dir=out_dir, task=task)
+    print(summary)
+    if summary.status == "interrupted" and hc.mode == RunMode.RUN:
+        sys.exit(130)
+
+
+def train() -> None:
+    """`dlnlab-train [OVERRIDES]`: the Hydra app (see README)."""
+    _train()
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,169 @@
+"""Build a run from a config and run it: the library code behind `dlnlab-train`.
+
+From a notebook:
+
+    from dlnlab.experiment import compose, run
+    cfg = compose(["optim.steps=500", "model.ensemble=4"])
+    summary = run(cfg, out_dir="runs/notebook")
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from dlnlab import config as C
+from dlnlab import spectra, tasks
+from dlnlab.hooks import Cadence, CheckpointHook, Hook, MetricsHook, ProgressHook, TensorBoardHook
+from dlnlab.model import DeepLinearNet
+from dlnlab.runs import TableHook, write_status
+from dlnlab.train import Schedule, Trainer
+
+
+def conf_dir() -> str:
+    """The folder of Hydra configs, shipped inside the package as `dlnlab.conf`."""
+    from importlib.resources import files
+
+    return str(files("dlnlab.conf"))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config"):
+    """The composed, typed config for `overrides` (what `dlnlab-train OVERRIDES` would run)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    C.register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def build_task(tc):
+    """The task of a task config (see conf/task/)."""
+    if tc.kind == "regression":
+        return tasks.make_regression(tc.m, tc.d_x, tc.d_y, list(tc.spectrum), tc.noise, tc.whiten,
+                                     tc.seed, tc.eig_gap_rtol)
+    if tc.kind == "regression_file":
+        return tasks.load_regression(tc.path, tc.x_path, tc.y_path, tc.eig_gap_rtol)
+    if tc.kind == "matrix_completion":
+        return tasks.make_completion(tc.n1, tc.n2, tc.rank, list(tc.singular_values), tc.noise,
+                                     tc.observed_fraction, tc.observed_count, tc.seed)
+    raise C.ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(C.TASK_KINDS)}")
+
+
+def dims_of(cfg, task) -> list[int]:
+    """[d_0, ..., d_H]: the task fixes d_0 and d_H, the model the hidden widths."""
+    hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
+    return [task.d_in, *hidden, task.d_out]
+
+
+def build_net(cfg, task) -> DeepLinearNet:
+    dtype = getattr(torch, cfg.precision)
+    dims = dims_of(cfg, task)
+    init = cfg.model.init
+    target = None
+    if init.kind == "balanced":
+        if len(init.target_spectrum):
+            gen = torch.Generator().manual_seed(cfg.seed + 10**6)
+            U, _ = torch.linalg.qr(torch.randn(dims[-1], dims[-1], generator=gen, dtype=torch.float64))
+            V, _ = torch.linalg.qr(torch.randn(dims[0], dims[0], generator=gen, dtype=torch.float64))
+            s = torch.zeros(min(dims[0], dims[-1]), dtype=torch.float64)
+            vals = torch.tensor(list(init.target_spectrum), dtype=torch.float64)[: s.numel()]
+            s[: vals.numel()] = vals
+            target = U[:, : s.numel()] @ torch.diag(s) @ V[:, : s.numel()].T
+        else:
+            target = task.target()
+    return DeepLinearNet(dims, ensemble=cfg.model.ensemble, init=init.kind, scale=init.scale,
+                         seed=cfg.seed, dtype=dtype, target=target)
+
+
+def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
+    """Metrics first, then `extra` (their columns reach the sinks), then table, TensorBoard,
+    progress and checkpoints."""
+    r = cfg.record
+    hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor), *extra]
+    if out_dir is not None:
+        hooks.append(TableHook(out_dir, r.flush_every))
+        if r.tensorboard:
+            hooks.append(TensorBoardHook(out_dir, r.tb_members, r.tb_singular_values, r.tb_every))
+    if r.progress != "off":
+        hooks.append(ProgressHook(enabled=True if r.progress == "on" else None))
+    if out_dir is not None:
+        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", Cadence(r.checkpoint_every)))
+    return hooks
+
+
+def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
+    o = cfg.optim
+    return Trainer(net, task, optim=o.name, lr=o.lr, steps=o.steps, ridge=o.ridge,
+                   batch_size=o.batch_size,
+                   lr_schedule=Schedule(o.lr, o.milestones, o.lr_values, o.cycle),
+                   ridge_schedule=Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle),
+                   seed=cfg.seed, hooks=hooks,
+                   cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
+                   config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
+                   out_dir=out_dir)
+
+
+@dataclass
+class RunSummary:
+    out_dir: str | None
+    status: str
+    steps: int
+    wall_time: float
+    final_loss: list
+    final_rank: list
+    diverged_at: list
+
+    def __str__(self) -> str:
+        loss = ", ".join(f"{v:.6g}" for v in self.final_loss[:8])
+        rank = ", ".join(str(v) for v in self.final_rank[:8])
+        more = " ..." if len(self.final_loss) > 8 else ""
+        lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s",
+                 f"final loss  {loss}{more}", f"final rank  {rank}{more}"]
+        div = [k for k, d in enumerate(self.diverged_at) if d is not None]
+        if div:
+            lines.append(f"diverged    members {div}")
+        if self.out_dir:
+            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
+        return "\n".join(lines)
+
+
+def prepare(cfg):
+    """Validate a config and build its task (errors name the option, before any training)."""
+    C.validate(cfg)
+    task = build_task(cfg.task).to(getattr(torch, cfg.precision))
+    C.validate_against_task(cfg, task)
+    return task
+
+
+def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:
+    """Validate `cfg`, build task, network and hooks, train, and return a summary."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = task or prepare(cfg)
+    net = build_net(cfg, task)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(cfg, task, net, build_hooks(cfg, out_dir, extra_hooks), out_dir)
+    t0 = time.perf_counter()
+    result = trainer.run()
+    with torch.no_grad():
+        loss = task.loss(list(net.weights)).double().numpy()
+        s = torch.linalg.svdvals(net.end_to_end().double())
+    floor = cfg.record.rank_floor
+    if floor is None:
+        floor = float(torch.linalg.matrix_norm(task.target(), ord=2))
+    ranks = spectra.numerical_rank(s, cfg.record.rank_rtol, floor).tolist()
+    return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
+                      time.perf_counter() - t0, [float(v) for v in np.asarray(loss)], ranks,
+                      result.diverged_at)
+
+
+def mark_failed(out_dir, message: str) -> None:
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_status(out_dir, status="failed", message=message, ended=time.time())

@@ -1,0 +1,319 @@
+"""Recording hooks: the public interface between the training loop and everything it records.
+
+A hook is any object with a `cadence` (or None: the trainer's record cadence) and three methods:
+
+    on_start(trainer)          once, before step 0
+    on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
+    on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
+
+`rec` is a `Record`: the step, the detached weights [W_1..W_H] (each (E, d_h, d_{h-1})), the mask of
+members still training, lr and lambda, and `rec.metrics`, a dict of per-member columns that the hooks
+fill in order (the metrics hook first, sinks such as the run table and TensorBoard last), so a hook
+of your own placed before the sinks gets its columns written:
+
+    class TraceNorm(Hook):
+        def on_record(self, trainer, rec):
+            rec.metrics["trace"] = torch.diagonal(rec.weights[0], dim1=-2, dim2=-1).sum(-1)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from dlnlab import spectra
+
+
+class Cadence:
+    """When a hook fires: every `every` steps (step 0 included; every=0: never on the way), plus
+    `log_spaced` log-spaced steps per decade, plus the last step of the run (`last`, set by the
+    trainer)."""
+
+    def __init__(self, every: int = 100, log_spaced: int = 0, last: int | None = None):
+        if every < 0:
+            raise ValueError(f"cadence every={every}: allowed an integer >= 0")
+        self.every, self.log_spaced, self._last = int(every), int(log_spaced), None
+        self._log: set = set()
+        self.last = last
+
+    @property
+    def last(self):
+        return self._last
+
+    @last.setter
+    def last(self, value):
+        self._last = value
+        if value is not None and self.log_spaced:
+            self._log = {min(value, int(round(10 ** (k / self.log_spaced))))
+                         for k in range(int(math.ceil(math.log10(max(value, 1)) * self.log_spaced)) + 1)}
+
+    def due(self, step: int) -> bool:
+        return (self.every and step % self.every == 0) or step == self._last or step in self._log
+
+
+@dataclass
+class Record:
+    step: int
+    weights: list
+    active: torch.Tensor
+    lr: float
+    ridge: float
+    final: bool = False
+    metrics: dict = field(default_factory=dict)  # name -> (E,) or (E, k) tensor, or E strings
+
+
+class Hook:
+    """Base class with no-op methods; subclass and override what you need."""
+
+    cadence: Cadence | None = None
+
+    def on_start(self, trainer) -> None:
+        pass
+
+    def on_record(self, trainer, rec: Record) -> None:
+        pass
+
+    def on_end(self, trainer, status: str) -> None:
+        pass
+
+
+def product_key(j: int, i: int) -> str:
+    """Column suffix of the partial product W_j ... W_i."""
+    return f"{j}_{i}"
+
+
+class MetricsHook(Hook):
+    """Per member: loss, regularised loss, gradient norm, ||theta||^2, and for every partial product
+    W_j...W_i its singular values (`sv_j_i`) and numerical rank (`rank_j_i`), plus the
+    balancedness `balance_h` = ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F. `rank` is the end-to-end rank.
+
+    A singular value counts towards a rank when s > rank_rtol * max(s_1, floor^(l/H)) for a product
+    of l layers; `rank_floor` defaults to the task's scale (top singular value of its target).
+    """
+
+    def __init__(self, rank_rtol: float = 1e-3, rank_floor: float | None = None):
+        if not 0 < rank_rtol < 1:
+            raise ValueError(f"rank_rtol={rank_rtol}: allowed a tolerance in (0, 1)")
+        self.rank_rtol, self.rank_floor = rank_rtol, rank_floor
+
+    def on_start(self, trainer) -> None:
+        if self.rank_floor is None:
+            self.rank_floor = float(torch.linalg.matrix_norm(trainer.task.target(), ord=2))
+
+    def on_record(self, trainer, rec: Record) -> None:
+        ws = [w.detach().requires_grad_(True) for w in rec.weights]
+        with torch.enable_grad():
+            loss = trainer.task.loss(ws)
+            theta_sq = sum(w.pow(2).sum((-1, -2)) for w in ws)
+            reg = loss + rec.ridge * theta_sq
+            grads = torch.autograd.grad(reg.sum(), ws)
+        m = rec.metrics
+        m["loss"] = loss.detach()
+        m["reg_loss"] = reg.detach()
+        m["paper_loss"] = loss.detach() * trainer.task.paper_scale
+        m["grad_norm"] = torch.sqrt(sum(g.pow(2).sum((-1, -2)) for g in grads))
+        m["theta_sq"] = theta_sq.detach()
+        m["lr"] = torch.full_like(m["loss"], rec.lr)
+        m["ridge"] = torch.full_like(m["loss"], rec.ridge)
+        weights = [w.detach().double() for w in rec.weights]
+        finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in weights]).all(0)
+        if not bool(finite.all()):  # a diverged member: its spectra are NaN, the SVD never sees it
+            weights = [torch.where(finite.view(-1, 1, 1), w, 0.0) for w in weights]
+        prods = spectra.partial_products(weights)
+        svals = spectra.singular_values(prods)
+        H = len(weights)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        for (j, i), s in svals.items():
+            key = product_key(j, i)
+            rank = spectra.numerical_rank(s, self.rank_rtol, self.rank_floor ** ((j - i + 1) / H))
+            m[f"rank_{key}"] = torch.where(finite, rank.double(), nan)
+            m[f"sv_{key}"] = torch.where(finite.unsqueeze(1), s, nan)
+        m["rank"] = m[f"rank_{product_key(H, 1)}"]
+        for h, b in enumerate(spectra.balancedness(weights), start=1):
+            m[f"balance_{h}"] = torch.where(finite, b, nan)
+
+
+class TensorBoardHook(Hook):
+    """Scalars for the losses, ranks, end-to-end singular values and balancedness, laid out with
+    custom-scalar charts (all partial-product ranks on one chart, the end-to-end spectrum on one);
+    the config as text at the start and hparams at the end, all in the run directory itself.
+
+    Only every `every_records`-th record and the first `members` members are written: TensorBoard
+    is for looking, the run table keeps everything.
+    """
+
+    def __init__(self, log_dir, members: int = 8, singular_values: int = 8, every_records: int = 1):
+        self.log_dir, self.members, self.n_sv = str(log_dir), members, singular_values
+        self.every_records, self._n, self.writer = every_records, 0, None
+        self._last: dict = {}
+        # metric column -> TensorBoard tag, for hooks that add their own curves (e.g. the classifier)
+        self.extra: dict[str, str] = {}
+
+    def _prefix(self, k: int, E: int) -> str:
+        return "" if E == 1 else f"m{k}/"
+
+    def on_start(self, trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.plugins.custom_scalar import layout_pb2  # noqa: F401 (checked early)
+
+        self.writer = SummaryWriter(log_dir=self.log_dir)
+        H, E = trainer.net.H, trainer.net.E
+        layout = {}
+        shown = range(min(E, self.members))
+        for k in shown:
+            p = self._prefix(k, E)
+            layout[f"member {k}" if E > 1 else "dlnlab"] = {
+                "losses": ["Multiline", [rf"{p}loss/.*"]],
+                "ranks of all partial products W_j...W_i": ["Multiline", [rf"{p}rank/.*"]],
+                "end-to-end singular values": ["Multiline", [rf"{p}sv/.*"]],
+                "balancedness": ["Multiline", [rf"{p}balance/.*"]],
+            }
+        if E > 1:
+            layout["ensemble"] = {
+                "end-to-end rank, all members": ["Multiline", [rf"m\d+/rank/{H}_1"]],
+                "loss, all members": ["Multiline", [r"m\d+/loss/train"]],
+            }
+        self.writer.add_custom_scalars(layout)
+        if trainer.config:
+            import yaml
+
+            text = yaml.safe_dump(trainer.config, sort_keys=False)
+            self.writer.add_text("config", "```\n" + text + "\n```", 0)
+
+    def on_record(self, trainer, rec: Record) -> None:
+        m = rec.metrics
+        if "loss" not in m:
+            return
+        self._n += 1
+        if not (rec.final or (self._n - 1) % self.every_records == 0):
+            return
+        E, H = trainer.net.E, len(rec.weights)
+        values = []
+        for k in range(min(E, self.members)):
+            if trainer.diverged_at[k] is not None and trainer.diverged_at[k] < rec.step:
+                continue
+            p = self._prefix(k, E)
+            for key, tag in (("loss", "loss/train"), ("reg_loss", "loss/regularised"),
+                             ("grad_norm", "grad_norm"), ("theta_sq", "theta_sq")):
+                values.append((p + tag, m[key][k]))
+            for key, v in m.items():
+                if key.startswith(("rank_", "balance_")):
+                    group, _, name = key.partition("_")
+                    values.append((f"{p}{group}/{name}", v[k]))
+                elif key in self.extra:  # columns other hooks registered for TensorBoard
+                    values.append((p + self.extra[key], v[k]))
+            for n, s in enumerate(m[f"sv_{product_key(H, 1)}"][k][: self.n_sv], start=1):
+                values.append((f"{p}sv/{n}", s))
+        # One event with many values costs far less than one add_scalar per tag.
+        summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in values])
+        self.writer._get_file_writer().add_summary(summary, rec.step)
+        self._last = {key: m[key] for key in ("loss", "reg_loss", "grad_norm", "rank") if key in m}
+        if rec.final:
+            self.writer.flush()
+
+    def on_end(self, trainer, status: str) -> None:
+        if self.writer is None:
+            return
+        try:
+            metrics = {f"final/{k}": float(np.nanmean(v.double().numpy())) for k, v in self._last.items()}
+            metrics["final/diverged_members"] = float(sum(d is not None for d in trainer.diverged_at))
+            self.writer.add_hparams(hparam_dict(trainer.config, status), metrics, run_name=".")
+        finally:
+            self.writer.close()
+
+
+def hparam_dict(config: dict, status: str) -> dict:
+    """The scalar leaves of a nested config as {dotted.name: value} (what HParams can show)."""
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, name + ".")
+            elif isinstance(v, (bool, int, float, str)):
+                flat[name] = v
+            elif isinstance(v, (list, tuple)):
+                flat[name] = str(list(v))
+    walk(config or {}, "")
+    flat["status"] = status
+    return flat
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointHook(Hook):
+    """Saves weights, optimizer state, step, RNG state, member status and the resolved config at its
+    cadence and at the end (`last.pt`), each file written atomically and loadable with
+    `torch.load(path, weights_only=True)`. A diverged run keeps the last finite state in `last.pt`."""
+
+    def __init__(self, directory, cadence: Cadence | None = None):
+        self.dir = str(directory)
+        self.cadence = cadence
+        self._good = None  # (step, weights) of the last record whose active members were all finite
+
+    def state(self, trainer, step: int, weights) -> dict:
+        return {
+            "step": step,
+            "dims": list(trainer.net.dims),
+            "weights": [w.detach().clone() for w in weights],
+            "optimizer": trainer.optimizer.state_dict(),
+            "sampler": trainer.sampler.state_dict() if trainer.sampler is not None else None,
+            "seed": trainer.seed,
+            "active": trainer.active.clone(),
+            "diverged_at": [-1 if d is None else int(d) for d in trainer.diverged_at],
+            "config": copy.deepcopy(trainer.config),
+        }
+
+    def on_start(self, trainer) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+
+    def on_record(self, trainer, rec: Record) -> None:
+        act = rec.active
+        if all(bool(torch.isfinite(w[act]).all()) for w in rec.weights):
+            self._good = (rec.step, [w.clone() for w in rec.weights])
+        if not rec.final:
+            _atomic_save(self.state(trainer, rec.step, rec.weights),
+                         os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
+
+    def on_end(self, trainer, status: str) -> None:
+        step, weights = trainer.step, trainer.weights
+        if not all(bool(torch.isfinite(w[trainer.active]).all()) for w in weights) or status == "diverged":
+            if self._good is None:
+                return
+            step, weights = self._good
+        _atomic_save(self.state(trainer, step, weights), os.path.join(self.dir, "last.pt"))
+
+
+class ProgressHook(Hook):
+    """A one-line progress bar with loss and end-to-end rank on a terminal; silent otherwise."""
+
+    def __init__(self, stream=None, enabled: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+
+    def on_record(self, trainer, rec: Record) -> None:
+        if not self.enabled or "loss" not in rec.metrics:
+            return
+        frac = rec.step / max(trainer.steps, 1)
+        bar = "#" * int(30 * frac)
+        loss = float(np.nanmedian(rec.metrics["loss"].double().numpy()))
+        rank = int(np.median(rec.metrics["rank"].numpy()))
+        self.stream.write(f"\r[{bar:<30}] step {rec.step}/{trainer.steps}  loss {loss:.4g}  rank {rank}   ")
+        self.stream.flush()
+
+    def on_end(self, trainer, status: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\n{status}\n")
+            self.stream.flush()

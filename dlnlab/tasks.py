@@ -1,0 +1,290 @@
+"""Tasks: the data of a run and its full-batch and minibatch losses.
+
+Loss scaling (the lab's convention, used in every table and TensorBoard chart):
+  regression          loss = (1/m) sum_i ||W_H...W_1 x_i - y_i||^2   (mean over samples, no 1/2)
+  matrix completion   loss = (1/N) sum_{(i,j) in Omega} (A_ij - A*_ij)^2  (mean over observed entries)
+The landscape paper (Achour et al.) uses the sum over samples: paper loss = m * lab loss, which is
+`task.paper_scale * loss`. The rank-jump paper (Wang and Jacot) uses the completion loss as above.
+Ridge adds lambda * sum_h ||W_h||_F^2 to either. A minibatch loss is the mean over `batch_size`
+samples (or observed entries) drawn uniformly with replacement, so its expectation is the full loss.
+
+Losses are pure functions of the weights [W_1, ..., W_H], each (E, d_h, d_{h-1}); they return (E,).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Bad task data or task options; the message names the option or file."""
+
+
+def _forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    for w in weights:
+        x = x @ w.transpose(-1, -2)
+    return x
+
+
+def _end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    p = weights[0]
+    for w in weights[1:]:
+        p = w @ p
+    return p
+
+
+@dataclass
+class RegressionTask:
+    """Least squares on X (m, d_x) -> Y (m, d_y), samples as rows (the paper's X is X.T)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    name: str = "regression"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def d_in(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.Y.shape[1]
+
+    @property
+    def n_samples(self) -> int:
+        """What SGD samples from: the m data points."""
+        return self.X.shape[0]
+
+    @property
+    def paper_scale(self) -> float:
+        """paper loss (sum over samples) = paper_scale * lab loss (mean over samples)."""
+        return float(self.n_samples)
+
+    def to(self, dtype: torch.dtype) -> "RegressionTask":
+        return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info)
+
+    def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        return (_forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
+
+    def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """idx: (E, B) sample indices, one row per ensemble member."""
+        return (_forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
+
+    def target(self) -> torch.Tensor:
+        """The least-squares map A = Syx Sxx^+ (d_y, d_x): the scale of the problem."""
+        return torch.linalg.lstsq(self.X.double(), self.Y.double()).solution.T
+
+    def landscape_data(self):
+        """(X, Y) for the square-loss classifier."""
+        return self.X, self.Y
+
+
+@dataclass
+class CompletionTask:
+    """Matrix completion: fit the observed entries (rows[k], cols[k]) -> values[k] of an n1 x n2 matrix.
+
+    The network's end-to-end product A = W_H...W_1 has shape (d_H, d_0) = (n1, n2).
+    """
+
+    n1: int
+    n2: int
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    truth: torch.Tensor  # the noiseless low-rank matrix A*
+    name: str = "matrix_completion"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def d_in(self) -> int:
+        return self.n2
+
+    @property
+    def d_out(self) -> int:
+        return self.n1
+
+    @property
+    def n_samples(self) -> int:
+        """What SGD samples from: the N observed entries."""
+        return self.values.shape[0]
+
+    @property
+    def fully_observed(self) -> bool:
+        return self.n_samples == self.n1 * self.n2
+
+    @property
+    def paper_scale(self) -> float:
+        """The completion loss is already the rank-jump paper's C(A) (mean over observed entries)."""
+        return 1.0
+
+    def to(self, dtype: torch.dtype) -> "CompletionTask":
+        return CompletionTask(self.n1, self.n2, self.rows, self.cols, self.values.to(dtype),
+                              self.truth.to(dtype), self.name, self.info)
+
+    def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        A = _end_to_end(weights)
+        return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
+
+    def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """idx: (E, B) indices of observed entries; costs O(B H d^2), never the full product."""
+        E = idx.shape[0]
+        members = torch.arange(E).unsqueeze(1)
+        r, c = self.rows[idx], self.cols[idx]
+        v = weights[0].transpose(-1, -2)[members, c]            # columns of W_1: (E, B, d_1)
+        for w in weights[1:-1]:
+            v = v @ w.transpose(-1, -2)
+        out = (v * weights[-1][members, r]).sum(-1)              # rows of W_H
+        return (out - self.values[idx]).pow(2).mean(-1)
+
+    def observed_matrix(self) -> torch.Tensor:
+        M = torch.zeros(self.n1, self.n2, dtype=self.values.dtype)
+        M[self.rows, self.cols] = self.values
+        return M
+
+    def target(self) -> torch.Tensor:
+        return self.observed_matrix().double()
+
+    def landscape_data(self):
+        """Theorem 7 is a square-loss regression result; a fully observed completion is the
+        regression X = I_{n2}, Y = M^T (loss scaled by 1/N)."""
+        if not self.fully_observed:
+            return None
+        return torch.eye(self.n2, dtype=torch.float64), self.observed_matrix().double().T
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+def _rng(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _orthonormal(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def check_assumption1(X: torch.Tensor, Y: torch.Tensor, gap_rtol: float = 1e-6) -> list[str]:
+    """Which parts of Assumption 1 (landscape.md §1) fail for data X (m, d_x), Y (m, d_y); [] if all hold."""
+    try:
+        from dlnlab.landscape import LandscapeData
+    except ImportError:  # TEMP until landscape lands
+        return []
+    return list(LandscapeData.from_xy(X, Y, eig_gap_rtol=gap_rtol).assumptions.failures)
+
+
+def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None = None,
+                    noise: float = 0.0, whiten: bool = True, seed: int = 0,
+                    gap_rtol: float = 1e-6) -> RegressionTask:
+    """Synthetic teacher regression Y = X W*^T + noise, seeded, meeting Assumption 1.
+
+    W* = U diag(spectrum) V^T with Haar U, V. With `whiten`, X^T X = m I exactly, so that the
+    eigenvalues of Sigma are lambda_i = m * spectrum_i^2 (+ noise) and the saddle-to-saddle
+    plateaus of the lab loss sit at ||Y||^2/m - sum_{i<=r} spectrum_i^2.
+    """
+    for name, v, lo in (("task.m", m, 1), ("task.d_x", d_x, 1), ("task.d_y", d_y, 1)):
+        if v < lo:
+            raise DataError(f"{name} must be >= {lo}, got {v}")
+    if not d_y <= d_x <= m:
+        raise DataError(f"task: Assumption 1 needs d_y <= d_x <= m, got d_y={d_y}, d_x={d_x}, m={m}")
+    k = d_y
+    if spectrum is None or len(spectrum) == 0:
+        spectrum = [float(k - i) for i in range(k)]  # distinct singular values k, k-1, ..., 1
+    spectrum = [float(s) for s in spectrum]
+    if len(spectrum) > k:
+        raise DataError(f"task.spectrum has {len(spectrum)} values; at most d_y = {d_y} allowed")
+    gen = _rng(seed)
+    X = torch.randn(m, d_x, generator=gen, dtype=torch.float64)
+    if whiten:
+        q, _ = torch.linalg.qr(X)
+        X = q * m ** 0.5
+    s = torch.zeros(k, dtype=torch.float64)
+    s[: len(spectrum)] = torch.tensor(spectrum, dtype=torch.float64)
+    W_star = _orthonormal(d_y, k, gen) @ torch.diag(s) @ _orthonormal(d_x, k, gen).T
+    Y = X @ W_star.T + noise * torch.randn(m, d_y, generator=gen, dtype=torch.float64)
+    failures = check_assumption1(X, Y, gap_rtol)
+    if failures:
+        raise DataError("task=regression does not meet Assumption 1 (landscape.md §1): "
+                        + "; ".join(failures) + ". Use distinct non-zero task.spectrum values, "
+                        "or add task.noise.")
+    return RegressionTask(X, Y, info={"teacher_singular_values": spectrum})
+
+
+def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"task data file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                if key not in z:
+                    raise DataError(f"{path}: no array named {key!r} (found {sorted(z.files)}); "
+                                    "a .npz needs arrays 'X' and 'Y', samples as rows")
+                return np.asarray(z[key], dtype=np.float64)
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError:  # a header row
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=1)
+    except DataError:
+        raise
+    except Exception as e:  # unreadable, not numeric, ragged...
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def load_regression(path: str | None = None, x_path: str | None = None, y_path: str | None = None,
+                    gap_rtol: float = 1e-6) -> RegressionTask:
+    """X, Y from a `.npz` (arrays X and Y, samples as rows) or from two CSV files, validated."""
+    if path:
+        p = Path(path).expanduser()
+        if p.suffix != ".npz":
+            raise DataError(f"task.path={path}: expected a .npz file; for CSV use task.x_path and task.y_path")
+        X, Y, src = _load_matrix(p, "X"), _load_matrix(p, "Y"), str(p)
+    elif x_path and y_path:
+        X, Y = _load_matrix(Path(x_path).expanduser()), _load_matrix(Path(y_path).expanduser())
+        src = f"{x_path}, {y_path}"
+    else:
+        raise DataError("task=regression_file needs task.path (a .npz) or both task.x_path and task.y_path (CSV)")
+    for name, a in (("X", X), ("Y", Y)):
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+            raise DataError(f"{src}: {name} must be a non-empty 2-D array (samples as rows), got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise DataError(f"{src}: {name} has {int((~np.isfinite(a)).sum())} non-finite values")
+    if X.shape[0] != Y.shape[0]:
+        raise DataError(f"{src}: X has {X.shape[0]} rows but Y has {Y.shape[0]}; samples must be rows of both")
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    failures = check_assumption1(Xt, Yt, gap_rtol)
+    if failures:
+        warnings.warn(f"{src}: Assumption 1 fails ({'; '.join(failures)}); training works, "
+                      "but the square-loss classifier's Theorem 7 does not apply", stacklevel=2)
+    return RegressionTask(Xt, Yt, name="regression_file",
+                          info={"source": src, "assumption1_failures": failures})
+
+
+def make_completion(n1: int, n2: int, rank: int = 1, singular_values: Sequence[float] | None = None,
+                    noise: float = 0.0, observed_fraction: float = 1.0,
+                    observed_count: int | None = None, seed: int = 0) -> CompletionTask:
+    """An n1 x n2 target of the given rank and singular values, plus noise, with a random set Omega
+    of observed entries (all of them when observed_fraction = 1: the rank_jumps.md recipes)."""
+    if n1 < 1 or n2 < 1:
+        raise DataError(f"task.n1 and task.n2 must be >= 1, got {n1}, {n2}")
+    if not 1 <= rank <= min(n1, n2):
+        raise DataError(f"task.rank must lie in [1, min(n1, n2)] = [1, {min(n1, n2)}], got {rank}")
+    sv = [float(v) for v in (singular_values or [])] or [float(rank - i) for i in range(rank)]
+    if len(sv) != rank:
+        raise DataError(f"task.singular_values has {len(sv)} values but task.rank = {rank}")
+    N = int(observed_count) if observed_count else int(round(observed_fraction * n1 * n2))
+    if not 1 <= N <= n1 * n2:
+        raise DataError(f"task: the number of observed entries must lie in [1, {n1 * n2}], got {N} "
+                        "(set task.observed_fraction in (0, 1] or task.observed_count)")
+    gen = _rng(seed)
+    truth = _orthonormal(n1, rank, gen) @ torch.diag(torch.tensor(sv, dtype=torch.float64)) \
+        @ _orthonormal(n2, rank, gen).T
+    noisy = truth + noise * torch.randn(n1, n2, generator=gen, dtype=torch.float64)
+    flat = torch.arange(n1 * n2) if N == n1 * n2 else torch.randperm(n1 * n2, generator=gen)[:N].sort().values
+    rows, cols = flat // n2, flat % n2
+    return CompletionTask(n1, n2, rows, cols, noisy[rows, cols], truth,
+                          info={"noisy_singular_values": torch.linalg.svdvals(noisy).tolist()})

@@ -1,0 +1,270 @@
+"""The training loop: GD or SGD on loss + lambda * sum_h ||W_h||_F^2, with schedules and hooks.
+
+The loop knows no metric. After every optimizer step (through `Optimizer.register_step_post_hook`)
+it hands a `Record` to the hooks that are due; they compute, store and show what they want.
+Member k of an ensemble draws its SGD samples from its own generator seeded by `seed + k`, so it
+trains exactly like a single network with that seed.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dlnlab.hooks import Cadence, Hook, Record
+from dlnlab.model import DeepLinearNet
+
+
+class Schedule:
+    """Piecewise-constant value: `values[k]` on [milestones[k-1], milestones[k]), optionally periodic."""
+
+    def __init__(self, base: float, milestones: Sequence[int] = (), values: Sequence[float] = (),
+                 cycle: int = 0):
+        self.milestones = [int(m) for m in milestones]
+        self.values = [float(v) for v in values] or [float(base)] * (len(self.milestones) + 1)
+        if len(self.values) != len(self.milestones) + 1:
+            raise ValueError(f"a schedule needs len(milestones) + 1 values, got {len(self.values)} "
+                             f"for milestones {self.milestones}")
+        self.cycle = int(cycle)
+
+    def __call__(self, step: int) -> float:
+        if self.cycle:
+            step %= self.cycle
+        k = 0
+        while k < len(self.milestones) and step >= self.milestones[k]:
+            k += 1
+        return self.values[k]
+
+
+def sampler_generator(seed: int, member: int) -> torch.Generator:
+    """SGD's sample stream of member k, independent of its initialisation stream."""
+    state = np.random.SeedSequence([int(seed) + int(member), 0x5D6]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class IndexSampler:
+    """Minibatch indices drawn uniformly with replacement, one generator per member.
+
+    Draws come in chunks of `chunk` steps per member, so the per-step cost does not grow with E
+    and member k's stream does not depend on E.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, ensemble: int, chunk: int = 1024):
+        self.n, self.batch, self.chunk = int(n), int(batch_size), int(chunk)
+        self.gens = [sampler_generator(seed, k) for k in range(ensemble)]
+        self.buf = None
+        self.pos = chunk
+
+    def next(self) -> torch.Tensor:
+        if self.pos == self.chunk:
+            self.buf = torch.stack([torch.randint(self.n, (self.chunk, self.batch), generator=g)
+                                    for g in self.gens], dim=1)  # (chunk, E, B)
+            self.pos = 0
+        idx = self.buf[self.pos]
+        self.pos += 1
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"gens": [g.get_state() for g in self.gens], "buf": self.buf, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, s in zip(self.gens, state["gens"]):
+            g.set_state(s)
+        self.buf, self.pos = state["buf"], int(state["pos"])
+
+
+class RidgeSGD(torch.optim.Optimizer):
+    """theta <- theta - lr * (grad + 2 * ridge * theta), skipping frozen (diverged) members.
+
+    Ridge is applied here rather than in the loss so a step costs no extra autograd work; it is
+    the exact gradient of lambda * sum_h ||W_h||_F^2.
+    """
+
+    def __init__(self, params, lr: float, ridge: float = 0.0):
+        super().__init__(params, {"lr": lr, "ridge": ridge})
+        self.active_mask: torch.Tensor | None = None  # (E, 1, 1), None while every member trains
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, ridge = group["lr"], group["ridge"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=2 * ridge) if ridge else p.grad
+                if self.active_mask is not None:
+                    d = d * self.active_mask
+                p.sub_(d, alpha=lr)
+
+
+STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
+
+
+class Interrupted(Exception):
+    """SIGTERM, turned into an exception so that the run ends like a Ctrl-C."""
+
+
+@dataclass
+class TrainResult:
+    status: str
+    step: int
+    wall_time: float
+    diverged_at: list  # per member: the step it diverged at, or None
+
+
+class Trainer:
+    """Runs `steps` optimizer steps of GD (`optim="gd"`) or SGD on `task` and drives `hooks`.
+
+    Hooks see the trainer itself as their context: `net`, `task`, `optimizer`, `step`, `steps`,
+    `lr`, `ridge`, `active` (members still training), `config`, `out_dir`.
+    """
+
+    def __init__(self, net: DeepLinearNet, task, *, optim: str = "gd", lr: float = 0.05,
+                 steps: int = 1000, ridge: float = 0.0, batch_size: int = 1,
+                 lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
+                 seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
+                 config: dict | None = None, out_dir=None):
+        if optim not in ("gd", "sgd"):
+            raise ValueError(f"optim={optim!r}: allowed gd | sgd")
+        self.net, self.task, self.optim_name = net, task, optim
+        self.steps, self.seed = int(steps), int(seed)
+        self.lr_at = lr_schedule or Schedule(lr)
+        self.ridge_at = ridge_schedule or Schedule(ridge)
+        self.hooks = list(hooks)
+        self.cadence = cadence or Cadence(every=100)
+        for h in self.hooks:
+            if getattr(h, "cadence", None) is None:
+                h.cadence = self.cadence
+        self.config, self.out_dir = config or {}, out_dir
+        self.sampler = IndexSampler(task.n_samples, batch_size, seed, net.E) if optim == "sgd" else None
+        self.optimizer = RidgeSGD(net.parameters(), lr=self.lr_at(0), ridge=self.ridge_at(0))
+        self.step = 0
+        self.active = torch.ones(net.E, dtype=torch.bool)
+        self.diverged_at: list = [None] * net.E
+        self.status = "running"
+        self._stop = False
+        self._seen: dict[int, int] = {}  # id(hook) -> last step it recorded
+        self.optimizer.register_step_post_hook(self._after_step)
+
+    # -- state seen by hooks -------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def ridge(self) -> float:
+        return self.optimizer.param_groups[0]["ridge"]
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return [w.detach() for w in self.net.weights]
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Stop training the given members (a bool mask) and flag them diverged at this step."""
+        new = members & self.active
+        if not new.any():
+            return
+        for k in torch.nonzero(new).flatten().tolist():
+            self.diverged_at[k] = self.step
+        self.active &= ~new
+        self.optimizer.active_mask = self.active.to(self.net.weights[0].dtype).view(-1, 1, 1)
+        if not self.active.any():
+            self._stop = True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _record(self, final: bool = False) -> None:
+        if final:  # every hook sees the last state once, whatever its cadence
+            due = [h for h in self.hooks if self._seen.get(id(h)) != self.step]
+        else:
+            due = [h for h in self.hooks if h.cadence.due(self.step)]
+        if not due:
+            return
+        rec = Record(step=self.step, weights=self.weights, active=self.active.clone(),
+                     lr=self.lr, ridge=self.ridge, final=final or self.step == self.steps)
+        for h in due:
+            self._seen[id(h)] = self.step
+            h.on_record(self, rec)
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.step += 1
+        self._record()
+
+    def _loss(self) -> torch.Tensor:
+        ws = list(self.net.weights)
+        if self.sampler is None:
+            return self.task.loss(ws)
+        return self.task.batch_loss(ws, self.sampler.next())
+
+    def run(self) -> TrainResult:
+        t0 = time.perf_counter()
+        restore = self._install_sigterm()
+        try:
+            for h in self.hooks:
+                h.on_start(self)
+            for h in self.hooks:
+                h.cadence.last = self.steps
+            self._record()
+            while self.step < self.steps and not self._stop:
+                g = self.optimizer.param_groups[0]
+                g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses = self._loss()
+                finite = torch.isfinite(losses)
+                if not bool(finite.all()):
+                    self.freeze(~finite)
+                    if self._stop:
+                        break
+                    losses = torch.where(finite, losses, torch.zeros_like(losses))
+                losses.sum().backward()
+                self.optimizer.step()
+            self.status = "diverged" if self._stop else "finished"
+        except (KeyboardInterrupt, Interrupted):
+            self.status = "interrupted"
+        except BaseException:
+            self.status = "failed"
+            raise
+        finally:
+            restore()
+            self._finish()
+        return TrainResult(self.status, self.step, time.perf_counter() - t0, list(self.diverged_at))
+
+    def _finish(self) -> None:
+        # The last state is recorded whatever ended the run; one failing hook must not keep
+        # the others (table, checkpoint) from saving what they hold.
+        errors = []
+        try:
+            self._record(final=True)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        for h in self.hooks:
+            try:
+                h.on_end(self, self.status)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors and self.status != "failed":
+            self.status = "failed"
+            raise errors[0]
+
+    def _install_sigterm(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            raise Interrupted(f"signal {signum}")
+
+        old = signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, old)
+
+
+def log_steps(last: int, per_decade: int) -> set[int]:
+    """Log-spaced steps 1, ..., last with `per_decade` points per factor of 10."""
+    if per_decade <= 0 or last < 1:
+        return set()
+    n = int(math.ceil(math.log10(last) * per_decade))
+    return {min(last, int(round(10 ** (k / per_decade)))) for k in range(n + 1)}

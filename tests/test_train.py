@@ -1,0 +1,170 @@
+import pytest
+import torch
+
+from dlnlab.hooks import Cadence, Hook, MetricsHook
+from dlnlab.model import DeepLinearNet
+from dlnlab.runs import TableHook, load_run, read_status
+from dlnlab.tasks import make_completion, make_regression
+from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer
+
+
+@pytest.fixture
+def task():
+    return make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0)
+
+
+def objective(task, ws, ridge):
+    """The explicit objective: loss + lambda * sum_h ||W_h||_F^2, per member."""
+    return task.loss(ws) + ridge * sum(w.pow(2).sum((-1, -2)) for w in ws)
+
+
+def test_ridge_step_is_a_gradient_step_on_the_explicit_objective(task):
+    net = DeepLinearNet([4, 5, 5, 3], ensemble=2, init="gaussian", seed=0)
+    ws0 = [w.detach().clone().requires_grad_(True) for w in net.weights]
+    grads = torch.autograd.grad(objective(task, ws0, 0.3).sum(), ws0)
+    opt = RidgeSGD(net.parameters(), lr=0.01, ridge=0.3)
+    task.loss(list(net.weights)).sum().backward()
+    opt.step()
+    for w, w0, g in zip(net.weights, ws0, grads):
+        torch.testing.assert_close(w.detach(), w0.detach() - 0.01 * g, rtol=1e-12, atol=1e-14)
+
+
+def test_mean_sgd_gradient_is_the_gd_gradient(task):
+    ws = [w.detach().requires_grad_(True) for w in DeepLinearNet([4, 5, 3], seed=1).weights]
+    full = torch.autograd.grad(task.loss(ws).sum(), ws)
+    per_sample = [torch.autograd.grad(task.batch_loss(ws, torch.tensor([[i]])).sum(), ws)
+                  for i in range(task.n_samples)]
+    for h in range(len(ws)):
+        torch.testing.assert_close(sum(g[h] for g in per_sample) / task.n_samples, full[h])
+
+
+def test_mean_sgd_gradient_is_the_gd_gradient_for_completion():
+    task = make_completion(5, 4, rank=2, singular_values=[3.0, 1.0], noise=0.1, observed_fraction=0.6)
+    ws = [w.detach().requires_grad_(True) for w in DeepLinearNet([4, 3, 3, 5], seed=1).weights]
+    full = torch.autograd.grad(task.loss(ws).sum(), ws)
+    per_entry = [torch.autograd.grad(task.batch_loss(ws, torch.tensor([[i]])).sum(), ws)
+                 for i in range(task.n_samples)]
+    for h in range(len(ws)):
+        torch.testing.assert_close(sum(g[h] for g in per_entry) / task.n_samples, full[h])
+
+
+class Collect(Hook):
+    """Keeps every record's metrics: the smallest useful hook."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_record(self, trainer, rec):
+        self.rows.append((rec.step, {k: v.clone() for k, v in rec.metrics.items()}))
+
+
+def sgd_run(task, seed, ensemble=1, steps=300, ridge=0.01, extra=()):
+    net = DeepLinearNet([4, 5, 5, 3], ensemble=ensemble, init="gaussian", scale=0.5, seed=seed)
+    col = Collect()
+    tr = Trainer(net, task, optim="sgd", lr=0.02, steps=steps, ridge=ridge, batch_size=2, seed=seed,
+                 hooks=[MetricsHook(), *extra, col], cadence=Cadence(every=50))
+    tr.run()
+    return net, col, tr
+
+
+def test_same_seed_gives_bitwise_identical_records(task):
+    _, a, _ = sgd_run(task, seed=3)
+    _, b, _ = sgd_run(task, seed=3)
+    _, c, _ = sgd_run(task, seed=4)
+    assert [s for s, _ in a.rows] == [0, 50, 100, 150, 200, 250, 300]
+    for (_, ma), (_, mb) in zip(a.rows, b.rows):
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            assert torch.equal(ma[k].nan_to_num(-1), mb[k].nan_to_num(-1)), k
+    assert not torch.equal(a.rows[-1][1]["loss"], c.rows[-1][1]["loss"])
+
+
+def test_ensemble_member_k_trains_like_the_network_seeded_k(task):
+    ens, _, _ = sgd_run(task, seed=7, ensemble=3)
+    for k in range(3):
+        single, _, _ = sgd_run(task, seed=7 + k)
+        for a, b in zip(ens.member(k), single.member(0)):
+            # Batched and single matmuls may round differently; the trajectories are the same.
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sampler_stream_does_not_depend_on_ensemble_size():
+    a = IndexSampler(50, 3, seed=5, ensemble=4, chunk=8)
+    b = IndexSampler(50, 3, seed=7, ensemble=1, chunk=8)
+    for _ in range(20):
+        assert torch.equal(a.next()[2], b.next()[0])
+
+
+def test_piecewise_constant_schedule():
+    s = Schedule(0.1, milestones=[10, 20], values=[1.0, 0.5, 0.25])
+    assert [s(t) for t in (0, 9, 10, 19, 20, 1000)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    periodic = Schedule(0.1, milestones=[5], values=[1.0, 0.1], cycle=8)
+    assert [periodic(t) for t in (0, 4, 5, 7, 8, 13)] == [1.0, 1.0, 0.1, 0.1, 1.0, 0.1]
+    assert Schedule(0.3)(123) == 0.3
+
+
+def test_schedules_reach_the_optimizer(task):
+    seen = []
+
+    class LrSpy(Hook):
+        def on_record(self, trainer, rec):
+            seen.append((rec.step, rec.lr, rec.ridge))
+
+    net = DeepLinearNet([4, 3, 3], seed=0)
+    Trainer(net, task, lr=0.01, steps=30, lr_schedule=Schedule(0.01, [10], [0.01, 0.001]),
+            ridge_schedule=Schedule(0, [10], [0.0, 0.1]), hooks=[LrSpy()], cadence=Cadence(10)).run()
+    assert seen[-1] == (30, 0.001, 0.1) and seen[1] == (10, 0.01, 0.0)
+
+
+def test_single_network_stops_with_status_diverged(task, tmp_path):
+    net = DeepLinearNet([4, 5, 3], init="gaussian", scale=3.0, seed=0)
+    tr = Trainer(net, task, lr=5.0, steps=500, hooks=[MetricsHook(), TableHook(tmp_path)],
+                 cadence=Cadence(every=1))
+    result = tr.run()
+    assert result.status == "diverged" and result.step < 500
+    assert result.diverged_at == [result.step]
+    status = read_status(tmp_path)
+    assert status["status"] == "diverged" and status["diverged_members"] == {"0": result.step}
+    df = load_run(tmp_path)
+    assert len(df) >= 2 and df["status"].iloc[0] == "diverged"
+
+
+def test_diverged_member_is_frozen_while_the_others_go_on(task):
+    net = DeepLinearNet([4, 5, 3], ensemble=3, init="gaussian", scale=0.5, seed=0)
+    with torch.no_grad():
+        for w in net.weights:
+            w[1] *= 40  # member 1 starts far too large for lr = 0.05
+    col = Collect()
+    result = Trainer(net, task, lr=0.05, steps=200, hooks=[MetricsHook(), col], cadence=Cadence(50)).run()
+    assert result.status == "finished" and result.step == 200
+    assert result.diverged_at[0] is None and result.diverged_at[2] is None
+    assert result.diverged_at[1] is not None and result.diverged_at[1] < 200
+    final = col.rows[-1][1]
+    assert torch.isfinite(final["loss"][[0, 2]]).all()
+    assert torch.isnan(final["rank"][1])
+
+
+def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path):
+    from dlnlab.hooks import CheckpointHook
+
+    class CtrlC(Hook):
+        def on_record(self, trainer, rec):
+            if rec.step == 60:
+                raise KeyboardInterrupt
+
+    net = DeepLinearNet([4, 5, 3], seed=0)
+    hooks = [MetricsHook(), TableHook(tmp_path), CheckpointHook(tmp_path / "ck", Cadence(0)), CtrlC()]
+    result = Trainer(net, task, lr=0.01, steps=1000, hooks=hooks, cadence=Cadence(20)).run()
+    assert result.status == "interrupted" and result.step == 60
+    df = load_run(tmp_path)
+    assert df["step"].tolist() == [0, 20, 40, 60] and set(df["status"]) == {"interrupted"}
+    ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert ck["step"] == 60
+    for a, b in zip(ck["weights"], net.weights):
+        assert torch.equal(a, b.detach())
+
+
+def test_log_spaced_cadence():
+    c = Cadence(every=1000, log_spaced=2, last=5000)
+    due = [s for s in range(5001) if c.due(s)]
+    assert due == [0, 1, 3, 10, 32, 100, 316, 1000, 2000, 3000, 3162, 4000, 5000]
