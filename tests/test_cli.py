@@ -1,0 +1,97 @@
+"""The real command line in a subprocess, as a user runs it."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlnlab.runs import load_run, load_runs, read_status
+
+BIN = Path(sys.executable).parent
+SHORT = ["optim.steps=300", "record.every=50", "record.log_spaced=0"]
+
+
+def train(*args, cwd=None, timeout=240):
+    return subprocess.run([str(BIN / "dlnlab-train"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def test_default_experiment_shortened(tmp_path):
+    out = tmp_path / "run"
+    p = train(*SHORT, f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    assert "status      finished after 300 steps" in p.stdout and str(out) in p.stdout
+    df = load_run(out)
+    assert df["step"].tolist() == [0, 50, 100, 150, 200, 250, 300]
+    assert {"loss", "reg_loss", "grad_norm", "theta_sq", "rank", "rank_4_1", "rank_2_2",
+            "sv_4_1_1", "balance_3", "model.depth", "optim.lr", "status"} <= set(df.columns)
+    assert (df["status"] == "finished").all() and (df["model.depth"] == 4).all()
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 300 and ck["config"]["model"]["depth"] == 4 and len(ck["weights"]) == 4
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/train", "rank/4_1", "rank/3_2", "rank/1_1", "sv/1", "balance/1"} <= tags
+    ranks = [e.value for e in acc.Scalars("rank/4_1")]
+    assert ranks == df["rank_4_1"].tolist()
+
+
+def test_sweep_with_the_joblib_launcher(tmp_path):
+    p = train("-m", *SHORT, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+              "optim.lr=0.002,0.004", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr
+    df = load_runs(tmp_path)
+    assert df["run"].nunique() == 4
+    combos = df.groupby("run")[["optim.lr", "seed"]].first()
+    assert sorted(map(tuple, combos.values.tolist())) == [(0.002, 0), (0.002, 1), (0.004, 0), (0.004, 1)]
+    assert set(df["status"]) == {"finished"}
+    assert df.groupby("run")["overrides"].first().str.contains("optim.lr=").all()
+
+
+def test_a_failing_job_leaves_the_others_intact(tmp_path):
+    p = train("-m", *SHORT, "optim.lr=0.002,-1", f"hydra.sweep.dir={tmp_path}")
+    assert "optim.lr=-1.0 is invalid" in p.stderr
+    runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.isdigit())
+    assert [read_status(r)["status"] for r in runs] == ["finished", "failed"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.lr=-1"], "optim.lr=-1.0 is invalid: allowed a number > 0"),
+    (["model.depth=1"], "model.depth=1 is invalid"),
+    (["model.widht=3"], "Key 'widht' not in 'ModelConfig'"),
+    (["task=regression_file", "task.path=/no/such.npz"], "task data file not found: /no/such.npz"),
+    (["optim=adam"], "Could not find 'optim/adam'"),
+])
+def test_user_errors_are_one_clear_message(tmp_path, args, message):
+    p = train(*args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "dlnlab-train"), "optim.steps=10000000", "record.every=100",
+                             "record.flush_every=1", f"hydra.run.dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and read_status(out).get("step", 0) < 200:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    status = read_status(out)
+    assert status["status"] == "interrupted"
+    df = load_run(out)
+    assert df["step"].max() == status["step"] and len(df) >= 3
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == status["step"]
