@@ -95,3 +95,17 @@ def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
     assert df["step"].max() == status["step"] and len(df) >= 3
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == status["step"]
+
+
+def test_float32_ensemble_with_balanced_init_runs_from_a_notebook(tmp_path):
+    from dlnlab.experiment import compose, run
+
+    cfg = compose(["precision=float32", "model.ensemble=3", "model.init.kind=balanced",
+                   "model.init.scale=0.5", "optim.steps=100", "record.every=50", "record.progress=off"])
+    summary = run(cfg, out_dir=tmp_path)
+    assert summary.status == "finished" and len(summary.final_loss) == 3
+    df = load_run(tmp_path)
+    assert sorted(df["member"].unique()) == [0, 1, 2] and df["precision"].iloc[0] == "float32"
+    # A balanced start (scale * the task's map) is balanced at step 0
+    first = df[df.step == 0]
+    assert (first[["balance_1", "balance_2", "balance_3"]] < 1e-5).all().all()
