@@ -113,11 +113,42 @@ class RecordConfig:
 
 
 @dataclass
+class WarmupConfig:
+    steps: int = 0  # GD steps from model.init before the main phase (0: members start from model.init)
+    lr: float = 0.3
+    ridge: Optional[float] = None  # null: the main phase's lambda at step 0
+    every: int = 500  # record cadence of the warm-up run
+
+
+@dataclass
+class JumpsConfig:
+    """Rank jumps (dlnlab.jumps, rank_jumps.md): phases and the rank tracker's tolerances."""
+    # true: run the phases warm-up (GD) -> main (optim, every member from the warm-up end point)
+    # -> GD reference, each a run folder under the output folder, plus jumps_summary.json
+    enabled: bool = False
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    gd_reference: bool = True  # also continue from the warm-up end point with GD (one network)
+    a_tol: float = 1.0e-2  # A-rank: #{s_i(A) > a_tol}
+    layer_tol: float = 0.1  # layer rank: max_l #{s_i(W_l) > layer_tol} (the B_r test)
+    tol_mode: str = "absolute"  # absolute | relative (tolerance times s_1 of the same matrix)
+    bal_rtol: float = 1.0  # B_r: max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol ||theta||^2 / H
+    norm_bound: Optional[float] = None  # B_r: ||theta||^2 <= norm_bound (null: no bound)
+    label_final: bool = True  # label the warm-up and GD end points (dlnlab.ridge.classify)
+    grad_tol: float = 1.0e-7  # labels: ||grad|| <= grad_tol is critical
+    eig_rtol: float = 1.0e-6  # labels: Hessian eigenvalues within eig_rtol * rho of 0 count as 0
+    polish_steps: int = 0  # > 0: GD-polish the main phase's end points this long, then label them
+    polish_lr: Optional[float] = None  # null: warmup.lr
+    polish_members: int = 16  # label at most this many members (the first ones; a label costs ~50 ms)
+    phase: str = ""  # set by dlnlab.jumps in each phase folder's config (warmup | sgd | gd)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    jumps: JumpsConfig = field(default_factory=JumpsConfig)
     seed: int = 0  # member k of an ensemble uses seed + k (init and SGD samples)
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
@@ -184,8 +215,31 @@ def validate(cfg) -> None:
     _need(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)", cfg.threads)
     if t.kind == "matrix_completion":
         _need(0 < t.observed_fraction <= 1, "task.observed_fraction", "a fraction in (0, 1]", t.observed_fraction)
+    j = getattr(cfg, "jumps", None)
+    if j is not None:
+        _validate_jumps(j)
     if t.kind in ("regression", "regression_file"):
         _need(0 < t.eig_gap_rtol < 1, "task.eig_gap_rtol", "a tolerance in (0, 1)", t.eig_gap_rtol)
+
+
+def _validate_jumps(j) -> None:
+    w = j.warmup
+    _need(w.steps >= 0, "jumps.warmup.steps", "an integer >= 0", w.steps)
+    _need(w.lr > 0, "jumps.warmup.lr", "a number > 0", w.lr)
+    _need(w.ridge is None or w.ridge >= 0, "jumps.warmup.ridge", "null or lambda >= 0", w.ridge)
+    _need(w.every >= 1, "jumps.warmup.every", "an integer >= 1", w.every)
+    _need(j.tol_mode in ("absolute", "relative"), "jumps.tol_mode", "absolute | relative", j.tol_mode)
+    for key in ("a_tol", "layer_tol"):
+        v = getattr(j, key)
+        _need(v > 0 and (j.tol_mode == "absolute" or v < 1), f"jumps.{key}",
+              "a number > 0 (< 1 with tol_mode=relative)", v)
+    _need(j.bal_rtol > 0, "jumps.bal_rtol", "a number > 0", j.bal_rtol)
+    _need(j.norm_bound is None or j.norm_bound > 0, "jumps.norm_bound", "null or a number > 0", j.norm_bound)
+    _need(j.grad_tol > 0, "jumps.grad_tol", "a number > 0", j.grad_tol)
+    _need(0 < j.eig_rtol < 1, "jumps.eig_rtol", "a tolerance in (0, 1)", j.eig_rtol)
+    _need(j.polish_steps >= 0, "jumps.polish_steps", "an integer >= 0", j.polish_steps)
+    _need(j.polish_lr is None or j.polish_lr > 0, "jumps.polish_lr", "null or a number > 0", j.polish_lr)
+    _need(j.polish_members >= 1, "jumps.polish_members", "an integer >= 1", j.polish_members)
 
 
 def validate_against_task(cfg, task) -> None:

@@ -141,10 +141,18 @@ def prepare(cfg):
 
 
 def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:
-    """Validate `cfg`, build task, network and hooks, train, and return a summary."""
+    """Validate `cfg`, build task, network and hooks, train, and return a summary.
+
+    With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
+    `dlnlab.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = task or prepare(cfg)
+    jumps = getattr(cfg, "jumps", None)
+    if jumps is not None and jumps.enabled:
+        from dlnlab.jumps import run_experiment
+
+        return run_experiment(cfg, out_dir, extra_hooks, task)
     net = build_net(cfg, task)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,21 @@ class TensorBoardHook(Hook):
         try:
             metrics = {f"final/{k}": float(np.nanmean(v.double().numpy())) for k, v in self._last.items()}
             metrics["final/diverged_members"] = float(sum(d is not None for d in trainer.diverged_at))
-            self.writer.add_hparams(hparam_dict(trainer.config, status), metrics, run_name=".")
+            # One HParams session per run folder, written by the run's own writer (like
+            # add_hparams(..., run_name=".")). The hparams a sweep varies are marked `differs`:
+            # TensorBoard lists those first and shows them by default (it shows the first 5).
+            from torch.utils.tensorboard.summary import hparams
+
+            from dlnlab.runs import swept_keys_of
+
+            hp = hparam_dict(trainer.config, status)
+            exp, ssi, sei = hparams(hp, metrics)
+            mark_differs(exp, swept_keys_of(self.log_dir), hp)
+            writer = self.writer._get_file_writer()
+            for summary in (exp, ssi, sei):
+                writer.add_summary(summary)
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v)
         finally:
             self.writer.close()
 
@@ -245,6 +259,27 @@ def hparam_dict(config: dict, status: str) -> dict:
     walk(config or {}, "")
     flat["status"] = status
     return flat
+
+
+def mark_differs(exp, keys, hp: dict) -> None:
+    """Mark the hparams named by `keys` (config keys, or groups such as `optim` -> optim.name,
+    `task` -> task.kind, `experiment` -> name) as `differs` in the experiment summary `exp`."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    names = set()
+    for k in keys:
+        for name in (k, f"{k}.name", f"{k}.kind", "name" if k == "experiment" else None):
+            if name in hp:
+                names.add(name)
+                break
+    if not names:
+        return
+    meta = exp.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(meta.content)
+    for info in data.experiment.hparam_infos:
+        if info.name in names:
+            info.differs = True
+    meta.content = data.SerializeToString()
 
 
 def _atomic_save(obj, path: str) -> None:

@@ -171,10 +171,8 @@ def _orthonormal(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def check_assumption1(X: torch.Tensor, Y: torch.Tensor, gap_rtol: float = 1e-6) -> list[str]:
     """Which parts of Assumption 1 (landscape.md §1) fail for data X (m, d_x), Y (m, d_y); [] if all hold."""
-    try:
-        from dlnlab.landscape import LandscapeData
-    except ImportError:  # TEMP until landscape lands
-        return []
+    from dlnlab.landscape import LandscapeData
+
     return list(LandscapeData.from_xy(X, Y, eig_gap_rtol=gap_rtol).assumptions.failures)
 
 

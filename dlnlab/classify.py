@@ -1,0 +1,425 @@
+"""Exact second-order classification of the critical points of the square loss (Theorem 7; spec §5).
+
+    from dlnlab.classify import classify, Classifier
+    c = classify([W1, W2, W3], X, Y)            # samples as rows; c.label, c.S, c.critical_value, ...
+    clf = Classifier(X, Y)                      # precomputes LandscapeData once
+    clf.classify(weights)                       # per checkpoint (an ensemble (E, d_h, d_{h-1}) -> a list)
+
+Names (the paper's): H = number of weight matrices; d_h = width of layer h (d_0 = d_x, d_H = d_y);
+W_h = weight of layer h, shape (d_h, d_{h-1}); S = the 1-based eigen-indices of Sigma = Syx Sxx^{-1} Sxy
+that the product W_H...W_1 = U_S U_S^T A projects on; r = rank of the product; r_max = min(d_0..d_H);
+pivot (i, j), 1 <= j < i <= H = a pair of layers; its complementary blocks are the two arcs of the cycle
+W_H...W_1 Sxy avoiding W_i and W_j:  B1(i,j) = W_{j-1}..W_1 Sxy W_H..W_{i+1},  B2(i,j) = W_{i-1}..W_{j+1}.
+A pivot is tightened iff rk B1 = r or rk B2 = r; a point is tightened iff every pivot is.
+
+Algorithm (spec §5): (1) ||grad L|| > tol -> not_critical; (2) r = numerical rank of the product;
+(3) S = {i : Gamma_ii > 1/2}, Gamma = U^T P Sxy U diag(1/lam) (= U^T P A^+ U; a 0/1 diagonal at critical
+points), checked |S| = r and Gamma ~ diagonal 0/1; (4) critical value tr Syy - sum_S lam_i;
+(5) r = r_max: global_min iff S = {1..r_max}, else strict; r < r_max and S != {1..r}: strict;
+S = {1..r}: strict iff some pivot is loose (both blocks of rank > r), else non-strict.
+
+Numerical ranks: a singular value s of a matrix B counts as non-zero iff s > thr with
+    thr = max(rank_rtol * s_1(B), rank_floor_rtol * prod of the Frobenius norms of B's factors)
+(the second term is the float64 noise floor of a computed product). For the product we rank
+P Sxx^{1/2} (its singular values are sqrt(lam_i), i in S, at a critical point) with
+s_1 replaced by max(s_1, sqrt(lam_1)). A singular value in (thr/rank_band, thr*rank_band] is "inside the
+gap": a decision that depends on it gives the label "ambiguous" (`ambiguous_values` says which).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from dlnlab.landscape import LandscapeData, format_S, as_weights, dims_of
+
+__all__ = ["Tolerances", "Classification", "Classifier", "classify"]
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Every tolerance of the classifier (all relative ones are dimensionless).
+
+    grad_rtol, grad_atol: the point is not critical iff ||grad L||_F > grad_atol + grad_rtol * tr(Syy)
+        (grad over all parameters, paper loss; tr(Syy) = the loss at W = 0). Exact float64 points give
+        ~1e-13 * tr(Syy); for training checkpoints use ~1e-2 (spec §5 "training checkpoints").
+    rank_rtol: relative numerical-rank threshold (see the module docstring). Exact points: any value in
+        1e-12..1e-3 works; for training checkpoints 1e-2.
+    rank_floor_rtol: float64 noise floor, relative to the product of the factors' Frobenius norms.
+    rank_band: the ambiguity band: thr/rank_band < s <= thr*rank_band is inside the gap (default 10: one
+        decade each side; keep rank_rtol * rank_band well below 1).
+    gamma_tol: S is readable from Gamma iff every diagonal entry is within gamma_tol of 0 or 1 and every
+        off-diagonal entry within gamma_tol of 0; otherwise (at a point that passed the gradient test)
+        the label is "ambiguous".
+    value_rtol: a critical point whose loss differs from its critical value by more than
+        value_rtol * tr(Syy) gets a warning.
+    eig_gap_rtol: eigenvalues of Sigma closer than eig_gap_rtol * lam_1 are "repeated" (data check).
+    data_rank_rtol: relative rank tolerance for Sxx and Sxy (data check).
+    """
+    grad_rtol: float = 1e-6
+    grad_atol: float = 0.0
+    rank_rtol: float = 1e-6
+    rank_floor_rtol: float = 1e-11
+    rank_band: float = 10.0
+    gamma_tol: float = 0.25
+    value_rtol: float = 1e-6
+    eig_gap_rtol: float = 1e-6
+    data_rank_rtol: float = 1e-10
+
+    def __post_init__(self):
+        for name in ("grad_rtol", "grad_atol", "rank_floor_rtol", "value_rtol", "eig_gap_rtol", "data_rank_rtol"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"Tolerances.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.rank_rtol < 1:
+            raise ValueError(f"Tolerances.rank_rtol must lie in (0, 1), got {self.rank_rtol}")
+        if not self.rank_band >= 1:
+            raise ValueError(f"Tolerances.rank_band must be >= 1, got {self.rank_band}")
+        if not 0 < self.gamma_tol < 0.5:
+            raise ValueError(f"Tolerances.gamma_tol must lie in (0, 0.5), got {self.gamma_tol}")
+
+    def with_(self, **overrides) -> "Tolerances":
+        """A copy with some fields replaced (unknown names raise TypeError)."""
+        return replace(self, **overrides) if overrides else self
+
+
+@dataclass
+class Classification:
+    """The verdict of Theorem 7 on one point, with its evidence.
+
+    label: "not_critical" | "global_min" | "strict_saddle" | "nonstrict_saddle" | "ambiguous".
+    S: sorted 1-based eigen-indices the product projects on (None if not critical or unreadable).
+    r: numerical rank of the product W_H...W_1 (always reported); r_max: min(d_0..d_H); H: depth.
+    critical_value: tr Syy - sum_{i in S} lam_i (None unless S is known); loss: the paper's L(W).
+    grad_norm, grad_tol: ||grad L||_F and the threshold used.
+    loose_pivots: pivots (i, j) with rk B1 > r and rk B2 > r (None: the pivot test was not needed).
+    block_ranks: {(i, j): (rk B1, rk B2)} when the pivot test ran.
+    reason: which branch of Theorem 7 decided (human readable).
+    hessian_min_eig: lam_min of the Hessian (None unless asked).
+    nearest_S, nearest_value: S read from the product (Gamma_ii > 1/2) even when the gradient is not
+        small, and its critical value: "on the plateau of S" for training checkpoints.
+    gamma_diag: diag(Gamma) (the fraction of each eigen-direction the product has learned).
+    ambiguous_values: (what, singular value, threshold) for each singular value inside the tolerance gap
+        that a decision depended on.
+    assumptions_ok: Theorem 7 applies to the data (LandscapeData.assumptions.ok); warnings: failed
+        assumptions and failed consistency checks (Lemma 24, Prop. 4, loss == critical value).
+    """
+    label: str
+    S: tuple[int, ...] | None
+    r: int
+    r_max: int
+    H: int
+    critical_value: float | None
+    loss: float
+    grad_norm: float
+    grad_tol: float
+    loose_pivots: tuple[tuple[int, int], ...] | None
+    reason: str
+    nearest_S: tuple[int, ...]
+    nearest_value: float
+    gamma_diag: tuple[float, ...]
+    hessian_min_eig: float | None = None
+    block_ranks: dict | None = None
+    ambiguous_values: tuple[tuple[str, float, float], ...] = ()
+    assumptions_ok: bool = True
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """A flat dict of scalars and strings, one table row (S as "{1,2}", pivots as "(3,1) (2,1)")."""
+        return {
+            "label": self.label, "S": format_S(self.S) if self.S is not None else None, "r": self.r,
+            "r_max": self.r_max, "H": self.H, "critical_value": self.critical_value, "loss": self.loss,
+            "grad_norm": self.grad_norm, "grad_tol": self.grad_tol,
+            "loose_pivots": None if self.loose_pivots is None else " ".join(f"({i},{j})" for i, j in self.loose_pivots),
+            "reason": self.reason, "hessian_min_eig": self.hessian_min_eig,
+            "nearest_S": format_S(self.nearest_S), "nearest_value": self.nearest_value,
+            "ambiguous_values": "; ".join(f"{w}: s={s:.3g} thr={t:.3g}" for w, s, t in self.ambiguous_values),
+            "assumptions_ok": self.assumptions_ok, "warnings": "; ".join(self.warnings),
+        }
+
+
+class _Rank:
+    """Numerical rank of one matrix: nominal rank, and the [lo, hi] range over the ambiguity band."""
+    __slots__ = ("rank", "lo", "hi", "amb")
+
+    def __init__(self, s: np.ndarray, thr: float, band: float, name: str):
+        self.rank = int((s > thr).sum())
+        self.lo = int((s > thr * band).sum())
+        self.hi = int((s > thr / band).sum())
+        self.amb = tuple((name, float(v), thr) for v in s if thr / band < v <= thr * band)
+
+    @classmethod
+    def exact(cls, k: int) -> "_Rank":
+        self = cls.__new__(cls)
+        self.rank = self.lo = self.hi = k
+        self.amb = ()
+        return self
+
+
+def _svals(mats: dict) -> dict:
+    """Singular values (numpy, descending) of each matrix, one batched svdvals per shape."""
+    groups: dict = {}
+    for key, m in mats.items():
+        groups.setdefault(tuple(m.shape), []).append(key)
+    out = {}
+    for shape, keys in groups.items():
+        if 0 in shape:
+            for k in keys:
+                out[k] = np.zeros(0)
+            continue
+        sv = torch.linalg.svdvals(torch.stack([mats[k] for k in keys])).numpy()
+        for n, k in enumerate(keys):
+            out[k] = sv[n]
+    return out
+
+
+class Classifier:
+    """Theorem 7 classifier bound to one data set (LandscapeData computed once).
+
+    Classifier(X, Y, tolerances=None, **overrides) or Classifier(data, tolerances=None, **overrides);
+    `.classify(weights, hessian=False)` -> Classification (a list for an ensemble). This is the object a
+    training hook keeps and calls at every checkpoint.
+    """
+
+    def __init__(self, data_or_X: Any, Y: Any = None, tolerances: Tolerances | None = None, **overrides):
+        self.tol = (tolerances or Tolerances()).with_(**overrides)
+        if isinstance(data_or_X, LandscapeData):
+            if Y is not None:
+                raise ValueError("pass either a LandscapeData or (X, Y), not both")
+            self.data = data_or_X
+        else:
+            if Y is None:
+                raise ValueError("Y is required when X is given")
+            self.data = LandscapeData.from_xy(data_or_X, Y, eig_gap_rtol=self.tol.eig_gap_rtol,
+                                              rank_rtol=self.tol.data_rank_rtol)
+        d = self.data
+        self._lam = d.lam.numpy()
+        self._sqrt_lam1 = math.sqrt(max(float(d.lam[0]), 0.0)) if d.d_y else 0.0
+        self._sxy_fro = float(torch.linalg.matrix_norm(d.Sxy)) if d.Sxy.numel() else 0.0
+        self._sxxh_fro = float(torch.linalg.matrix_norm(d.Sxx_half)) if d.Sxx_half.numel() else 0.0
+        self._UT = d.U.T.contiguous()
+        self._sxy_inj = d.assumptions.sxy_rank == d.d_y     # Sxy full column rank: rk B1(i,1) = rk W_H..W_{i+1}
+        self._sxy_surj = d.assumptions.sxy_rank == d.d_x    # full row rank: rk B1(H,j) = rk W_{j-1}..W_1
+        self._data_warnings = tuple(f"Assumption 1: {f}" for f in d.assumptions.failures)
+
+    # -----------------------------------------------------------------------------------------
+    def classify(self, weights: Sequence[Any], hessian: bool = False, hessian_method: str = "auto"):
+        """Classify one point [W_1..W_H] (2-D tensors) or an ensemble (each (E, d_h, d_{h-1})) -> list."""
+        ws = as_weights(weights)
+        if ws[0].ndim == 3:
+            E = ws[0].shape[0]
+            return [self._classify_one([w[e] for w in ws], hessian, hessian_method) for e in range(E)]
+        if ws[0].ndim != 2:
+            raise ValueError(f"weights must be 2-D, or 3-D for an ensemble; got W_1 of shape {tuple(ws[0].shape)}")
+        return self._classify_one(ws, hessian, hessian_method)
+
+    __call__ = classify
+
+    # -----------------------------------------------------------------------------------------
+    def _classify_one(self, ws: list[torch.Tensor], hessian: bool, hessian_method: str) -> Classification:
+        d, tol = self.data, self.tol
+        dims = dims_of(ws)
+        if dims[0] != d.d_x or dims[-1] != d.d_y:
+            raise ValueError(f"weights map d_x = {dims[0]} -> d_y = {dims[-1]}, data have d_x = {d.d_x}, d_y = {d.d_y}")
+        H = len(ws)
+        r_max = min(dims)
+        band = tol.rank_band
+        if not all(bool(torch.isfinite(w).all()) for w in ws):
+            return Classification(label="not_critical", S=None, r=0, r_max=r_max, H=H, critical_value=None,
+                                  loss=math.nan, grad_norm=math.nan, grad_tol=tol.grad_atol + tol.grad_rtol * d.tr_syy,
+                                  loose_pivots=None, reason="non-finite weights", nearest_S=(), nearest_value=math.nan,
+                                  gamma_diag=(), assumptions_ok=d.assumptions.ok,
+                                  warnings=self._data_warnings + ("non-finite weights",))
+        # sub-chains W_b...W_a (1 <= a <= b <= H) by prefix reuse: H(H-1)/2 matmuls
+        ch: dict[tuple[int, int], torch.Tensor] = {}
+        for a in range(1, H + 1):
+            p = ws[a - 1]
+            ch[(a, a)] = p
+            for b in range(a + 1, H + 1):
+                p = ws[b - 1] @ p
+                ch[(b, a)] = p
+        P = ch[(H, 1)]
+        # loss and gradient norm (closed form): dL/dW_h = S_h^T G Q_h^T, G = 2 (P - A) Sxx
+        E = P - d.A
+        Ew = E @ d.Sxx_half
+        L = float((Ew * Ew).sum()) + d.ls_loss
+        G = 2.0 * (E @ d.Sxx)
+        g2 = 0.0
+        for h in range(1, H + 1):
+            left = G if h == H else ch[(H, h + 1)].T @ G
+            gh = left if h == 1 else left @ ch[(h - 1, 1)].T
+            g2 += float((gh * gh).sum())
+        gnorm = math.sqrt(g2)
+        gtol = tol.grad_atol + tol.grad_rtol * d.tr_syy
+        if not (math.isfinite(gnorm) and math.isfinite(L)):
+            return Classification(label="not_critical", S=None, r=0, r_max=r_max, H=H, critical_value=None,
+                                  loss=L, grad_norm=gnorm, grad_tol=gtol, loose_pivots=None,
+                                  reason="loss or gradient overflows", nearest_S=(), nearest_value=math.nan,
+                                  gamma_diag=(), assumptions_ok=d.assumptions.ok,
+                                  warnings=self._data_warnings + ("loss or gradient overflows",))
+        # step 3 (always): Gamma and the nearest plateau
+        k = d.k
+        Gam = (self._UT @ P) @ d.gamma_right                               # (d_y, k)
+        gdiag = torch.diagonal(Gam).numpy().copy() if k else np.zeros(0)
+        nearest_S = tuple(int(i) + 1 for i in np.nonzero(gdiag > 0.5)[0])
+        nearest_value = d.critical_value(nearest_S)
+        # step 2 (always): numerical rank of the product, on P Sxx^{1/2}
+        fro = [float(torch.linalg.matrix_norm(w)) for w in ws]
+        sP = _svals({"P": P @ d.Sxx_half})["P"]
+        thrP = max(tol.rank_rtol * max(float(sP[0]) if sP.size else 0.0, self._sqrt_lam1),
+                   tol.rank_floor_rtol * math.prod(fro) * self._sxxh_fro)
+        rP = _Rank(sP, thrP, band, "product W_H..W_1 Sxx^1/2")
+        r = rP.rank
+        base = dict(r=r, r_max=r_max, H=H, loss=L, grad_norm=gnorm, grad_tol=gtol, nearest_S=nearest_S,
+                    nearest_value=nearest_value, gamma_diag=tuple(float(x) for x in gdiag),
+                    assumptions_ok=d.assumptions.ok)
+        warns = list(self._data_warnings)
+        hmin = None
+        if hessian:
+            from dlnlab.hessian import hessian_min_eig
+            hmin = float(hessian_min_eig(ws, d, method=hessian_method))
+
+        def out(label, reason, S=None, cv=None, **kw):
+            return Classification(label=label, reason=reason, S=S, critical_value=cv, hessian_min_eig=hmin,
+                                  warnings=tuple(warns), **base, **kw)
+
+        # step 1
+        if not gnorm <= gtol:
+            return out("not_critical", f"||grad L|| = {gnorm:.3g} > tolerance {gtol:.3g}", loose_pivots=None)
+        if rP.amb:
+            return out("ambiguous", f"the rank of the product is ambiguous ({rP.lo}..{rP.hi}): singular value(s) "
+                       "inside the tolerance gap", ambiguous_values=rP.amb, loose_pivots=None)
+        # step 3 checks: Gamma must be a 0/1 diagonal, |S| = r
+        if k:
+            off = Gam[:k].clone()
+            off.fill_diagonal_(0.0)
+            off_max = max(float(off.abs().max()), float(Gam[k:].abs().max()) if d.d_y > k else 0.0)
+            dev = float(np.minimum(np.abs(gdiag), np.abs(1.0 - gdiag)).max())
+        else:
+            off_max = dev = 0.0
+        if off_max > tol.gamma_tol or dev > tol.gamma_tol:
+            return out("ambiguous", f"S cannot be read from the product: Gamma = U^T P Sxy U diag(1/lam) is not a 0/1 diagonal "
+                       f"(max |off-diagonal| {off_max:.3g}, max distance of a diagonal entry to 0/1 {dev:.3g}, "
+                       f"gamma_tol {tol.gamma_tol:g})", loose_pivots=None)
+        S = nearest_S
+        if len(S) != r:
+            return out("ambiguous", f"|S| = {len(S)} (S = {format_S(S)}) differs from the rank r = {r} of the product",
+                       loose_pivots=None)
+        cv = nearest_value
+        if abs(L - cv) > tol.value_rtol * d.tr_syy:
+            warns.append(f"loss {L:.10g} differs from the critical value {cv:.10g} of S = {format_S(S)}")
+        top = S == tuple(range(1, r + 1))
+        # consistency (Lemma 24): rk(W_H...W_2) == r when Sxy has full column rank (d_y <= d_x); by
+        # transposition rk(W_{H-1}...W_1) == r when it has full row rank (d_x <= d_y). Ranked together
+        # with the pivot blocks below.
+        need_pivots = r < r_max and top
+        mats, floors = {}, {}
+        if self._sxy_inj:
+            mats[("C", H, 2)], floors[("C", H, 2)] = ch[(H, 2)], math.prod(fro[1:])
+        if self._sxy_surj:
+            mats[("C", H - 1, 1)], floors[("C", H - 1, 1)] = ch[(H - 1, 1)], math.prod(fro[:-1])
+        if need_pivots:
+            spec = self._pivot_blocks(ws, ch, fro, H, mats, floors)
+        sv = _svals(mats)
+        ranks = {key: _Rank(sv[key], max(tol.rank_rtol * (float(sv[key][0]) if sv[key].size else 0.0),
+                                         tol.rank_floor_rtol * floors[key]), band, _block_name(key))
+                 for key in mats}
+        for key in (("C", H, 2), ("C", H - 1, 1)):
+            if key in ranks and ranks[key].rank != r:
+                warns.append(f"Lemma 24 check failed: rk({_block_name(key)}) = {ranks[key].rank} != r = {r}")
+        if r == r_max:
+            if top:
+                return out("global_min", f"r = r_max = {r_max} and S = {{1..r_max}}: global minimizer (Theorem 7.1)",
+                           S=S, cv=cv, loose_pivots=None)
+            return out("strict_saddle", f"r = r_max = {r_max} and S = {format_S(S)} != {{1..r_max}}: strict saddle "
+                       "(Theorem 7.1)", S=S, cv=cv, loose_pivots=None)
+        if not top:
+            return out("strict_saddle", f"r = {r} < r_max = {r_max} and S = {format_S(S)} != {{1..r}}: strict saddle "
+                       "(Theorem 7.2)", S=S, cv=cv, loose_pivots=None)
+        # step 5: the pivot loop (every pivot, to report all loose ones)
+        loose, certain, amb_piv, amb_vals, block_ranks = [], [], [], [], {}
+        for (i, j), (k1, k2) in spec.items():
+            b1 = ranks[k1] if isinstance(k1, tuple) else _Rank.exact(k1)
+            b2 = ranks[k2] if isinstance(k2, tuple) else _Rank.exact(k2)
+            block_ranks[(i, j)] = (b1.rank, b2.rank)
+            if b1.rank < r or b2.rank < r:
+                warns.append(f"Prop. 4 check failed at pivot ({i},{j}): block ranks {b1.rank}, {b2.rank} < r = {r}")
+            if b1.rank > r and b2.rank > r:
+                loose.append((i, j))
+            if b1.lo > r and b2.lo > r:
+                certain.append((i, j))
+            elif not (b1.hi <= r or b2.hi <= r):
+                amb_piv.append((i, j))
+                amb_vals.extend(b1.amb + b2.amb)
+        pv = " ".join(f"({i},{j})" for i, j in loose)
+        if certain:
+            return out("strict_saddle", f"S = {{1..r}}, r = {r} < r_max = {r_max}, pivot(s) {pv} not tightened "
+                       "(both blocks of rank > r): strict saddle (Theorem 7.2, Prop. 14)", S=S, cv=cv,
+                       loose_pivots=tuple(loose), block_ranks=block_ranks)
+        if amb_piv:
+            return out("ambiguous", "S = {1..r}, r < r_max, and whether pivot(s) "
+                       + " ".join(f"({i},{j})" for i, j in amb_piv) + " are tightened depends on singular values "
+                       "inside the tolerance gap", S=S, cv=cv, loose_pivots=tuple(loose), block_ranks=block_ranks,
+                       ambiguous_values=tuple(amb_vals))
+        return out("nonstrict_saddle", f"S = {{1..r}}, r = {r} < r_max = {r_max}, all {H * (H - 1) // 2} pivots "
+                   "tightened: non-strict saddle (Theorem 7.2, Prop. 15/17)", S=S, cv=cv, loose_pivots=(),
+                   block_ranks=block_ranks)
+
+    def _pivot_blocks(self, ws, ch, fro, H, mats, floors) -> dict:
+        """Register the blocks B1(i,j), B2(i,j) to rank in `mats`; return {(i,j): (key1, key2)}, where a
+        key is a tuple (a matrix in mats) or an int (a known exact rank: identity blocks, Sxy)."""
+        d = self.data
+        spec = {}
+        left: dict[int, torch.Tensor] = {}      # W_{j-1}...W_1 Sxy
+        for i in range(2, H + 1):
+            for j in range(1, i):
+                # B2(i,j) = W_{i-1}...W_{j+1}
+                if i == j + 1:
+                    k2 = ws[j - 1].shape[0]                                   # identity I_{d_j}
+                else:
+                    k2 = ("B2", i, j)
+                    mats[k2] = ch[(i - 1, j + 1)]
+                    floors[k2] = math.prod(fro[j:i - 1])
+                # B1(i,j) = W_{j-1}...W_1 Sxy W_H...W_{i+1}
+                if i == H and j == 1:
+                    k1 = d.assumptions.sxy_rank                               # Sxy itself
+                elif j == 1 and self._sxy_inj:
+                    k1 = ("C", H, i + 1)                                      # rk(W_H...W_{i+1})
+                    mats[k1] = ch[(H, i + 1)]
+                    floors[k1] = math.prod(fro[i:])
+                elif i == H and self._sxy_surj:
+                    k1 = ("C", j - 1, 1)                                      # rk(W_{j-1}...W_1)
+                    mats[k1] = ch[(j - 1, 1)]
+                    floors[k1] = math.prod(fro[:j - 1])
+                else:
+                    if j not in left:
+                        left[j] = d.Sxy if j == 1 else ch[(j - 1, 1)] @ d.Sxy
+                    k1 = ("B1", i, j)
+                    mats[k1] = left[j] if i == H else left[j] @ ch[(H, i + 1)]
+                    floors[k1] = math.prod(fro[:j - 1]) * self._sxy_fro * math.prod(fro[i:])
+                spec[(i, j)] = (k1, k2)
+        return spec
+
+
+def _block_name(key) -> str:
+    kind, a, b = key
+    if kind == "C" and a == b:
+        return f"W_{a}"
+    if kind == "C":
+        return f"W_{a}..W_{b}"
+    return f"{kind}({a},{b})"
+
+
+def classify(weights: Sequence[Any], X: Any, Y: Any = None, *, tolerances: Tolerances | None = None,
+             hessian: bool = False, hessian_method: str = "auto", **tolerance_overrides):
+    """Classify [W_1, ..., W_H] for data X (m, d_x), Y (m, d_y) (or X = a LandscapeData, Y = None).
+
+    Returns a Classification, or a list of them for an ensemble (weights of shape (E, d_h, d_{h-1})).
+    hessian=True also computes hessian_min_eig (method "auto": full Hessian up to 2000 parameters, else
+    Lanczos). tolerance_overrides: any Tolerances field, e.g. rank_rtol=1e-2, grad_rtol=1e-2.
+    For many checkpoints on the same data, build a Classifier once.
+    """
+    return Classifier(X, Y, tolerances, **tolerance_overrides).classify(weights, hessian=hessian,
+                                                                        hessian_method=hessian_method)

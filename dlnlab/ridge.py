@@ -1,0 +1,563 @@
+"""Labels for regularised and completion landscapes, where the square-loss theorem does not apply.
+
+With ridge lambda > 0 (objective C(A_theta) + lambda * sum_h ||W_h||_F^2), and for matrix completion at
+any lambda, Theorem 7 of landscape.md says nothing. `classify` labels a point by first and second
+order instead:
+
+  not_critical   ||grad|| > grad_tol
+  strict_saddle  the Hessian has an eigenvalue < -eig_tol (found through Hessian-vector products)
+  local_min      PSD, and positive definite on the space normal to the symmetry orbit (below)
+  degenerate     PSD, and singular beyond the symmetry orbit; `reason` says where
+
+The symmetry orbit. A point is never an isolated critical point: for lambda > 0 the objective is
+invariant under W_{h+1} -> W_{h+1} Q^T, W_h -> Q W_h for every orthogonal Q acting on hidden layer h
+(for lambda = 0 under any invertible D: the product is all that counts). At a critical point the
+Hessian vanishes on the tangent space T of that orbit (dimension sum_h d_h(d_h-1)/2 minus the
+generators that fix the point). So "PSD and singular" holds at EVERY minimum of a network with a hidden
+layer of width >= 2. The rule used here: `local_min` iff the Hessian restricted to the orthogonal
+complement of T is positive definite (a Morse-Bott minimum, hence a strict local minimum modulo the
+symmetry); otherwise `degenerate`. T is computed numerically from the generators (`orbit_basis`).
+
+What we observed (float64, tests/test_ridge.py): at the ridge minima of rank_jumps.md (H = 3, lambda > 0)
+the Hessian's null space is exactly T (nullity == orbit dimension); zero modes are NOT flat to second
+order, they carry curvature 2*lambda from the ridge term (the origin of an H >= 3 network has Hessian
+2*lambda*I). Their stability against the O(eps^{H-1}) data force is what makes them absorbing. Flat
+directions beyond the orbit appear (`degenerate`) at lambda = 0 (zero modes, then the data term alone
+is flat to order H-1 >= 2) and when a mode sits exactly at its existence threshold y* (the on-state and
+the barrier merge, the radial curvature vanishes).
+
+Tolerances are named fields of `LabelTolerances` / `RankTolerances`; a label whose deciding number lies
+within a factor `margin` of its tolerance lists that in `near_boundary`.
+
+Closed forms (rank_jumps.md A.3) for a fully observed target Y with the lab's loss a * ||A - Y||_F^2,
+a = 1/N: each singular mode y of Y behaves like the scalar g(x) = a (x^L - y)^2 + lambda L x^2 (balanced
+layers of size x, s = x^L): `mode_threshold`, `mode_roots`, `mode_energy`, `tie_value`, `mode_table`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+F64 = torch.float64
+LABELS = ("not_critical", "strict_saddle", "local_min", "degenerate")
+TOL_MODES = ("absolute", "relative")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances
+
+@dataclass
+class RankTolerances:
+    """Ranks and the sets B_r (rank_jumps.md A.2, "Rank metrics").
+
+    a_tol      A-rank (end-to-end): #{s_i(A) > a_tol}
+    layer_tol  layer rank: max_l #{s_i(W_l) > layer_tol}  (the B_r membership test)
+    mode       "absolute": the tolerances above are thresholds on s_i (the spec's numbers, made for
+               targets of scale ~10); "relative": thresholds are tol * s_1 of that same matrix.
+    bal_rtol   B_r needs approximate balancedness:
+               max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol * ||theta||^2 / H.
+               Measured: ~1e-15 at GD minima, 0.5-0.9 along the SGD members of R1 (lr 0.1, batch 1:
+               single-entry steps unbalance the layers by O(lr^2) per step, the ridge rebalances them
+               at rate 4 lr lambda), hence the loose default 1.0 ("imbalance below the mean layer norm").
+    norm_bound B_r needs ||theta||^2 <= norm_bound (the paper's constant C); None: no bound.
+
+    B_r (operational; the paper's exact f_alpha and constants are unknown, rank_jumps.md A.2) holds
+    the points with layer rank <= r that are approximately balanced and norm-bounded.
+    """
+    a_tol: float = 1e-2
+    layer_tol: float = 0.1
+    mode: str = "absolute"
+    bal_rtol: float = 1.0
+    norm_bound: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in TOL_MODES:
+            raise ValueError(f"rank tolerance mode={self.mode!r}: allowed {' | '.join(TOL_MODES)}")
+        for name in ("a_tol", "layer_tol", "bal_rtol"):
+            v = getattr(self, name)
+            if not v > 0 or (self.mode == "relative" and name != "bal_rtol" and not v < 1):
+                raise ValueError(f"{name}={v}: allowed a number > 0 (< 1 in relative mode)")
+        if self.norm_bound is not None and not self.norm_bound > 0:
+            raise ValueError(f"norm_bound={self.norm_bound}: allowed None or a number > 0")
+
+
+@dataclass
+class LabelTolerances:
+    """Every number `classify` decides with.
+
+    grad_tol        first order: ||grad L_lambda|| (Frobenius over all layers, the lab's loss scaling)
+                    <= grad_tol is critical. Absolute.
+    eig_rtol, eig_atol
+                    second order: eig_tol = max(eig_rtol * rho, eig_atol), rho = the Hessian's
+                    spectral radius. An eigenvalue < -eig_tol is negative, |e| <= eig_tol is zero.
+    orbit_rtol      a symmetry tangent counts when its singular value in the generator map exceeds
+                    orbit_rtol * the largest one.
+    identity_rtol   the balanced-minimum identity ||theta||^2 = H sum_i s_i(A)^(2/H) "holds" when
+                    its relative residual is below this (reported, never used to label).
+    state_rtol      mode_table: a measured mode is "on"/"barrier" when within this relative distance
+                    of the closed form.
+    margin          near-boundary factor: a deciding number within [tol/margin, tol*margin] is flagged.
+    full_max_params full Hessian (exact eigen-decomposition, nullity) up to this many parameters,
+                    Lanczos (dlnlab.hessian.min_eigenvalue) above.
+    """
+    grad_tol: float = 1e-7
+    eig_rtol: float = 1e-6
+    eig_atol: float = 1e-12
+    orbit_rtol: float = 1e-7
+    identity_rtol: float = 1e-6
+    state_rtol: float = 1e-3
+    margin: float = 10.0
+    full_max_params: int = 2000
+    ranks: RankTolerances = field(default_factory=RankTolerances)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranks, balancedness, the balanced-minimum identity (batched: weights may be (E, d_h, d_{h-1}))
+
+def _count(s: torch.Tensor, tol: float, mode: str) -> torch.Tensor:
+    thr = tol * s[..., :1] if mode == "relative" else torch.full_like(s[..., :1], tol)
+    return (s > thr).sum(-1)
+
+
+def end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    p = weights[0]
+    for w in weights[1:]:
+        p = w @ p
+    return p
+
+
+@dataclass
+class RankState:
+    """Per member (leading dim E, or scalars for one network)."""
+    e2e_rank: torch.Tensor      # A-rank
+    layer_ranks: torch.Tensor   # (..., H) per layer
+    layer_rank: torch.Tensor    # max over layers
+    balance: torch.Tensor       # max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F / (||theta||^2 / H)
+    theta_sq: torch.Tensor
+    in_B: torch.Tensor          # balanced within bal_rtol and norm-bounded: the point lies in B_{layer_rank}
+    sv_e2e: torch.Tensor
+    sv_layers: list
+
+
+def rank_state(weights: Sequence[torch.Tensor], tol: RankTolerances | None = None,
+               sv_layers: Sequence[torch.Tensor] | None = None, sv_e2e: torch.Tensor | None = None,
+               balances: Sequence[torch.Tensor] | None = None,
+               theta_sq: torch.Tensor | None = None) -> RankState:
+    """Ranks and B_r membership of one network or an ensemble. Singular values, balancedness and
+    ||theta||^2 already computed (e.g. by MetricsHook) can be passed to skip the SVDs."""
+    tol = tol or RankTolerances()
+    ws = [w.detach().to(F64) for w in weights]
+    H = len(ws)
+    if sv_layers is None:
+        sv_layers = [torch.linalg.svdvals(w) for w in ws]
+    if sv_e2e is None:
+        sv_e2e = torch.linalg.svdvals(end_to_end(ws))
+    if theta_sq is None:
+        theta_sq = sum(w.pow(2).sum((-1, -2)) for w in ws)
+    if balances is None:
+        from dlnlab.spectra import balancedness
+        balances = balancedness(ws)
+    layer_ranks = torch.stack([_count(s, tol.layer_tol, tol.mode) for s in sv_layers], -1)
+    bal = torch.stack(list(balances), -1).max(-1).values / (theta_sq / H).clamp(min=1e-300)
+    in_B = bal <= tol.bal_rtol
+    if tol.norm_bound is not None:
+        in_B = in_B & (theta_sq <= tol.norm_bound)
+    return RankState(_count(sv_e2e, tol.a_tol, tol.mode), layer_ranks, layer_ranks.max(-1).values, bal,
+                     theta_sq, in_B, sv_e2e, list(sv_layers))
+
+
+def balanced_identity(weights: Sequence[torch.Tensor]) -> tuple[float, float, float]:
+    """(||theta||^2, H * sum_i s_i(A)^(2/H), relative residual (first - second) / first).
+
+    min{||theta||^2 : A_theta = A} = H sum_i s_i(A)^(2/H), reached exactly at balanced factorisations
+    (rank_jumps.md A.1), so the residual is >= 0 and vanishes at every ridge minimum.
+
+    Singular values at roundoff level, s_i <= max(n1, n2) * eps * s_1, are left out of the sum:
+    s^(2/H) amplifies them (1e-16 -> 2e-11 for H = 3, 1e-8 for H = 4), which would swamp the identity
+    at points whose zero modes are exactly zero up to roundoff."""
+    ws = [torch.as_tensor(w).detach().to(F64) for w in weights]
+    H = len(ws)
+    th = float(sum(w.pow(2).sum() for w in ws))
+    A = end_to_end(ws)
+    s = torch.linalg.svdvals(A)
+    s = s[s > max(A.shape) * torch.finfo(F64).eps * s[0]] if s.numel() and s[0] > 0 else s[:0]
+    bound = float(H * s.pow(2.0 / H).sum())
+    return th, bound, (th - bound) / th if th > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A.3 closed forms: one singular mode y of a fully observed target, balanced depth L
+
+def mode_threshold(lam: float, a: float, L: int) -> float:
+    """y*: a nonzero local minimum of g exists iff y > y* (L >= 3); for L = 2 the on-state exists
+    iff y > lambda / a; lambda = 0: 0."""
+    if lam == 0:
+        return 0.0
+    if L == 2:
+        return lam / a
+    c = ((L - 2) / (2 * L - 2)) ** ((L - 2) / L) * (L / (2 * L - 2))
+    return (lam / (a * c)) ** (L / (2 * L - 2))
+
+
+def _brentq(f, lo, hi):
+    from scipy.optimize import brentq
+    return brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+
+
+def mode_roots(y: float, lam: float, a: float, L: int) -> tuple[float | None, float | None]:
+    """(x_barrier, x_on): the per-layer sizes of the nonzero stationary points of
+    g(x) = a (x^L - y)^2 + lambda L x^2, i.e. the roots of a (y - x^L) x^(L-2) = lambda.
+
+    L >= 3: the smaller root is the barrier, the larger the on-state minimum; (None, None) below the
+    threshold, one double root exactly at it. L = 2: no barrier, on-state x^2 = y - lambda / a.
+    lambda = 0: on-state x = y^(1/L), no barrier."""
+    y = abs(float(y))
+    if lam == 0:
+        return None, (y ** (1.0 / L) if y > 0 else None)
+    if L == 2:
+        return None, (math.sqrt(y - lam / a) if y > lam / a else None)
+    yt = mode_threshold(lam, a, L)
+    x_peak = (y * (L - 2) / (2 * L - 2)) ** (1.0 / L)
+    if y < yt * (1 - 1e-13):
+        return None, None
+    if y <= yt * (1 + 1e-13):
+        return x_peak, x_peak
+    f = lambda x: a * (y - x ** L) * x ** (L - 2) - lam
+    return _brentq(f, 0.0, x_peak), _brentq(f, x_peak, y ** (1.0 / L))
+
+
+def mode_energy(x: float, y: float, lam: float, a: float, L: int) -> float:
+    """g(x) = a (x^L - y)^2 + lambda L x^2: the objective of one balanced mode."""
+    return a * (x ** L - y) ** 2 + lam * L * x ** 2
+
+
+def mode_curvature(x: float, y: float, lam: float, a: float, L: int) -> float:
+    """g''(x) along the balanced path (0 at the threshold, where barrier and on-state merge)."""
+    return (2 * a * (L * x ** (L - 1)) ** 2 + 2 * a * (x ** L - y) * L * (L - 1) * x ** (L - 2)
+            + 2 * lam * L)
+
+
+def tie_value(lam: float, a: float, L: int) -> float:
+    """The y at which the on-state and the off-state (x = 0, energy a y^2) have equal energy: for
+    y in (y*, tie) the on-state is a rank-overestimating local minimum (L >= 3). L = 2: y* itself."""
+    yt = mode_threshold(lam, a, L)
+    if L == 2 or lam == 0:
+        return yt
+
+    def h(y):
+        return a * y * y - mode_energy(mode_roots(y, lam, a, L)[1], y, lam, a, L)
+
+    lo, hi = yt * (1 + 1e-9), 2 * yt
+    while h(hi) <= 0:
+        hi *= 2
+    return _brentq(h, lo, hi)
+
+
+def mode_table(Y: Any, ridge: float, a: float, L: int, A: Any = None,
+               a_tol: float = 1e-2, state_rtol: float = 1e-3) -> list[dict]:
+    """One row per singular mode y_i of a fully observed target Y (loss a ||A - Y||_F^2 + ridge term):
+    threshold y*, the closed-form on-state and barrier (as s = x^L), the energies of the on- and
+    off-states, the barrier height g(barrier) - g(on), whether switching the mode off would lower the
+    objective (`off_preferred`) and whether the off-state is a local minimum (`off_stable`: always for
+    L >= 3 and lambda > 0). With A (a point's product) also the measured s_i = u_i^T A v_i, its state
+    ("on", "off", "barrier" or "other") and `could_switch_off` (measured on, off-state stable)."""
+    Y = torch.as_tensor(Y).detach().to(F64)
+    U, y, Vh = torch.linalg.svd(Y, full_matrices=False)
+    yt = mode_threshold(ridge, a, L)
+    meas = None
+    if A is not None:
+        M = U.T @ torch.as_tensor(A).detach().to(F64) @ Vh.T
+        meas = torch.diagonal(M).tolist()
+        off_diag = float(torch.linalg.matrix_norm(M - torch.diag(torch.diagonal(M))))
+    rows = []
+    for i, yi in enumerate(y.tolist()):
+        xb, xo = mode_roots(yi, ridge, a, L)
+        e_off = a * yi * yi
+        e_on = mode_energy(xo, yi, ridge, a, L) if xo is not None else None
+        row = {
+            "mode": i + 1, "y": yi, "threshold": yt,
+            "s_on": xo ** L if xo is not None else None,
+            "s_barrier": xb ** L if xb is not None else None,
+            "energy_on": e_on, "energy_off": e_off,
+            "barrier_height": (mode_energy(xb, yi, ridge, a, L) - e_on) if xb is not None else None,
+            "off_preferred": bool(e_on is None or e_off < e_on),
+            "off_stable": bool(ridge > 0 and (L >= 3 or yi < ridge / a)),
+        }
+        if meas is not None:
+            s = meas[i]
+            row["s"] = s
+            if row["s_on"] is not None and abs(s - row["s_on"]) <= state_rtol * row["s_on"]:
+                state = "on"
+            elif row["s_barrier"] is not None and abs(s - row["s_barrier"]) <= state_rtol * row["s_barrier"]:
+                state = "barrier"
+            elif abs(s) <= a_tol:
+                state = "off"
+            else:
+                state = "other"
+            row["state"] = state
+            row["could_switch_off"] = bool(state == "on" and row["off_stable"])
+            row["alignment_residual"] = off_diag
+        rows.append(row)
+    return rows
+
+
+def balanced_mode_point(Y: Any, xs: Sequence[float], dims: Sequence[int],
+                        generator: torch.Generator | int | None = 0) -> list[torch.Tensor]:
+    """[W_1..W_H] of the balanced point whose mode i has per-layer size xs[i] (0: off), with Y's
+    singular vectors at the ends and random orthonormal hidden bases: W_1 = Q_1 diag(x) V^T,
+    W_h = Q_h diag(x) Q_{h-1}^T, W_H = U diag(x) Q_{H-1}^T. Every hidden width must be >= len(xs)."""
+    Y = torch.as_tensor(Y).detach().to(F64)
+    U, _, Vh = torch.linalg.svd(Y, full_matrices=False)
+    k = len(xs)
+    if min(dims[1:-1]) < k or k > U.shape[1]:
+        raise ValueError(f"balanced_mode_point: {k} modes need hidden widths >= {k} and a target of rank >= {k}")
+    g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator or 0))
+    bases = [Vh[:k].T]
+    for d in dims[1:-1]:
+        q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+        bases.append((q * torch.sign(torch.diagonal(r)))[:, :k])
+    bases.append(U[:, :k])
+    D = torch.diag(torch.as_tensor(list(xs), dtype=F64))
+    return [bases[h + 1] @ D @ bases[h].T for h in range(len(dims) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Symmetry orbit
+
+def orbit_tangents(weights: Sequence[torch.Tensor], group: str = "orthogonal") -> torch.Tensor:
+    """(P, n_generators): the tangent vectors (flattened like [W_1..W_H]) of the symmetry orbit:
+    for hidden layer h and generator K (antisymmetric for "orthogonal", any matrix for "general"),
+    dW_h = K W_h, dW_{h+1} = -W_{h+1} K."""
+    ws = [torch.as_tensor(w).detach().to(F64) for w in weights]
+    sizes = [w.numel() for w in ws]
+    offsets = np.cumsum([0] + sizes)
+    cols = []
+    for h in range(len(ws) - 1):
+        d = ws[h].shape[0]
+        if group == "orthogonal":
+            i, j = torch.triu_indices(d, d, offset=1)
+            K = torch.zeros(len(i), d, d, dtype=F64)
+            K[torch.arange(len(i)), i, j] = 1.0
+            K[torch.arange(len(i)), j, i] = -1.0
+        elif group == "general":
+            K = torch.eye(d * d, dtype=F64).reshape(d * d, d, d)
+        else:
+            raise ValueError(f"group={group!r}: allowed 'orthogonal' | 'general'")
+        T = torch.zeros(K.shape[0], int(offsets[-1]), dtype=F64)
+        T[:, offsets[h]:offsets[h + 1]] = (K @ ws[h]).reshape(K.shape[0], -1)
+        T[:, offsets[h + 1]:offsets[h + 2]] = (-(ws[h + 1] @ K)).reshape(K.shape[0], -1)
+        cols.append(T)
+    if not cols:
+        return torch.zeros(int(offsets[-1]), 0, dtype=F64)
+    return torch.cat(cols).T
+
+
+def orbit_basis(weights: Sequence[torch.Tensor], group: str = "orthogonal",
+                rtol: float = 1e-7) -> torch.Tensor:
+    """An orthonormal basis (P, t) of the tangent space of the symmetry orbit; t is its dimension."""
+    T = orbit_tangents(weights, group)
+    if T.shape[1] == 0:
+        return T
+    U, s, _ = torch.linalg.svd(T, full_matrices=False)
+    t = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
+    return U[:, :t]
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+LossFn = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+
+
+def ridge_loss_fn(task, ridge: float) -> LossFn:
+    """weights -> task.loss(weights) + ridge * sum_h ||W_h||_F^2 for ONE network (2-D weights)."""
+    def fn(ws):
+        return task.loss(list(ws)) + ridge * sum(w.pow(2).sum() for w in ws)
+    return fn
+
+
+@dataclass
+class RidgePoint:
+    """The label of one point and everything it was decided with (see the module docstring)."""
+    label: str
+    reason: str
+    near_boundary: list
+    loss: float
+    grad_norm: float
+    min_eig: float | None = None          # lambda_min of the full Hessian
+    min_eig_normal: float | None = None   # lambda_min on the orthogonal complement of the orbit tangent
+    eig_scale: float | None = None        # rho, spectral radius
+    eig_tol: float | None = None
+    nullity: int | None = None            # full Hessian: #{|e| <= eig_tol} (None with Lanczos)
+    orbit_dim: int | None = None
+    hessian_method: str | None = None
+    e2e_rank: int = 0
+    layer_rank: int = 0
+    layer_ranks: list = field(default_factory=list)
+    balance: float = 0.0                  # relative balancedness residual (RankState.balance)
+    in_B: int | None = None               # r such that the point lies in B_r (its layer rank), or None
+    theta_sq: float = 0.0
+    identity_bound: float = 0.0           # H sum_i s_i(A)^(2/H)
+    identity_residual: float = 0.0        # (theta_sq - bound) / theta_sq
+    singular_values: list = field(default_factory=list)
+    modes: list | None = None             # mode_table rows (fully observed completion only)
+    tolerances: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        s = f"{self.label} ({self.reason})"
+        if self.near_boundary:
+            s += "; near boundary: " + "; ".join(self.near_boundary)
+        return s
+
+
+def _near(value: float, tol: float, margin: float) -> bool:
+    return tol / margin <= abs(value) <= tol * margin
+
+
+def _task_modes(task, ridge: float, H: int, A: torch.Tensor, tol: LabelTolerances):
+    if task is None or not getattr(task, "fully_observed", False) or not hasattr(task, "observed_matrix"):
+        return None
+    a = 1.0 / task.n_samples  # the lab's completion loss: mean over the N observed entries
+    return mode_table(task.observed_matrix(), ridge, a, H, A, tol.ranks.a_tol, tol.state_rtol)
+
+
+def classify(weights: Sequence[Any], task=None, ridge: float = 0.0, *, loss_fn: LossFn | None = None,
+             symmetry: str | None = None, tol: LabelTolerances | None = None,
+             method: str = "auto", modes: bool = True) -> RidgePoint:
+    """Label one network [W_1..W_H] (2-D tensors) on task.loss + ridge * ||theta||^2, or on any
+    `loss_fn(weights) -> scalar`.
+
+    symmetry: the group whose orbit is quotiented out ("orthogonal", "general" or "none"); default
+    "orthogonal" when ridge > 0, "general" when ridge == 0 (a loss of the product alone). With a custom
+    loss_fn that is not a function of the product plus a ridge term, pass the right one.
+    method: "auto" | "full" | "lanczos" (auto: full Hessian up to tol.full_max_params parameters).
+    """
+    tol = tol or LabelTolerances()
+    ws = [torch.as_tensor(w).detach().to(F64).clone() for w in weights]
+    if ws[0].ndim != 2:
+        raise ValueError("classify labels one network: weights must be 2-D (use classify_members)")
+    if loss_fn is None:
+        if task is None:
+            raise ValueError("classify needs a task or a loss_fn")
+        loss_fn = ridge_loss_fn(task.to(F64) if hasattr(task, "to") else task, ridge)
+    symmetry = symmetry or ("orthogonal" if ridge > 0 else "general")
+    H = len(ws)
+    wg = [w.clone().requires_grad_(True) for w in ws]
+    with torch.enable_grad():
+        value = loss_fn(wg)
+        grads = torch.autograd.grad(value, wg)
+    gn = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    rs = rank_state(ws, tol.ranks)
+    th, bound, resid = balanced_identity(ws)
+    A = end_to_end(ws)
+    pt = RidgePoint(label="", reason="", near_boundary=[], loss=float(value.detach()), grad_norm=gn,
+                    e2e_rank=int(rs.e2e_rank), layer_rank=int(rs.layer_rank),
+                    layer_ranks=[int(r) for r in rs.layer_ranks], balance=float(rs.balance),
+                    in_B=int(rs.layer_rank) if bool(rs.in_B) else None, theta_sq=th, identity_bound=bound,
+                    identity_residual=resid, singular_values=rs.sv_e2e.tolist(),
+                    modes=_task_modes(task, ridge, H, A, tol) if modes else None,
+                    tolerances={**asdict(tol), "ridge": ridge, "symmetry": symmetry})
+    # Ranks near their thresholds
+    rt = tol.ranks
+    for name, svals, t in [("A-rank", [rs.sv_e2e], rt.a_tol), ("layer rank", rs.sv_layers, rt.layer_tol)]:
+        for s in svals:
+            thr = t * float(s[0]) if rt.mode == "relative" else t
+            close = [float(v) for v in s if thr / 2 <= float(v) <= 2 * thr]
+            if close:
+                pt.near_boundary.append(f"{name}: singular value(s) {', '.join(f'{v:.3g}' for v in close)} "
+                                        f"within a factor 2 of the threshold {thr:.3g}")
+                break
+    if _near(gn, tol.grad_tol, tol.margin):
+        pt.near_boundary.append(f"||grad|| = {gn:.3g} within a factor {tol.margin:g} of grad_tol = {tol.grad_tol:g}")
+    if gn > tol.grad_tol:
+        pt.label, pt.reason = "not_critical", f"||grad|| = {gn:.3g} > grad_tol = {tol.grad_tol:g}"
+        return pt
+    _second_order(pt, loss_fn, ws, symmetry, tol, method)
+    return pt
+
+
+def _second_order(pt: RidgePoint, loss_fn: LossFn, ws: list, symmetry: str, tol: LabelTolerances,
+                  method: str) -> None:
+    from dlnlab import hessian
+
+    n = sum(w.numel() for w in ws)
+    B = orbit_basis(ws, symmetry, tol.orbit_rtol) if symmetry != "none" else torch.zeros(n, 0, dtype=F64)
+    t = B.shape[1]
+    pt.orbit_dim = t
+    if method == "auto":
+        method = "full" if n <= tol.full_max_params else "lanczos"
+    pt.hessian_method = method
+    if method == "full":
+        Hm = hessian.full_hessian(loss_fn, ws)
+        ev = torch.linalg.eigvalsh(Hm)
+        rho = float(ev.abs().max())
+        eig_tol = max(tol.eig_rtol * rho, tol.eig_atol)
+        Q, _ = torch.linalg.qr(torch.cat([B, torch.eye(n, dtype=F64)], 1))  # first t columns span B
+        N = Q[:, t:n]
+        ev_n = torch.linalg.eigvalsh(N.T @ Hm @ N) if n > t else torch.zeros(1, dtype=F64)
+        pt.min_eig, pt.min_eig_normal = float(ev[0]), float(ev_n[0])
+        pt.nullity = int((ev.abs() <= eig_tol).sum())
+        flat_normal = int((ev_n.abs() <= eig_tol).sum())
+    elif method == "lanczos":
+        res = hessian.min_eigenvalue(loss_fn, ws, method="lanczos")
+        rho = res.scale
+        eig_tol = max(tol.eig_rtol * rho, tol.eig_atol)
+        theta0 = torch.cat([w.reshape(-1) for w in ws])
+        mu = max(rho, 1.0)
+
+        def penalised(wl):  # + mu ||B^T (theta - theta0)||^2: lifts the orbit directions to 2 mu
+            d = B.T @ (torch.cat([w.reshape(-1) for w in wl]) - theta0)
+            return loss_fn(wl) + mu * d.pow(2).sum()
+
+        res_n = hessian.min_eigenvalue(penalised, ws, method="lanczos") if t else res
+        pt.min_eig, pt.min_eig_normal = res.value, res_n.value
+        flat_normal = int(abs(res_n.value) <= eig_tol)
+    else:
+        raise ValueError(f"method={method!r}: allowed 'auto' | 'full' | 'lanczos'")
+    pt.eig_scale, pt.eig_tol = rho, eig_tol
+    m = tol.margin
+    if pt.min_eig < -eig_tol:
+        pt.label = "strict_saddle"
+        pt.reason = f"lambda_min(Hessian) = {pt.min_eig:.4g} < -eig_tol = {-eig_tol:.3g}"
+        if _near(pt.min_eig, eig_tol, m):
+            pt.near_boundary.append(f"lambda_min = {pt.min_eig:.3g} within a factor {m:g} of -eig_tol")
+        return
+    if pt.min_eig_normal > eig_tol:
+        pt.label = "local_min"
+        pt.reason = (f"PSD; positive definite (lambda_min = {pt.min_eig_normal:.4g} > eig_tol = {eig_tol:.3g}) "
+                     f"on the complement of the {symmetry} symmetry orbit (dimension {t}): a strict "
+                     "minimum modulo the symmetry")
+        if _near(pt.min_eig_normal, eig_tol, m):
+            pt.near_boundary.append(f"lambda_min off the orbit = {pt.min_eig_normal:.3g} within a factor "
+                                    f"{m:g} of eig_tol = {eig_tol:.3g}")
+        return
+    pt.label = "degenerate"
+    why = [f"PSD (lambda_min = {pt.min_eig:.3g} >= -eig_tol = {-eig_tol:.3g}) but singular beyond the "
+           f"{symmetry} symmetry orbit (dimension {t}): "
+           f"{flat_normal if method == 'full' else '>= 1'} flat direction(s) on its complement "
+           f"(lambda_min there = {pt.min_eig_normal:.3g})"]
+    if pt.tolerances.get("ridge", None) == 0:
+        why.append("ridge = 0: nothing holds the zero modes to second order (the data term is flat to order H-1)")
+    if pt.modes:
+        at_thr = [r["mode"] for r in pt.modes if r.get("state") in ("on", "barrier")
+                  and r["threshold"] > 0 and abs(r["y"] - r["threshold"]) <= 1e-6 * r["threshold"]]
+        if at_thr:
+            why.append(f"mode(s) {at_thr} sit at the threshold y* (on-state and barrier merge)")
+    pt.reason = "; ".join(why)
+    if _near(pt.min_eig_normal, eig_tol, m) or (pt.min_eig < 0 and _near(pt.min_eig, eig_tol, m)):
+        pt.near_boundary.append(f"lambda_min off the orbit = {pt.min_eig_normal:.3g}, lambda_min = "
+                                f"{pt.min_eig:.3g}: within a factor {m:g} of eig_tol = {eig_tol:.3g}")
+
+
+def classify_members(weights: Sequence[torch.Tensor], task=None, ridge: float = 0.0,
+                     members: Sequence[int] | None = None, **kw) -> list[RidgePoint]:
+    """`classify` for members of an ensemble (weights (E, d_h, d_{h-1})); all members by default."""
+    E = weights[0].shape[0]
+    return [classify([w[k] for w in weights], task, ridge, **kw) for k in (members or range(E))]

@@ -1,0 +1,163 @@
+"""dlnlab.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dlnlab import hessian as HS
+from dlnlab import landscape as LS
+
+F64 = torch.float64
+# torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+
+
+def gaussian_data(m, d_x, d_y, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, d_x, generator=g, dtype=F64), torch.randn(m, d_y, generator=g, dtype=F64)
+
+
+def data_loss(weights, X, Y):
+    out = X
+    for w in weights:
+        out = out @ w.T
+    return ((out - Y) ** 2).sum()
+
+
+def random_weights(dims, seed=0, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(len(dims) - 1)]
+
+
+def test_square_loss_closure_equals_the_sample_loss():
+    X, Y = gaussian_data(15, 5, 3)
+    ws = random_weights([5, 4, 6, 3])
+    assert float(HS.square_loss_fn(X, Y)(ws)) == pytest.approx(float(data_loss(ws, X, Y)), rel=1e-12)
+
+
+def test_full_hessian_matches_independent_reference():
+    X, Y = gaussian_data(15, 5, 3)
+    ws = random_weights([5, 4, 6, 3])
+    Hm = HS.full_hessian(HS.square_loss_fn(X, Y), ws)
+    ref = torch.func.hessian(lambda th: data_loss(HS.unflatten(th, [w.shape for w in ws]), X, Y))(HS.flatten(ws))
+    torch.testing.assert_close(Hm, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_hvp_generic_closure_ridge_and_completion():
+    """Generic closures (ridge-regularised square loss, a masked matrix-completion loss): HVP == Hess @ v."""
+    X, Y = gaussian_data(12, 4, 3)
+    ws = random_weights([4, 5, 5, 3], seed=1)
+    ridge = lambda w: data_loss(w, X, Y) + 0.1 * sum((x ** 2).sum() for x in w)
+    g = torch.Generator().manual_seed(2)
+    target = torch.randn(3, 4, generator=g, dtype=F64)
+    mask = (torch.rand(3, 4, generator=g) < 0.6).to(F64)
+
+    def completion(w):
+        A = w[0]
+        for x in w[1:]:
+            A = x @ A
+        return (((A - target) * mask) ** 2).sum() / mask.sum()
+
+    for fn in (ridge, completion):
+        Hm = HS.full_hessian(fn, ws)
+        v = [torch.randn(w.shape, generator=g, dtype=F64) for w in ws]
+        got = HS.flatten(HS.hvp(fn, ws, v))
+        torch.testing.assert_close(got, Hm @ HS.flatten(v), rtol=1e-9, atol=1e-9)
+        op = HS.hvp_operator(fn, ws)
+        np.testing.assert_allclose(op.matvec(HS.flatten(v).numpy()), (Hm @ HS.flatten(v)).numpy(), rtol=1e-9,
+                                   atol=1e-9)
+
+
+def test_ridge_shifts_the_spectrum():
+    X, Y = gaussian_data(12, 4, 3)
+    ws = random_weights([4, 5, 5, 3], seed=3)
+    mu = 0.25
+    base = HS.min_eigenvalue(lambda w: data_loss(w, X, Y), ws, method="full").value
+    ridge = HS.min_eigenvalue(lambda w: data_loss(w, X, Y) + mu * sum((x ** 2).sum() for x in w), ws,
+                              method="full").value
+    assert ridge == pytest.approx(base + 2 * mu, rel=1e-10)
+
+
+def _points(data, dims):
+    r = 2
+    return {
+        "strict": LS.saddle_family(data, dims, r, True, generator=0, z_scale=0.3).weights,
+        "nonstrict": LS.saddle_family(data, dims, r, False, generator=1).weights,
+        "global_min": LS.random_global_min(data, dims, generator=2).weights,
+        "random": random_weights(dims, seed=4, scale=0.2),
+    }
+
+
+def test_full_and_lanczos_agree():
+    """Agreement to 1e-6 relative: relative to |lam_min| when it is not ~0, else to the spectral radius."""
+    dims = [20, 16, 16, 16, 12]                               # P = 1024
+    X, Y = gaussian_data(30, 20, 12, seed=1)
+    data = LS.LandscapeData.from_xy(X, Y)
+    for kind, ws in _points(data, dims).items():
+        full = HS.hessian_min_eig(ws, data, method="full", return_result=True)
+        lan = HS.hessian_min_eig(ws, data, method="lanczos", return_result=True)
+        assert full.n_params == lan.n_params == 1024 and lan.converged
+        assert lan.scale == pytest.approx(full.scale, rel=2e-2)
+        err = abs(full.value - lan.value)
+        assert err <= 1e-6 * max(abs(full.value), 1e-3 * full.scale), (kind, full.value, lan.value, full.scale)
+        if kind in ("nonstrict", "global_min"):
+            assert abs(full.value) < 1e-9 * full.scale and abs(lan.value) < 1e-6 * full.scale
+        if kind == "strict":
+            assert full.value < -1e-3 * full.scale
+
+
+def test_auto_method_threshold():
+    X, Y = gaussian_data(10, 6, 4)
+    ws = random_weights([6, 5, 4])
+    assert HS.hessian_min_eig(ws, X, Y, return_result=True).method == "full"
+    assert HS.hessian_min_eig(ws, X, Y, return_result=True, full_max_params=10).method == "lanczos"
+    with pytest.raises(ValueError):
+        HS.hessian_min_eig(ws, X, Y, method="power")
+
+
+def test_return_vector_is_an_eigenvector():
+    X, Y = gaussian_data(10, 6, 4)
+    data = LS.LandscapeData.from_xy(X, Y)
+    ws = LS.saddle_family(data, [6, 5, 5, 4], 1, True, generator=0).weights
+    fn = HS.square_loss_fn(data)
+    Hm = HS.full_hessian(fn, ws)
+    for method in ("full", "lanczos"):
+        res = HS.min_eigenvalue(fn, ws, method=method, return_vector=True)
+        v = torch.as_tensor(res.vector)
+        torch.testing.assert_close(Hm @ v, res.value * v, rtol=1e-6, atol=1e-6 * res.scale)
+
+
+@pytest.mark.slow
+def test_lanczos_100k_parameters_under_30s():
+    """P = 99,856 (H = 4, width 158): a strict and a non-strict saddle, each under 30 s on 2 cores."""
+    w = 158
+    X, Y = gaussian_data(w + 16, w, w, seed=1)
+    data = LS.LandscapeData.from_xy(X, Y)
+    dims = [w] * 5
+    for strict in (True, False):
+        ws = LS.saddle_family(data, dims, w // 4, strict, generator=0, z_scale=1 / math.sqrt(w)).weights
+        t0 = time.perf_counter()
+        res = HS.hessian_min_eig(ws, data, return_result=True)
+        dt = time.perf_counter() - t0
+        assert res.method == "lanczos" and res.n_params == 4 * w * w and res.converged
+        assert dt < 30, dt
+        assert (res.value < -1e-6 * res.scale) == strict, (res.value, res.scale)
+
+
+def test_lanczos_on_an_identically_zero_hessian():
+    """W = 0 with H >= 3 has Hess = 0 (spec O6, O15b): ARPACK cannot start there; we return 0."""
+    X, Y = gaussian_data(10, 6, 4)
+    ws = [torch.zeros(5, 6, dtype=F64), torch.zeros(5, 5, dtype=F64), torch.zeros(4, 5, dtype=F64)]
+    res = HS.hessian_min_eig(ws, X, Y, method="lanczos", return_result=True)
+    assert res.value == 0.0 and res.converged
+    assert HS.hessian_min_eig(ws, X, Y, method="full") == 0.0
+
+
+def test_lanczos_restores_torch_threads():
+    X, Y = gaussian_data(10, 6, 4)
+    ws = random_weights([6, 5, 4])
+    before = torch.get_num_threads()
+    HS.hessian_min_eig(ws, X, Y, method="lanczos", torch_threads=1)
+    assert torch.get_num_threads() == before
