@@ -403,7 +403,15 @@ def make_runs_fixture(root, runs: int = 1000, records: int = 1000, depth: int = 
                 values[:, col[f"sv_{depth}_1_{m + 1}"]] = 1e-6
             table = {"step": step, "member": np.full(n, k, dtype=np.int64)}
             table.update({name: values[:, j] for name, j in col.items()})
+            # the classifier hook's columns (dlnlab.classify_hook), numbers first as the table writes them
+            top = "{" + ",".join(str(j + 1) for j in range(int(rank[-1]))) + "}"
+            labels = np.where(rank < min(dims), "strict_saddle", "global_min").astype(object)
+            table.update({"label_code": np.where(rank < min(dims), 1.0, 3.0), "r": rank,
+                          "critical_value": loss, "nearest_value": loss,
+                          "classify_grad_norm": values[:, col["grad_norm"]] * 64})
             table["member_status"] = np.full(n, "training", dtype=object)
+            table.update({"label": labels, "label_reason": np.full(n, "synthetic", dtype=object),
+                          "S": np.full(n, top, dtype=object), "nearest_S": np.full(n, top, dtype=object)})
             frames.append(pa.table(table))
             if events:  # a one-way jump of the layer rank, 4 -> 3, sooner for a larger lr
                 t_jump = rng.exponential(200 / lr)

@@ -143,12 +143,27 @@ class JumpsConfig:
 
 
 @dataclass
+class ClassifyConfig:
+    """Labels of every checkpoint (dlnlab.classify_hook). Training iterates are only approximately
+    critical, hence looser tolerances than dlnlab.classify's defaults for exact points."""
+    enabled: bool = True
+    every_records: int = 1  # Theorem 7 labels every n-th record (about 1 ms per member)
+    grad_rtol: float = 1.0e-2  # critical iff ||grad L|| <= grad_rtol * tr(Syy) (paper loss)
+    rank_rtol: float = 1.0e-2  # relative numerical-rank threshold of products and pivot blocks
+    rank_band: float = 10.0  # singular values within a factor rank_band of the threshold: "ambiguous"
+    gamma_tol: float = 0.25  # S is read from Gamma when its entries are within this of 0 or 1
+    ridge_every: int = 0  # lambda > 0 or partial completion: Hessian labels every n-th record (0: last only)
+    ridge_members: int = 16  # ... of at most this many members (a Hessian label costs ~50 ms)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     jumps: JumpsConfig = field(default_factory=JumpsConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     seed: int = 0  # member k of an ensemble uses seed + k (init and SGD samples)
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
@@ -211,6 +226,15 @@ def validate(cfg) -> None:
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)
     _need(r.progress in ("auto", "on", "off"), "record.progress", "auto | on | off", r.progress)
+    c = cfg.classify
+    _need(c.every_records >= 1, "classify.every_records", "an integer >= 1", c.every_records)
+    _need(c.ridge_every >= 0, "classify.ridge_every", "an integer >= 0", c.ridge_every)
+    _need(c.ridge_members >= 0, "classify.ridge_members", "an integer >= 0", c.ridge_members)
+    _need(c.grad_rtol >= 0, "classify.grad_rtol", "a number >= 0", c.grad_rtol)
+    _need(0 < c.rank_rtol < 1, "classify.rank_rtol", "a tolerance in (0, 1)", c.rank_rtol)
+    _need(c.rank_band >= 1 and c.rank_rtol * c.rank_band < 1, "classify.rank_band",
+          "a factor >= 1 with rank_rtol * rank_band < 1", c.rank_band)
+    _need(0 < c.gamma_tol < 0.5, "classify.gamma_tol", "a tolerance in (0, 0.5)", c.gamma_tol)
     _need(cfg.precision in ("float32", "float64"), "precision", "float32 | float64", cfg.precision)
     _need(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)", cfg.threads)
     if t.kind == "matrix_completion":

@@ -81,10 +81,19 @@ def build_net(cfg, task) -> DeepLinearNet:
 
 
 def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
-    """Metrics first, then `extra` (their columns reach the sinks), then table, TensorBoard,
-    progress and checkpoints."""
+    """Metrics first, then the classifier and `extra` (their columns reach the sinks), then table,
+    TensorBoard, progress and checkpoints."""
     r = cfg.record
-    hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor), *extra]
+    hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor)]
+    c = getattr(cfg, "classify", None)
+    if c is not None and c.enabled:
+        from dlnlab.classify import Tolerances
+        from dlnlab.classify_hook import ClassifierHook
+
+        tol = Tolerances(grad_rtol=c.grad_rtol, rank_rtol=c.rank_rtol, rank_band=c.rank_band,
+                         gamma_tol=c.gamma_tol)
+        hooks.append(ClassifierHook(tol, c.every_records, c.ridge_every, c.ridge_members))
+    hooks += list(extra)
     if out_dir is not None:
         hooks.append(TableHook(out_dir, r.flush_every))
         if r.tensorboard:

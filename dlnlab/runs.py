@@ -119,7 +119,10 @@ class TableHook(Hook):
     def compact(self) -> None:
         """One file per run reads much faster than many parts (load_runs over big sweeps)."""
         parts = sorted((self.dir / METRICS_DIR).glob("part-*.parquet"))
-        if len(parts) < 2:
+        if not parts:
+            return
+        if len(parts) == 1:
+            os.replace(parts[0], self.dir / METRICS_DIR / TABLE_FILE)
             return
         df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
         tmp = self.dir / METRICS_DIR / f"{TABLE_FILE}.tmp"
