@@ -161,7 +161,6 @@ class TensorBoardHook(Hook):
 
     def on_start(self, trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        from tensorboard.plugins.custom_scalar import layout_pb2  # noqa: F401 (checked early)
 
         self.writer = SummaryWriter(log_dir=self.log_dir)
         H, E = trainer.net.H, trainer.net.E

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dlnlab.experiment import compose, prepare, run
 from dlnlab.landscape import plateau_values

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from dlnlab.config import ConfigError, validate
 from dlnlab.experiment import compose, conf_dir, prepare

@@ -1,6 +1,5 @@
 """dlnlab.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
 import math
-import time
 
 import numpy as np
 import pytest
@@ -130,19 +129,17 @@ def test_return_vector_is_an_eigenvector():
 
 
 @pytest.mark.slow
-def test_lanczos_100k_parameters_under_30s():
-    """P = 99,856 (H = 4, width 158): a strict and a non-strict saddle, each under 30 s on 2 cores."""
+def test_lanczos_at_100k_parameters():
+    """P = 99,856 (H = 4, width 158): Lanczos separates a strict from a non-strict saddle.
+    (Its time, target under 30 s on 2 cores, is measured by scripts/bench.py classify.)"""
     w = 158
     X, Y = gaussian_data(w + 16, w, w, seed=1)
     data = LS.LandscapeData.from_xy(X, Y)
     dims = [w] * 5
     for strict in (True, False):
         ws = LS.saddle_family(data, dims, w // 4, strict, generator=0, z_scale=1 / math.sqrt(w)).weights
-        t0 = time.perf_counter()
         res = HS.hessian_min_eig(ws, data, return_result=True)
-        dt = time.perf_counter() - t0
         assert res.method == "lanczos" and res.n_params == 4 * w * w and res.converged
-        assert dt < 30, dt
         assert (res.value < -1e-6 * res.scale) == strict, (res.value, res.scale)
 
 
