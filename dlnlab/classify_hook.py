@@ -34,6 +34,7 @@ class ClassifierHook(Hook):
         self.clf, self.n, self.mode = None, 0, None
         self.writer = None
         self._last_labels: list = []
+        self.latest: list = []  # per member: "label" or "label, S = {..}" at the latest labelled record
 
     def on_start(self, trainer) -> None:
         data = trainer.task.landscape_data()
@@ -75,6 +76,7 @@ class ClassifierHook(Hook):
         m["nearest_S"] = ["{" + ",".join(map(str, c.nearest_S)) + "}" for c in results]
         m["nearest_value"] = torch.tensor([c.nearest_value / scale for c in results], dtype=torch.float64)
         m["classify_grad_norm"] = torch.tensor([c.grad_norm for c in results], dtype=torch.float64)
+        self.latest = [f"{lab} (S = {S or nS})" for lab, S, nS in zip(m["label"], m["S"], m["nearest_S"])]
         self._text(rec, m["label"], m["nearest_S"])
 
     def _ridge(self, trainer, rec: Record) -> None:
@@ -90,6 +92,7 @@ class ClassifierHook(Hook):
             p = ridge_classify([w[k] for w in rec.weights], trainer.task, rec.ridge)
             labels[k], reasons[k], codes[k] = p.label, p.reason, float(LABEL_CODES.get(p.label, -1))
         rec.metrics["label"], rec.metrics["label_reason"], rec.metrics["label_code"] = labels, reasons, codes
+        self.latest = labels[:k_max]
         self._text(rec, labels, None)
 
     def _text(self, rec: Record, labels, nearest) -> None:

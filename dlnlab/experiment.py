@@ -9,7 +9,7 @@ From a notebook:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -126,6 +126,7 @@ class RunSummary:
     final_loss: list
     final_rank: list
     diverged_at: list
+    labels: list = field(default_factory=list)
 
     def __str__(self) -> str:
         loss = ", ".join(f"{v:.6g}" for v in self.final_loss[:8])
@@ -133,6 +134,8 @@ class RunSummary:
         more = " ..." if len(self.final_loss) > 8 else ""
         lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s",
                  f"final loss  {loss}{more}", f"final rank  {rank}{more}"]
+        if self.labels:
+            lines.append(f"final label {', '.join(self.labels[:8])}{more}")
         div = [k for k, d in enumerate(self.diverged_at) if d is not None]
         if div:
             lines.append(f"diverged    members {div}")
@@ -165,7 +168,8 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     net = build_net(cfg, task)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, task, net, build_hooks(cfg, out_dir, extra_hooks), out_dir)
+    hooks = build_hooks(cfg, out_dir, extra_hooks)
+    trainer = build_trainer(cfg, task, net, hooks, out_dir)
     t0 = time.perf_counter()
     result = trainer.run()
     with torch.no_grad():
@@ -177,7 +181,7 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     ranks = spectra.numerical_rank(s, cfg.record.rank_rtol, floor).tolist()
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, [float(v) for v in np.asarray(loss)], ranks,
-                      result.diverged_at)
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
 
 
 def mark_failed(out_dir, message: str) -> None:
