@@ -42,6 +42,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from dlnlab.tasks import end_to_end
+
 F64 = torch.float64
 LABELS = ("not_critical", "strict_saddle", "local_min", "degenerate")
 TOL_MODES = ("absolute", "relative")
@@ -121,13 +123,6 @@ class LabelTolerances:
 def _count(s: torch.Tensor, tol: float, mode: str) -> torch.Tensor:
     thr = tol * s[..., :1] if mode == "relative" else torch.full_like(s[..., :1], tol)
     return (s > thr).sum(-1)
-
-
-def end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    p = weights[0]
-    for w in weights[1:]:
-        p = w @ p
-    return p
 
 
 @dataclass

@@ -31,7 +31,8 @@ def _forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+def end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """W_H ... W_1 (with any leading ensemble dims)."""
     p = weights[0]
     for w in weights[1:]:
         p = w @ p
@@ -127,7 +128,7 @@ class CompletionTask:
                               self.truth.to(dtype), self.name, self.info)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        A = _end_to_end(weights)
+        A = end_to_end(weights)
         return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:

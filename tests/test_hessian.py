@@ -7,22 +7,13 @@ import torch
 
 from dlnlab import hessian as HS
 from dlnlab import landscape as LS
+from landscape_data import gaussian_data, data_loss
 
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
 
 
-def gaussian_data(m, d_x, d_y, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(m, d_x, generator=g, dtype=F64), torch.randn(m, d_y, generator=g, dtype=F64)
-
-
-def data_loss(weights, X, Y):
-    out = X
-    for w in weights:
-        out = out @ w.T
-    return ((out - Y) ** 2).sum()
 
 
 def random_weights(dims, seed=0, scale=0.5):

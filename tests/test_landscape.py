@@ -8,29 +8,12 @@ import pytest
 import torch
 
 from dlnlab import landscape as LS
+from landscape_data import clean_data, gaussian_data, data_loss
 
 F64 = torch.float64
 
 
-def clean_data():
-    """Spec §6.1: X = I_4, Y = [diag(3,2,1) | 0] (samples as rows: Y is 4 x 3)."""
-    X = torch.eye(4, dtype=F64)
-    Y = torch.zeros(4, 3, dtype=F64)
-    Y[0, 0], Y[1, 1], Y[2, 2] = 3.0, 2.0, 1.0
-    return X, Y
 
-
-def gaussian_data(m, d_x, d_y, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(m, d_x, generator=g, dtype=F64), torch.randn(m, d_y, generator=g, dtype=F64)
-
-
-def data_loss(weights, X, Y):
-    """Independent reference: the paper's loss straight from the samples."""
-    out = X
-    for w in weights:
-        out = out @ w.T
-    return ((out - Y) ** 2).sum()
 
 
 # ---------------------------------------------------------------------------------------------
