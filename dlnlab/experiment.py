@@ -26,10 +26,14 @@ from dlnlab.train import Schedule, Trainer
 
 
 def conf_dir() -> str:
-    """The folder of Hydra configs, shipped inside the package as `dlnlab.conf`."""
+    """The folder of Hydra configs, shipped inside the package as `dlnlab.conf` (the top-level
+    conf/ folder of a source checkout when the package is imported from there uninstalled)."""
     from importlib.resources import files
 
-    return str(files("dlnlab.conf"))
+    try:
+        return str(files("dlnlab.conf"))
+    except ModuleNotFoundError:
+        return str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config"):

@@ -127,17 +127,23 @@ class MetricsHook(Hook):
         if not bool(finite.all()):  # a diverged member: its spectra are NaN, the SVD never sees it
             weights = [torch.where(finite.view(-1, 1, 1), w, 0.0) for w in weights]
         prods = spectra.partial_products(weights)
-        svals = spectra.singular_values(prods)
         H = len(weights)
+        all_finite = bool(finite.all())
         nan = torch.tensor(float("nan"), dtype=torch.float64)
-        for (j, i), s in svals.items():
-            key = product_key(j, i)
-            rank = spectra.numerical_rank(s, self.rank_rtol, self.rank_floor ** ((j - i + 1) / H))
-            m[f"rank_{key}"] = torch.where(finite, rank.double(), nan)
-            m[f"sv_{key}"] = torch.where(finite.unsqueeze(1), s, nan)
+        # one batched svdvals and one rank comparison per shape of product, not per product
+        for keys, s in spectra.grouped_singular_values(prods):
+            floors = torch.tensor([self.rank_floor ** ((j - i + 1) / H) for j, i in keys], dtype=s.dtype)
+            top = torch.maximum(s[..., :1], floors.view(-1, *[1] * (s.dim() - 1)))
+            ranks = (s > self.rank_rtol * top).sum(-1).double()
+            if not all_finite:
+                ranks = torch.where(finite, ranks, nan)
+                s = torch.where(finite.unsqueeze(-1), s, nan)
+            for n, (j, i) in enumerate(keys):
+                m[f"rank_{product_key(j, i)}"] = ranks[n]
+                m[f"sv_{product_key(j, i)}"] = s[n]
         m["rank"] = m[f"rank_{product_key(H, 1)}"]
         for h, b in enumerate(spectra.balancedness(weights), start=1):
-            m[f"balance_{h}"] = torch.where(finite, b, nan)
+            m[f"balance_{h}"] = b if all_finite else torch.where(finite, b, nan)
 
 
 class TensorBoardHook(Hook):

@@ -63,6 +63,7 @@ class TableHook(Hook):
         self.last_flush = time.monotonic()
         self.names: list | None = None
         self.object_names: list = []
+        self.layout = None  # the metric keys and shapes of the buffered records
         self.blocks: list = []
         self.objects: list = []
         self.part = 0
@@ -78,20 +79,26 @@ class TableHook(Hook):
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
         # strings (labels) are kept as object columns beside it.
         E = rec.active.shape[0]
-        names, blocks, objects = ["step", "member"], [
-            torch.full((E, 1), float(rec.step), dtype=torch.float64),
-            torch.arange(E, dtype=torch.float64).unsqueeze(1)], {}
-        objects["member_status"] = np.where(rec.active.numpy(), "training", "diverged").astype(object)
+        blocks = [torch.full((E, 1), float(rec.step), dtype=torch.float64),
+                  torch.arange(E, dtype=torch.float64).unsqueeze(1)]
+        objects = {"member_status": np.where(rec.active.numpy(), "training", "diverged").astype(object)}
+        layout = []
         for key, v in rec.metrics.items():
             if isinstance(v, torch.Tensor):
-                # (E,) -> one column `key`; (E, k) -> columns key_1..key_k (a spectrum)
-                names += [key] if v.dim() == 1 else [f"{key}_{n + 1}" for n in range(v.shape[1])]
+                layout.append((key, tuple(v.shape)))
                 blocks.append(v.detach().to(torch.float64).reshape(E, -1))
             else:
                 objects[key] = np.asarray(v, dtype=object)
-        if self.names is not None and (names != self.names or list(objects) != self.object_names):
-            self.flush(trainer)  # the set of columns changed: start a new part
-        self.names, self.object_names = names, list(objects)
+        layout = (tuple(layout), tuple(objects))
+        if layout != self.layout:
+            if self.layout is not None:
+                self.flush(trainer)  # the set of columns changed: start a new part
+            self.layout = layout
+            # (E,) -> one column `key`; (E, k) -> columns key_1..key_k (a spectrum)
+            self.names = ["step", "member"] + [
+                name for key, shape in layout[0]
+                for name in ([key] if len(shape) == 1 else [f"{key}_{n + 1}" for n in range(shape[1])])]
+            self.object_names = list(objects)
         self.blocks.append(torch.cat(blocks, dim=1).numpy())
         self.objects.append(objects)
         if (len(self.blocks) >= self.flush_every or rec.final

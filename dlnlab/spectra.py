@@ -25,18 +25,17 @@ def partial_products(weights: Sequence[torch.Tensor]) -> dict[tuple[int, int], t
     return out
 
 
-def singular_values(mats: dict, batch_dims: int = 1) -> dict:
-    """Singular values (descending) of every matrix in `mats`, one batched svdvals per shape."""
+def grouped_singular_values(mats: dict) -> list[tuple[list, torch.Tensor]]:
+    """[(keys, singular values stacked along dim 0)], one batched svdvals per shape of matrix."""
     groups = defaultdict(list)
     for key, m in mats.items():
         groups[tuple(m.shape)].append(key)
-    out = {}
-    for keys in groups.values():
-        stacked = torch.stack([mats[k] for k in keys])
-        svals = torch.linalg.svdvals(stacked)
-        for n, k in enumerate(keys):
-            out[k] = svals[n]
-    return out
+    return [(keys, torch.linalg.svdvals(torch.stack([mats[k] for k in keys]))) for keys in groups.values()]
+
+
+def singular_values(mats: dict) -> dict:
+    """Singular values (descending) of every matrix in `mats`, one batched svdvals per shape."""
+    return {k: s[n] for keys, s in grouped_singular_values(mats) for n, k in enumerate(keys)}
 
 
 def numerical_rank(s: torch.Tensor, rtol: float, floor: float = 0.0) -> torch.Tensor:
