@@ -244,7 +244,7 @@ def run_cli(argv=None, out=None) -> int:
             if key not in known:
                 raise unknown("--where key", key, known)
         select = R._selector(where)
-        runs = [r for r in runs if select({**r.config, "status": r.status.get("status", "unknown")})]
+        runs = [r for r in runs if select({**r.config, "status": R.effective_status(r.status)})]
     if not runs:
         raise CompareError(f"no runs under {root} (no run folder with a status.json)"
                            + (f" matching --where {' '.join(args.where)}" if where else ""))
@@ -261,6 +261,9 @@ def run_cli(argv=None, out=None) -> int:
     if df.empty:
         raise CompareError(f"no recorded rows under {root} yet")
     by = swept_keys(df) if by is None else by
+    if args.plot and df[args.metric].dtype.kind not in "biuf":  # before printing anything
+        raise CompareError(f"--metric {args.metric!r} is not numeric: no curves to --plot "
+                           "(the table works without --plot)")
     table = compare(df, by, args.metric, args.at_step)
     when = (f"at its last record at or before step {args.at_step}" if args.at_step is not None
             else "at its last record")
@@ -298,6 +301,11 @@ def _recorded_columns(run_dirs) -> list[str]:
 
 def main(argv=None) -> None:
     """`dlnlab-compare ROOT --by KEYS --metric M [--at-step N] [--csv F] [--plot F.png]`."""
+    import warnings
+
+    # a skipped damaged file is news for the user, not a Python source line
+    warnings.showwarning = lambda message, category, *a, **k: print(
+        f"dlnlab-compare: warning: {message}", file=sys.stderr)
     try:
         code = run_cli(argv)
     except (CompareError, KeyError) as e:

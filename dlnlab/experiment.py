@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -105,7 +104,7 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
     if r.progress != "off":
         hooks.append(ProgressHook(enabled=True if r.progress == "on" else None))
     if out_dir is not None:
-        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", Cadence(r.checkpoint_every)))
+        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", r.checkpoint_every))
     return hooks
 
 
@@ -176,16 +175,28 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     trainer = build_trainer(cfg, task, net, hooks, out_dir)
     t0 = time.perf_counter()
     result = trainer.run()
+    loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
+    return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
+                      time.perf_counter() - t0, loss, ranks,
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
+
+
+def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:
+    """Per member: the loss and end-to-end rank of the final weights; NaN and None for a member
+    that diverged (frozen, or a non-finite product or loss), which the SVD must never see."""
     with torch.no_grad():
-        loss = task.loss(list(net.weights)).double().numpy()
-        s = torch.linalg.svdvals(net.end_to_end().double())
+        loss = task.loss(list(net.weights)).double()
+        A = net.end_to_end().double()
+    ok = torch.isfinite(A).flatten(1).all(1) & torch.isfinite(loss)
+    if active is not None:
+        ok &= active
+    s = torch.linalg.svdvals(torch.where(ok.view(-1, 1, 1), A, 0.0))
     floor = cfg.record.rank_floor
     if floor is None:
         floor = float(torch.linalg.matrix_norm(task.target(), ord=2))
     ranks = spectra.numerical_rank(s, cfg.record.rank_rtol, floor).tolist()
-    return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
-                      time.perf_counter() - t0, [float(v) for v in np.asarray(loss)], ranks,
-                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
+    return ([float(v) if k else float("nan") for v, k in zip(loss.tolist(), ok.tolist())],
+            [r if k else None for r, k in zip(ranks, ok.tolist())])
 
 
 def mark_failed(out_dir, message: str) -> None:

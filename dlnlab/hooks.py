@@ -57,6 +57,15 @@ class Cadence:
     def due(self, step: int) -> bool:
         return (self.every and step % self.every == 0) or step == self._last or step in self._log
 
+    def next_due(self, step: int) -> int | None:
+        """The first step after `step` at which the cadence fires (None: never again)."""
+        cands = [s for s in self._log if s > step]
+        if self.every:
+            cands.append((step // self.every + 1) * self.every)
+        if self._last is not None:  # nothing fires after the last step
+            cands = [c for c in cands if c < self._last] + ([self._last] if self._last > step else [])
+        return min(cands) if cands else None
+
 
 @dataclass
 class Record:
@@ -123,12 +132,15 @@ class MetricsHook(Hook):
         m["lr"] = torch.full_like(m["loss"], rec.lr)
         m["ridge"] = torch.full_like(m["loss"], rec.ridge)
         weights = [w.detach().double() for w in rec.weights]
-        finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in weights]).all(0)
-        if not bool(finite.all()):  # a diverged member: its spectra are NaN, the SVD never sees it
-            weights = [torch.where(finite.view(-1, 1, 1), w, 0.0) for w in weights]
         prods = spectra.partial_products(weights)
-        H = len(weights)
+        # Finite layers can still overflow in a long product (a member about to diverge): its
+        # spectra are NaN like a diverged member's, and the SVD never sees it.
+        finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in prods.values()]).all(0)
         all_finite = bool(finite.all())
+        if not all_finite:
+            weights = [torch.where(finite.view(-1, 1, 1), w, 0.0) for w in weights]
+            prods = spectra.partial_products(weights)
+        H = len(weights)
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         # one batched svdvals and one rank comparison per shape of product, not per product
         for keys, s in spectra.grouped_singular_values(prods):
@@ -227,7 +239,7 @@ class TensorBoardHook(Hook):
         if self.writer is None:
             return
         try:
-            metrics = {f"final/{k}": float(np.nanmean(v.double().numpy())) for k, v in self._last.items()}
+            metrics = {f"final/{k}": _finite_mean(v) for k, v in self._last.items()}
             metrics["final/diverged_members"] = float(sum(d is not None for d in trainer.diverged_at))
             # One HParams session per run folder, written by the run's own writer (like
             # add_hparams(..., run_name=".")). The hparams a sweep varies are marked `differs`:
@@ -246,6 +258,13 @@ class TensorBoardHook(Hook):
                 self.writer.add_scalar(k, v)
         finally:
             self.writer.close()
+
+
+def _finite_mean(v: torch.Tensor) -> float:
+    """Mean over the members with a finite value (NaN when every member diverged)."""
+    v = v.double()
+    v = v[torch.isfinite(v)]
+    return float(v.mean()) if v.numel() else float("nan")
 
 
 def hparam_dict(config: dict, status: str) -> dict:
@@ -296,18 +315,29 @@ def _atomic_save(obj, path: str) -> None:
 class CheckpointHook(Hook):
     """Saves weights, optimizer state, step, RNG state, member status and the resolved config at its
     cadence and at the end (`last.pt`), each file written atomically and loadable with
-    `torch.load(path, weights_only=True)`. A diverged run keeps the last finite state in `last.pt`."""
+    `torch.load(path, weights_only=True)`.
 
-    def __init__(self, directory, cadence: Cadence | None = None):
+    It sees every record (the trainer's cadence) and writes `step_*.pt` at the records whose step
+    is a multiple of `every` (0: only `last.pt`). `last.pt` holds the last good state of every
+    member: a member whose weights or loss stopped being finite (diverged) is saved as it was at
+    its last record with finite weights and loss (`good_step`, per member), so a diverged run leaves
+    loadable, meaningful weights behind."""
+
+    def __init__(self, directory, every: int = 0):
+        if every < 0:
+            raise ValueError(f"checkpoint every={every}: allowed an integer >= 0")
         self.dir = str(directory)
-        self.cadence = cadence
-        self._good = None  # (step, weights) of the last record whose active members were all finite
+        self.every = int(every)
+        self._good: list | None = None  # per layer (E, d_h, d_{h-1}): each member's last good weights
+        self._good_step: torch.Tensor | None = None  # (E,) the step of those weights, -1: none yet
 
-    def state(self, trainer, step: int, weights) -> dict:
+    def state(self, trainer, step: int, weights, good_step=None) -> dict:
         return {
             "step": step,
             "dims": list(trainer.net.dims),
             "weights": [w.detach().clone() for w in weights],
+            "good_step": (good_step if good_step is not None
+                          else torch.full((trainer.net.E,), step, dtype=torch.long)),
             "optimizer": trainer.optimizer.state_dict(),
             "sampler": trainer.sampler.state_dict() if trainer.sampler is not None else None,
             "seed": trainer.seed,
@@ -319,21 +349,34 @@ class CheckpointHook(Hook):
     def on_start(self, trainer) -> None:
         os.makedirs(self.dir, exist_ok=True)
 
+    def _remember(self, rec: Record) -> None:
+        ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+        if "loss" in rec.metrics:  # finite layers can overflow in the product: the loss tells
+            ok &= torch.isfinite(rec.metrics["loss"])
+        if self._good is None:
+            self._good = [w.clone() for w in rec.weights]
+            self._good_step = torch.where(ok, rec.step, -1)
+        elif bool(ok.any()):
+            for g, w in zip(self._good, rec.weights):
+                g[ok] = w[ok]
+            self._good_step[ok] = rec.step
+
     def on_record(self, trainer, rec: Record) -> None:
-        act = rec.active
-        if all(bool(torch.isfinite(w[act]).all()) for w in rec.weights):
-            self._good = (rec.step, [w.clone() for w in rec.weights])
-        if not rec.final:
+        self._remember(rec)
+        if self.every and rec.step % self.every == 0 and not rec.final:
             _atomic_save(self.state(trainer, rec.step, rec.weights),
                          os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
 
     def on_end(self, trainer, status: str) -> None:
-        step, weights = trainer.step, trainer.weights
-        if not all(bool(torch.isfinite(w[trainer.active]).all()) for w in weights) or status == "diverged":
-            if self._good is None:
-                return
-            step, weights = self._good
-        _atomic_save(self.state(trainer, step, weights), os.path.join(self.dir, "last.pt"))
+        if self._good is None:
+            return
+        have = self._good_step >= 0
+        if not bool(have.any()):
+            return
+        weights = [torch.where(have.view(-1, 1, 1), g, w) for g, w in zip(self._good, trainer.weights)]
+        step = int(self._good_step.max())
+        _atomic_save(self.state(trainer, step, weights, self._good_step.clone()),
+                     os.path.join(self.dir, "last.pt"))
 
 
 class ProgressHook(Hook):
@@ -348,9 +391,14 @@ class ProgressHook(Hook):
             return
         frac = rec.step / max(trainer.steps, 1)
         bar = "#" * int(30 * frac)
-        loss = float(np.nanmedian(rec.metrics["loss"].double().numpy()))
-        rank = int(np.median(rec.metrics["rank"].numpy()))
-        self.stream.write(f"\r[{bar:<30}] step {rec.step}/{trainer.steps}  loss {loss:.4g}  rank {rank}   ")
+        alive = rec.metrics["rank"].double().numpy()
+        alive = alive[np.isfinite(alive)]  # diverged members have NaN metrics
+        if alive.size:
+            loss = float(np.nanmedian(rec.metrics["loss"].double().numpy()))
+            line = f"loss {loss:.4g}  rank {int(np.median(alive))}"
+        else:
+            line = "every member diverged"
+        self.stream.write(f"\r[{bar:<30}] step {rec.step}/{trainer.steps}  {line}   ")
         self.stream.flush()
 
     def on_end(self, trainer, status: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -73,7 +74,7 @@ class TableHook(Hook):
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
         write_status(self.dir, status="running", step=0, steps=trainer.steps, started=self.t0,
-                     ensemble=trainer.net.E)
+                     updated=self.t0, ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname())
 
     def on_record(self, trainer, rec: Record) -> None:
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
@@ -106,34 +107,46 @@ class TableHook(Hook):
             self.flush(trainer)
 
     def flush(self, trainer=None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if not self.blocks:
             return
-        df = pd.DataFrame(np.concatenate(self.blocks), columns=self.names)
-        df["step"] = df["step"].astype(np.int64)
-        df["member"] = df["member"].astype(np.int64)
-        for k in self.object_names:
-            df[k] = np.concatenate([o[k] for o in self.objects])
+        # straight to arrow: a pandas DataFrame of ~400 columns costs more than the write itself
+        block = np.concatenate(self.blocks)
+        cols = [pa.array(block[:, 0].astype(np.int64)), pa.array(block[:, 1].astype(np.int64))]
+        cols += [pa.array(block[:, k]) for k in range(2, block.shape[1])]
+        cols += [pa.array([None if v is None else str(v) for o in self.objects for v in o[k]], type=pa.string())
+                 for k in self.object_names]
+        table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
         path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
         os.replace(tmp, path)
         self.part += 1
         self.blocks, self.objects = [], []
         self.last_flush = time.monotonic()
         if trainer is not None:
-            write_status(self.dir, status="running", step=trainer.step)
+            # a heartbeat: a run killed with no chance to write its status (kill -9, power loss)
+            # still tells how far it got and for how long it ran
+            now = time.time()
+            write_status(self.dir, status="running", step=trainer.step, updated=now, wall_time=now - self.t0)
 
     def compact(self) -> None:
         """One file per run reads much faster than many parts (load_runs over big sweeps)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         parts = sorted((self.dir / METRICS_DIR).glob("part-*.parquet"))
         if not parts:
             return
         if len(parts) == 1:
             os.replace(parts[0], self.dir / METRICS_DIR / TABLE_FILE)
             return
-        df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        # parts written before and after a hook added a column differ: permissive fills the gaps
+        table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
         tmp = self.dir / METRICS_DIR / f"{TABLE_FILE}.tmp"
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
         os.replace(tmp, self.dir / METRICS_DIR / TABLE_FILE)
         for p in parts:
             p.unlink()
@@ -176,8 +189,7 @@ from dataclasses import dataclass
 
 EVENTS_FILE = "events.parquet"
 # The jump events the rank tracker writes, one row per event (see dlnlab.jumps).
-EVENT_COLUMNS = {"member": "int64", "step": "int64", "from_rank": "int64", "to_rank": "int64",
-                 "kind": "str", "rank_type": "str"}
+from dlnlab.jumps import EVENT_COLUMNS  # noqa: E402  (defined once, by the tracker that writes them)
 RUN_COLUMNS = ("status", "wall_time", "overrides")  # per-run columns added after the metrics
 
 try:  # libyaml parses a config ~10x faster than the pure-Python loader
@@ -257,13 +269,47 @@ def read_overrides(run_dir, messages: list | None = None) -> str:
     return " ".join(str(o) for o in items)
 
 
+# The fields of status.json that readers compute with, and the types they must have.
+_STATUS_TYPES = {"status": (str,), "step": (int,), "steps": (int,), "ensemble": (int,), "pid": (int,),
+                 "host": (str,), "started": (int, float), "updated": (int, float),
+                 "ended": (int, float), "wall_time": (int, float)}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def effective_status(status: dict) -> str:
+    """The run's status, with "running" turned into "killed" when the run's process, on this host,
+    is gone: it ended without writing its status (kill -9, out of memory, a lost node). Runs on
+    other hosts (a cluster's nodes) keep "running": their processes cannot be checked from here."""
+    st = status.get("status", "unknown")
+    if (st == "running" and status.get("host") == socket.gethostname()
+            and isinstance(status.get("pid"), int) and not _pid_alive(status["pid"])):
+        return "killed"
+    return st
+
+
 def _read_status_checked(run_dir: Path, messages: list) -> dict:
     path = run_dir / STATUS_FILE
     try:
         status = json.loads(path.read_text())
-        if isinstance(status, dict):
-            return status
-        problem = "not a JSON object"
+        if not isinstance(status, dict):
+            problem = "not a JSON object"
+        else:
+            bad = [k for k, types in _STATUS_TYPES.items() if k in status and status[k] is not None
+                   and (not isinstance(status[k], types) or isinstance(status[k], bool))]
+            if not bad:
+                return status
+            # keep what is sound: a wrong field must not cost the run its other values
+            messages.append(f"damaged status {path}: field(s) {', '.join(bad)} of the wrong type ignored")
+            return {k: v for k, v in status.items() if k not in bad}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
@@ -361,7 +407,7 @@ def _scan(paths, where=None) -> list[_Run]:
         if unknown:
             raise KeyError(f"where: unknown config key {unknown[0]!r}; known keys: "
                            + ", ".join(sorted(known)))
-    return [r for r in runs if select({**r.config, "status": r.status.get("status", "unknown")})]
+    return [r for r in runs if select({**r.config, "status": effective_status(r.status)})]
 
 
 def _config_keys(runs: list[_Run], config) -> list[str]:
@@ -383,12 +429,17 @@ def _per_run_frame(runs: list[_Run], keys: list[str], taken: set) -> pd.DataFram
     """One row per run: `run` (its folder), status, wall time, overrides and the config values
     `keys`. Numbers and booleans stay numeric; strings and mixed values become categoricals."""
     cols: dict = {"run": pd.Categorical([str(r.path) for r in runs])}
-    cols["status"] = pd.Categorical([r.status.get("status", "unknown") for r in runs])
+    cols["status"] = pd.Categorical([effective_status(r.status) for r in runs])
     cols["wall_time"] = np.array([r.status.get("wall_time", np.nan) for r in runs], dtype=float)
     cols["overrides"] = pd.Categorical([r.overrides for r in runs])
     for key in keys:
         if key not in cols:
-            per_run = pd.Series([r.config.get(key) for r in runs], dtype=None if runs else float)
+            values = [r.config.get(key) for r in runs]
+            present = [v for v in values if v is not None]
+            if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+                cols[key] = pd.array(values, dtype="Int64")  # a run without the key: <NA>, not 4.0
+                continue
+            per_run = pd.Series(values, dtype=None if runs else float)
             cols[key] = per_run.to_numpy() if per_run.dtype.kind in "biuf" else pd.Categorical(per_run.tolist())
     # a recorded column wins over a run value of the same name
     return pd.DataFrame({k: v for k, v in cols.items() if k == "run" or k not in taken})
@@ -413,7 +464,7 @@ def _table_files(run_dir: Path) -> list[Path]:
     return sorted((run_dir / METRICS_DIR).glob("part-*.parquet"))
 
 
-def _read_parquet(path: Path, columns, messages: list):
+def _read_parquet(path: Path, columns, messages: list, what: str = "run-table file"):
     """One parquet file as a pyarrow Table (only `columns` of it, when given), or None if damaged."""
     import pyarrow.parquet as pq
 
@@ -425,8 +476,33 @@ def _read_parquet(path: Path, columns, messages: list):
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file must not sink the whole load
-        messages.append(f"damaged run-table file {path} skipped ({_first_line(e)})")
+        messages.append(f"damaged {what} {path} skipped ({_first_line(e)})")
         return None
+
+
+def _drop_incompatible(tables: list, sources: list, messages: list, what: str) -> list:
+    """`tables` with those whose columns cannot be merged with the ones before them (a column
+    stored as text in one file and as numbers in the others) replaced by None, each with a message
+    naming its source: one odd file must not sink the whole load."""
+    import pyarrow as pa
+
+    present = [t.schema for t in tables if t is not None]
+    try:
+        pa.unify_schemas(present, promote_options="permissive")
+        return tables
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    out, schema = [], None
+    for t, src in zip(tables, sources):
+        if t is not None:
+            try:
+                schema = t.schema if schema is None else pa.unify_schemas([schema, t.schema],
+                                                                          promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                messages.append(f"damaged {what} {src} skipped ({_first_line(e)})")
+                t = None
+        out.append(t)
+    return out
 
 
 def _read_table(run_dir: Path, columns):
@@ -436,12 +512,13 @@ def _read_table(run_dir: Path, columns):
     for attempt in range(2):
         messages: list = []
         try:
-            tables = [t for t in (_read_parquet(f, columns, messages) for f in _table_files(run_dir))
-                      if t is not None]
+            files = _table_files(run_dir)
+            tables = [_read_parquet(f, columns, messages) for f in files]
         except FileNotFoundError:  # a running job compacted its parts meanwhile: list them again
             if attempt == 0:
                 continue
             raise
+        tables = [t for t in _drop_incompatible(tables, files, messages, "run-table file") if t is not None]
         if not tables:
             return None, messages
         if len(tables) == 1:
@@ -483,9 +560,11 @@ def _load(paths: list[Path], where=None, columns=None, config=True, threads: int
         runs = _scan(paths, where)
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(read, [r.path for r in runs]))
-    _warn_all([m for _, ms in results for m in ms])
+    messages = [m for _, ms in results for m in ms]
+    tables = _drop_incompatible([t for t, _ in results], [r.path for r in runs], messages, "run table of")
+    _warn_all(messages)
     keys = _config_keys(runs, config)
-    table, counts = _to_pandas([t for t, _ in results], ["step", "member"])
+    table, counts = _to_pandas(tables, ["step", "member"])
     return _with_run_columns(table, runs, np.repeat(np.arange(len(runs)), counts), keys)
 
 
@@ -554,12 +633,15 @@ def _read_events(runs: list[_Run]) -> tuple[list, list[bool]]:
         path = r.path / EVENTS_FILE
         exists = path.exists()
         tracked.append(exists)
-        tables.append(_read_parquet(path, None, messages) if exists else None)
+        tables.append(_read_parquet(path, None, messages, "events file") if exists else None)
     _warn_all(messages)
     return tables, tracked
 
 
 def _events_frame(runs: list[_Run], tables: list, config) -> pd.DataFrame:
+    messages: list = []
+    tables = _drop_incompatible(tables, [r.path / EVENTS_FILE for r in runs], messages, "events file")
+    _warn_all(messages)
     if all(t is None or t.num_rows == 0 for t in tables):
         return _empty_events()
     table, counts = _to_pandas(tables, list(EVENT_COLUMNS))
@@ -664,8 +746,8 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
     `increases`, and the median `first_jump` / `first_passage_<r>` over the members that got
     there; then `status`, `wall_time`, `overrides` and the config columns.
 
-    events: None: read <run>/events.parquet of the runs in `df` where present (no file anywhere:
-    no jump columns); a DataFrame from `load_events`; False: no jump columns.
+    events: None: read <run>/events.parquet of the runs in `df` where present (runs without one
+    get NaN jump columns); a DataFrame from `load_events`; False: no jump columns.
     """
     if per not in ("run", "member"):
         raise ValueError(f"per={per!r}: allowed 'run' | 'member'")
@@ -684,9 +766,10 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
     if events is None:
         runs = [_Run(Path(r), {}, {}, "") for r in out["run"].unique()]
         tables, has = _read_events(runs)
-        if any(has):
-            events = _events_frame(runs, tables, config=False)
-            tracked = {str(r.path) for r, h in zip(runs, has) if h}
+        # no tracked run at all: the jump columns are still there, NaN (unknown, not zero), so
+        # code written for a tracked sweep runs on any sweep
+        events = _events_frame(runs, tables, config=False) if any(has) else _empty_events()
+        tracked = {str(r.path) for r, h in zip(runs, has) if h}
     if isinstance(events, pd.DataFrame):
         out = pd.concat([out, _jump_columns(events, out, tracked, rank_type)], axis=1)
     run_info = last.groupby("run", observed=True, sort=False)[run_level].first() if run_level else None

@@ -150,6 +150,7 @@ class Trainer:
         self.status = "running"
         self._stop = False
         self._seen: dict[int, int] = {}  # id(hook) -> last step it recorded
+        self._next_record = 0  # the next step at which some hook is due
         self.optimizer.register_step_post_hook(self._after_step)
 
     # -- state seen by hooks -------------------------------------------------------------------
@@ -191,9 +192,16 @@ class Trainer:
             self._seen[id(h)] = self.step
             h.on_record(self, rec)
 
+    def _schedule_next(self) -> None:
+        # asking every hook's cadence at every step costs more than a record at small widths
+        nxt = [n for n in (h.cadence.next_due(self.step) for h in self.hooks) if n is not None]
+        self._next_record = min(nxt) if nxt else math.inf
+
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.step += 1
-        self._record()
+        if self.step >= self._next_record:
+            self._record()
+            self._schedule_next()
 
     def _loss(self) -> torch.Tensor:
         ws = list(self.net.weights)
@@ -210,6 +218,7 @@ class Trainer:
             for h in self.hooks:
                 h.cadence.last = self.steps
             self._record()
+            self._schedule_next()
             while self.step < self.steps and not self._stop:
                 g = self.optimizer.param_groups[0]
                 g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlnlab.hooks import Hook
 from dlnlab.runs import load_run, load_runs, read_status
 
 BIN = Path(sys.executable).parent
@@ -109,3 +110,28 @@ def test_float32_ensemble_with_balanced_init_runs_from_a_notebook(tmp_path):
     # A balanced start (scale * the task's map) is balanced at step 0
     first = df[df.step == 0]
     assert (first[["balance_1", "balance_2", "balance_3"]] < 1e-5).all().all()
+
+
+def test_a_diverging_member_leaves_the_run_finished_with_the_others(tmp_path):
+    """One member of an ensemble diverges (progress bar on): the run ends `finished`, the summary
+    and the table flag that member, and the healthy members' results are whole."""
+    from dlnlab.experiment import compose, run
+
+    cfg = compose(["model.ensemble=4", "model.init.kind=gaussian", "model.init.scale=1.0",
+                   "optim.lr=0.005", "optim.steps=300", "record.every=50", "record.progress=on"])
+    scale = {1: 30.0}  # member 1 starts far too large for lr 0.005
+
+    class Blowup(Hook):
+        def on_start(self, trainer):
+            with torch.no_grad():
+                for w in trainer.net.weights:
+                    w[1] *= scale[1]
+
+    summary = run(cfg, out_dir=tmp_path, extra_hooks=[Blowup()])
+    assert summary.status == "finished"
+    assert summary.diverged_at[1] is not None and summary.diverged_at[0] is None
+    assert summary.final_rank[1] is None and summary.final_loss[1] != summary.final_loss[1]  # NaN
+    assert all(r == 4 for k, r in enumerate(summary.final_rank) if k != 1)
+    df = load_run(tmp_path)
+    last = df[df.step == df.step.max()].set_index("member")
+    assert last.loc[1, "member_status"] == "diverged" and (last.drop(1)["member_status"] == "training").all()
