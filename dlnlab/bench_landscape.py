@@ -46,7 +46,8 @@ def bench_classify(depth: int = 4, width: int = 32, m: int = 64, repeats: int = 
     count P (width = round(sqrt(P / depth)), all layers square). Uses torch's current thread count.
 
     Returns {"classify_ms": {kind: ms}, "hessian_s": {P: {"strict": s, "nonstrict": s, "method": ...,
-    "..._n_hvp": ..., "..._lam_min": ...}}, "hessian_warmup_s": s, "threads": n}. The Lanczos runs use
+    "..._n_hvp": ..., "..._lam_min": ..., "..._refined": ...}}, "hessian_warmup_s": s, "threads": n}.
+    The Lanczos runs use
     1 torch thread (hessian.min_eigenvalue's default torch_threads=1).
     """
     g = torch.Generator().manual_seed(seed)
@@ -85,6 +86,7 @@ def bench_classify(depth: int = 4, width: int = 32, m: int = 64, repeats: int = 
             row[kind] = time.perf_counter() - t0
             row[f"{kind}_lam_min"] = res.value
             row[f"{kind}_n_hvp"] = res.n_hvp
+            row[f"{kind}_refined"] = res.refined   # the relative-accuracy second Lanczos pass ran
             row["method"] = res.method
         out["hessian_s"][P] = row
     return out

@@ -19,11 +19,22 @@ points), checked |S| = r and Gamma ~ diagonal 0/1; (4) critical value tr Syy - s
 S = {1..r}: strict iff some pivot is loose (both blocks of rank > r), else non-strict.
 
 Numerical ranks: a singular value s of a matrix B counts as non-zero iff s > thr with
-    thr = max(rank_rtol * s_1(B), rank_floor_rtol * prod of the Frobenius norms of B's factors)
-(the second term is the float64 noise floor of a computed product). For the product we rank
+    thr = max(rank_rtol * s_1(B), floor_rtol * prod of the Frobenius norms of B's factors),
+    floor_rtol = max(rank_floor_rtol, rank_floor_eps * eps(input dtype))
+(the second term is the noise floor of a computed product: float64 arithmetic, or the rounding of
+weights handed in as float32/float16, e.g. an exact critical point saved in float32). For the product we rank
 P Sxx^{1/2} (its singular values are sqrt(lam_i), i in S, at a critical point) with
 s_1 replaced by max(s_1, sqrt(lam_1)). A singular value in (thr/rank_band, thr*rank_band] is "inside the
 gap": a decision that depends on it gives the label "ambiguous" (`ambiguous_values` says which).
+
+Data outside Assumption 1 (repeated eigenvalues of Sigma, singular Sxx, rank-deficient Sxy, d_x > m;
+spec §8.8): Theorem 7 does not apply (with repeated eigenvalues S is not even unique: which eigenvector
+the SVD returns decides it). "not_critical" is still decided (first order needs no assumption); every
+other point gets "ambiguous" with the failed part of Assumption 1 in `reason`.
+
+Also exported here (the issue's API): critical_values, plateau_values (dlnlab.landscape),
+hessian_min_eig (dlnlab.hessian) and the generators random_global_min, saddle_family,
+random_normal_form_point, enumeration_points, escape_path.
 """
 from __future__ import annotations
 
@@ -34,21 +45,35 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dlnlab.landscape import LandscapeData, format_S, as_weights, dims_of
+from dlnlab.hessian import hessian_min_eig
+from dlnlab.landscape import (LandscapeData, as_weights, critical_values, dims_of, enumeration_points,
+                              escape_path, format_S, plateau_values, random_global_min,
+                              random_normal_form_point, saddle_family)
 
-__all__ = ["Tolerances", "Classification", "Classifier", "classify"]
+__all__ = ["Tolerances", "Classification", "Classifier", "classify", "critical_values", "plateau_values",
+           "hessian_min_eig", "random_global_min", "saddle_family", "random_normal_form_point",
+           "enumeration_points", "escape_path"]
 
 
 @dataclass(frozen=True)
 class Tolerances:
     """Every tolerance of the classifier (all relative ones are dimensionless).
 
-    grad_rtol, grad_atol: the point is not critical iff ||grad L||_F > grad_atol + grad_rtol * tr(Syy)
-        (grad over all parameters, paper loss; tr(Syy) = the loss at W = 0). Exact float64 points give
-        ~1e-13 * tr(Syy); for training checkpoints use ~1e-2 (spec §5 "training checkpoints").
+    grad_rtol, grad_atol: the point is not critical iff ||grad L||_F > grad_atol + g * tr(Syy),
+        g = max(grad_rtol, grad_eps * eps(input dtype)) (grad over all parameters, paper loss;
+        tr(Syy) = the loss at W = 0). Exact float64 points give ~1e-13 * tr(Syy); for training
+        checkpoints use ~1e-2 (spec §5 "training checkpoints").
+    grad_eps: the gradient floor in units of the input dtype's machine epsilon: exact critical points
+        rounded to float32 have ||grad L|| up to ~10 eps * tr(Syy) (measured on gauged H = 4 global
+        minima), above grad_rtol's 1e-6. No effect for float64 input (100 * 2.2e-16 << 1e-6).
     rank_rtol: relative numerical-rank threshold (see the module docstring). Exact points: any value in
         1e-12..1e-3 works; for training checkpoints 1e-2.
     rank_floor_rtol: float64 noise floor, relative to the product of the factors' Frobenius norms.
+    rank_floor_eps: the same floor in units of the input dtype's machine epsilon (the weights' dtype
+        before the float64 conversion): floor = max(rank_floor_rtol, rank_floor_eps * eps). Rounding
+        each W_h to float32 leaves "zero" singular values of a block at ~eps32 * prod ||W_h||_F; at
+        the float64 floor they land inside the gap and exact non-strict points read "ambiguous". No
+        effect for float64 input (100 * 2.2e-16 < 1e-11).
     rank_band: the ambiguity band: thr/rank_band < s <= thr*rank_band is inside the gap (default 10: one
         decade each side; keep rank_rtol * rank_band well below 1).
     gamma_tol: S is readable from Gamma iff every diagonal entry is within gamma_tol of 0 or 1 and every
@@ -61,8 +86,10 @@ class Tolerances:
     """
     grad_rtol: float = 1e-6
     grad_atol: float = 0.0
+    grad_eps: float = 100.0
     rank_rtol: float = 1e-6
     rank_floor_rtol: float = 1e-11
+    rank_floor_eps: float = 100.0
     rank_band: float = 10.0
     gamma_tol: float = 0.25
     value_rtol: float = 1e-6
@@ -70,7 +97,8 @@ class Tolerances:
     data_rank_rtol: float = 1e-10
 
     def __post_init__(self):
-        for name in ("grad_rtol", "grad_atol", "rank_floor_rtol", "value_rtol", "eig_gap_rtol", "data_rank_rtol"):
+        for name in ("grad_rtol", "grad_atol", "grad_eps", "rank_floor_rtol", "rank_floor_eps", "value_rtol",
+                     "eig_gap_rtol", "data_rank_rtol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Tolerances.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.rank_rtol < 1:
@@ -89,7 +117,8 @@ class Tolerances:
 class Classification:
     """The verdict of Theorem 7 on one point, with its evidence.
 
-    label: "not_critical" | "global_min" | "strict_saddle" | "nonstrict_saddle" | "ambiguous".
+    label: "not_critical" | "global_min" | "strict_saddle" | "nonstrict_saddle" | "ambiguous" (a decision
+        inside a tolerance gap, or a critical point of data outside Assumption 1: see `reason`).
     S: sorted 1-based eigen-indices the product projects on (None if not critical or unreadable).
     r: numerical rank of the product W_H...W_1 (always reported); r_max: min(d_0..d_H); H: depth.
     critical_value: tr Syy - sum_{i in S} lam_i (None unless S is known); loss: the paper's L(W).
@@ -207,19 +236,22 @@ class Classifier:
     # -----------------------------------------------------------------------------------------
     def classify(self, weights: Sequence[Any], hessian: bool = False, hessian_method: str = "auto"):
         """Classify one point [W_1..W_H] (2-D tensors) or an ensemble (each (E, d_h, d_{h-1})) -> list."""
+        eps = input_eps(weights)
         ws = as_weights(weights)
+        _check_ndims(ws)
         if ws[0].ndim == 3:
             E = ws[0].shape[0]
-            return [self._classify_one([w[e] for w in ws], hessian, hessian_method) for e in range(E)]
-        if ws[0].ndim != 2:
-            raise ValueError(f"weights must be 2-D, or 3-D for an ensemble; got W_1 of shape {tuple(ws[0].shape)}")
-        return self._classify_one(ws, hessian, hessian_method)
+            return [self._classify_one([w[e] for w in ws], hessian, hessian_method, eps) for e in range(E)]
+        return self._classify_one(ws, hessian, hessian_method, eps)
 
     __call__ = classify
 
     # -----------------------------------------------------------------------------------------
-    def _classify_one(self, ws: list[torch.Tensor], hessian: bool, hessian_method: str) -> Classification:
+    def _classify_one(self, ws: list[torch.Tensor], hessian: bool, hessian_method: str,
+                      eps: float = 0.0) -> Classification:
         d, tol = self.data, self.tol
+        gtol = tol.grad_atol + max(tol.grad_rtol, tol.grad_eps * eps) * d.tr_syy
+        floor_rtol = max(tol.rank_floor_rtol, tol.rank_floor_eps * eps)
         dims = dims_of(ws)
         if dims[0] != d.d_x or dims[-1] != d.d_y:
             raise ValueError(f"weights map d_x = {dims[0]} -> d_y = {dims[-1]}, data have d_x = {d.d_x}, d_y = {d.d_y}")
@@ -228,7 +260,7 @@ class Classifier:
         band = tol.rank_band
         if not all(bool(torch.isfinite(w).all()) for w in ws):
             return Classification(label="not_critical", S=None, r=0, r_max=r_max, H=H, critical_value=None,
-                                  loss=math.nan, grad_norm=math.nan, grad_tol=tol.grad_atol + tol.grad_rtol * d.tr_syy,
+                                  loss=math.nan, grad_norm=math.nan, grad_tol=gtol,
                                   loose_pivots=None, reason="non-finite weights", nearest_S=(), nearest_value=math.nan,
                                   gamma_diag=(), assumptions_ok=d.assumptions.ok,
                                   warnings=self._data_warnings + ("non-finite weights",))
@@ -252,7 +284,6 @@ class Classifier:
             gh = left if h == 1 else left @ ch[(h - 1, 1)].T
             g2 += float((gh * gh).sum())
         gnorm = math.sqrt(g2)
-        gtol = tol.grad_atol + tol.grad_rtol * d.tr_syy
         if not (math.isfinite(gnorm) and math.isfinite(L)):
             return Classification(label="not_critical", S=None, r=0, r_max=r_max, H=H, critical_value=None,
                                   loss=L, grad_norm=gnorm, grad_tol=gtol, loose_pivots=None,
@@ -269,17 +300,14 @@ class Classifier:
         fro = [float(torch.linalg.matrix_norm(w)) for w in ws]
         sP = _svals({"P": P @ d.Sxx_half})["P"]
         thrP = max(tol.rank_rtol * max(float(sP[0]) if sP.size else 0.0, self._sqrt_lam1),
-                   tol.rank_floor_rtol * math.prod(fro) * self._sxxh_fro)
+                   floor_rtol * math.prod(fro) * self._sxxh_fro)
         rP = _Rank(sP, thrP, band, "product W_H..W_1 Sxx^1/2")
         r = rP.rank
         base = dict(r=r, r_max=r_max, H=H, loss=L, grad_norm=gnorm, grad_tol=gtol, nearest_S=nearest_S,
                     nearest_value=nearest_value, gamma_diag=tuple(float(x) for x in gdiag),
                     assumptions_ok=d.assumptions.ok)
         warns = list(self._data_warnings)
-        hmin = None
-        if hessian:
-            from dlnlab.hessian import hessian_min_eig
-            hmin = float(hessian_min_eig(ws, d, method=hessian_method))
+        hmin = float(hessian_min_eig(ws, d, method=hessian_method)) if hessian else None
 
         def out(label, reason, S=None, cv=None, **kw):
             return Classification(label=label, reason=reason, S=S, critical_value=cv, hessian_min_eig=hmin,
@@ -288,6 +316,11 @@ class Classifier:
         # step 1
         if not gnorm <= gtol:
             return out("not_critical", f"||grad L|| = {gnorm:.3g} > tolerance {gtol:.3g}", loose_pivots=None)
+        if not d.assumptions.ok:
+            # Theorem 7 (and the uniqueness of S) needs Assumption 1; first order did not
+            return out("ambiguous", f"first-order critical (||grad L|| = {gnorm:.3g} <= {gtol:.3g}), but Theorem 7 "
+                       "does not apply: Assumption 1 fails: " + "; ".join(d.assumptions.failures),
+                       loose_pivots=None)
         if rP.amb:
             return out("ambiguous", f"the rank of the product is ambiguous ({rP.lo}..{rP.hi}): singular value(s) "
                        "inside the tolerance gap", ambiguous_values=rP.amb, loose_pivots=None)
@@ -324,7 +357,7 @@ class Classifier:
             spec = self._pivot_blocks(ws, ch, fro, H, mats, floors)
         sv = _svals(mats)
         ranks = {key: _Rank(sv[key], max(tol.rank_rtol * (float(sv[key][0]) if sv[key].size else 0.0),
-                                         tol.rank_floor_rtol * floors[key]), band, _block_name(key))
+                                         floor_rtol * floors[key]), band, _block_name(key))
                  for key in mats}
         for key in (("C", H, 2), ("C", H - 1, 1)):
             if key in ranks and ranks[key].rank != r:
@@ -401,6 +434,31 @@ class Classifier:
                     floors[k1] = math.prod(fro[:j - 1]) * self._sxy_fro * math.prod(fro[i:])
                 spec[(i, j)] = (k1, k2)
         return spec
+
+
+def input_eps(weights: Sequence[Any]) -> float:
+    """Machine epsilon of the least precise floating dtype among the weights as handed in (torch or
+    numpy; 0 for integer/bool input, which is exact). Sets the rank and gradient noise floors."""
+    eps = 0.0
+    for w in weights:
+        dt = w.dtype if isinstance(w, torch.Tensor) else np.asarray(w).dtype
+        if isinstance(dt, torch.dtype):
+            if dt.is_floating_point:
+                eps = max(eps, float(torch.finfo(dt).eps))
+        elif np.issubdtype(dt, np.inexact):
+            eps = max(eps, float(np.finfo(dt).eps))
+    return eps
+
+
+def _check_ndims(ws: list[torch.Tensor]) -> None:
+    """One network (every W_h 2-D) or one ensemble (every W_h 3-D with the same E): never a mix."""
+    nd = [w.ndim for w in ws]
+    if any(n not in (2, 3) for n in nd) or len(set(nd)) != 1:
+        raise ValueError("weights must be all 2-D (one network) or all 3-D (an ensemble (E, d_h, d_{h-1})); got "
+                         "shapes " + ", ".join(f"W_{h + 1} {tuple(w.shape)}" for h, w in enumerate(ws)))
+    if nd[0] == 3 and len({w.shape[0] for w in ws}) != 1:
+        raise ValueError("ensemble weights disagree on the number of members E: "
+                         + ", ".join(f"W_{h + 1} {tuple(w.shape)}" for h, w in enumerate(ws)))
 
 
 def _block_name(key) -> str:

@@ -1,4 +1,10 @@
-"""`dlnlab-classify PATH [--hessian]`: label a saved checkpoint (a run folder means its last.pt)."""
+"""`dlnlab-classify PATH [--hessian]`: label a saved checkpoint (a run folder means its last.pt).
+
+The task's data are rebuilt from the run's config, and the labels use the run's `classify.*`
+tolerances (as the classifier hook did for the run table). Loss-like values are printed in both
+units: "paper" = the landscape paper's loss, the SUM over samples (or observed entries), and "lab" =
+the run's loss (the mean) = paper / task.paper_scale.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,57 +14,121 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+# Classification fields that are losses (or their gradient), printed in paper and lab units
+_LOSS_FIELDS = ("loss", "critical_value", "nearest_value", "grad_norm", "grad_tol")
+# mode-table columns shown for ridge / partial-completion labels (dlnlab.ridge.mode_table)
+_MODE_COLUMNS = ("mode", "y", "threshold", "s", "s_on", "s_barrier", "barrier_height", "state", "could_switch_off")
+
 
 def _fail(msg: str) -> None:
     print(f"dlnlab-classify: error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__)
-    ap.add_argument("path", help="a checkpoint .pt, or a run folder (its checkpoints/last.pt)")
-    ap.add_argument("--hessian", action="store_true", help="also compute the Hessian's smallest eigenvalue")
-    ap.add_argument("--members", type=int, default=8, help="label at most this many ensemble members")
-    args = ap.parse_args(argv)
-    path = Path(args.path)
+def _load(path: Path):
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         _fail(f"no checkpoint at {path}")
     try:
         ck = torch.load(path, weights_only=True)
-        cfg = OmegaConf.create(ck["config"])
+        return path, ck, OmegaConf.create(ck["config"])
     except Exception as e:  # noqa: BLE001
         _fail(f"{path} is not a dlnlab checkpoint: {e}")
 
-    from dlnlab.classify import Tolerances, classify
+
+def _ridge_schedule(cfg):
+    from dlnlab.train import Schedule
+
+    o = cfg.optim
+    return Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle)
+
+
+def _fmt(v) -> str:
+    return f"{v:.10g}" if isinstance(v, float) else str(v)
+
+
+def _print_field(key: str, v) -> None:
+    print(f"    {key:30s} {_fmt(v)}")
+
+
+def _print_theorem7(res: dict, scale: float) -> None:
+    for key, v in res.items():
+        if key in ("label", "S") or v in (None, ""):
+            continue
+        if key in _LOSS_FIELDS and isinstance(v, float):
+            print(f"    {key:30s} paper {v:.10g}   lab {v / scale:.10g}")
+        else:
+            _print_field(key, v)
+
+
+def _print_modes(modes: list) -> None:
+    print("    mode table (A.3):")
+    cols = [c for c in _MODE_COLUMNS if any(c in row for row in modes)]
+    print("      " + "  ".join(f"{c:>16s}" for c in cols))
+    for row in modes:
+        print("      " + "  ".join(f"{_fmt(row.get(c)):>16s}" for c in cols))
+
+
+def _print_ridge(p) -> None:
+    rows = {"reason": p.reason, "loss (lab units, with ridge)": p.loss, "grad_norm (lab units)": p.grad_norm,
+            "hessian_min_eig": p.min_eig, "e2e_rank": p.e2e_rank, "layer_rank": p.layer_rank,
+            "layer_ranks": getattr(p, "layer_ranks", None), "in_B": getattr(p, "in_B", None),
+            "balance": getattr(p, "balance", None),
+            "identity_residual": getattr(p, "identity_residual", None),
+            "identity_holds": getattr(p, "identity_holds", None),
+            "near_boundary": "; ".join(getattr(p, "near_boundary", []) or [])}
+    for key, v in rows.items():
+        if v not in (None, ""):
+            _print_field(key, v)
+    if getattr(p, "modes", None):
+        _print_modes(p.modes)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", help="a checkpoint .pt, or a run folder (its checkpoints/last.pt)")
+    ap.add_argument("--hessian", action="store_true", help="also compute the Hessian's smallest eigenvalue")
+    ap.add_argument("--members", type=int, default=8, help="label at most this many ensemble members")
+    args = ap.parse_args(argv)
+    path, ck, cfg = _load(Path(args.path))
+
+    from dlnlab.classify import classify
+    from dlnlab.classify_hook import tolerances_from_config
     from dlnlab.experiment import build_task
 
     task = build_task(cfg.task)
-    weights = [w.double() for w in ck["weights"]]
+    weights = ck["weights"]
     E = weights[0].shape[0]
-    ridge = float(cfg.optim.ridge) if not len(cfg.optim.ridge_values) else float(cfg.optim.ridge_values[-1])
+    schedule = _ridge_schedule(cfg)
+    ridge = schedule(int(ck["step"]))
     data = task.landscape_data()
+    theorem7 = data is not None and not any(schedule.values)   # as the classifier hook decides
+    scale = float(task.paper_scale)
     print(f"{path}  step {ck['step']}  dims {ck['dims']}  members {E}")
+    if theorem7:
+        tol = tolerances_from_config(cfg.get("classify"))
+        print(f"units: paper = sum over the {task.n_samples} samples (the landscape paper's loss); "
+              f"lab = the run's loss (mean) = paper / {scale:g}")
+        print("tolerances (run config classify.*): " + ", ".join(
+            f"{k}={getattr(tol, k):g}" for k in ("grad_rtol", "rank_rtol", "rank_band", "gamma_tol")))
+    else:
+        print(f"units: lab (the run's loss, mean over {task.n_samples} samples, plus ridge "
+              f"lambda = {ridge:g} * ||theta||^2); paper = lab * {scale:g} without the ridge term")
     for k in range(min(E, args.members)):
         ws = [w[k] for w in weights]
-        if data is not None and ridge == 0:
-            c = cfg.get("classify", {})
-            tol = Tolerances(grad_rtol=c.get("grad_rtol", 1e-2), rank_rtol=c.get("rank_rtol", 1e-2))
+        if theorem7:
             res = classify(ws, *data, tolerances=tol, hessian=args.hessian).to_dict()
-            head = f"member {k}: {res['label']}  S = {res['S'] or res['nearest_S'] + ' (nearest)'}"
+            print(f"member {k}: {res['label']}  S = {res['S'] or res['nearest_S'] + ' (nearest)'}")
+            _print_theorem7(res, scale)
         else:
             from dlnlab.ridge import classify as ridge_classify
 
-            p = ridge_classify(ws, task, ridge)
-            res = {"label": p.label, "reason": p.reason, "loss": p.loss, "grad_norm": p.grad_norm,
-                   "e2e_rank": p.e2e_rank, "layer_rank": p.layer_rank, "hessian_min_eig": p.min_eig,
-                   "balanced_identity_residual": p.identity_residual}
-            head = f"member {k}: {p.label} (ridge lambda = {ridge}, first and second order)"
-        print(head)
-        for key, v in res.items():
-            if key not in ("label", "S") and v not in (None, ""):
-                print(f"    {key:22s} {v}")
+            p = ridge_classify([w.double() for w in ws], task, ridge)
+            why = "partially observed completion" if data is None else f"ridge lambda = {ridge:g}"
+            print(f"member {k}: {p.label} ({why}: first and second order, not Theorem 7)")
+            _print_ridge(p)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,21 @@ Ridge lambda > 0 or a partially observed completion: Theorem 7 does not apply, s
 labelled by first and second order (`dlnlab.ridge.classify`: Hessian-vector products, costly), at
 the last record and every `ridge_every` records.
 
+Units: the classifier works in the landscape paper's units (loss = SUM over samples, or over the N
+observed entries of a completion); paper value = task.paper_scale * lab loss (m, or N).
+
 Columns (per member): label, label_code (for step charts), label_reason, S, r, critical_value and
-nearest_value (lab loss units: paper value / task.paper_scale), nearest_S, classify_grad_norm.
+nearest_value (LAB loss units: paper value / task.paper_scale, on the same scale as `loss`),
+nearest_S, classify_grad_norm (PAPER units: the gradient of the summed loss that the classifier's
+grad_rtol * tr(Syy) threshold is compared with).
+
+TensorBoard (through TensorBoardHook.extra): loss/critical_value and loss/nearest_plateau on the loss
+chart, label_code as a step chart, classify/r and classify/grad_norm; the labels as text whenever a
+member's (label, S) changes (S: the Theorem-7 S, else the nearest plateau's).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -25,15 +35,35 @@ log = logging.getLogger(__name__)
 LABEL_CODES = {"ambiguous": -1, "not_critical": 0, "strict_saddle": 1, "nonstrict_saddle": 2,
                "global_min": 3, "degenerate": 4, "local_min": 5}
 
+# metric column -> TensorBoard tag (TensorBoardHook.extra)
+TB_TAGS = {"critical_value": "loss/critical_value", "nearest_value": "loss/nearest_plateau",
+           "label_code": "label_code", "r": "classify/r", "classify_grad_norm": "classify/grad_norm"}
+
+
+def tolerances_from_config(c) -> Tolerances:
+    """Tolerances from a run's `classify` config section: every key that is also a Tolerances field
+    (grad_rtol, rank_rtol, rank_band, gamma_tol in ClassifyConfig); missing keys (configs of older
+    runs) fall back to ClassifyConfig's defaults, then to Tolerances'."""
+    from dlnlab.config import ClassifyConfig
+
+    names = {f.name for f in dataclasses.fields(Tolerances)}
+    defaults = {f.name: f.default for f in dataclasses.fields(ClassifyConfig) if f.name in names}
+    given = {} if c is None else {k: c.get(k) for k in names if c.get(k) is not None}
+    return Tolerances(**{**defaults, **given})
+
+
+def _fmt_S(S) -> str:
+    return "{" + ",".join(map(str, S)) + "}"
+
 
 class ClassifierHook(Hook):
     def __init__(self, tolerances: Tolerances | None = None, every_records: int = 1,
                  ridge_every: int = 0, ridge_members: int = 16):
-        self.tol = tolerances or Tolerances(grad_rtol=1e-2, rank_rtol=1e-2)
+        self.tol = tolerances or tolerances_from_config(None)
         self.every, self.ridge_every, self.ridge_members = every_records, ridge_every, ridge_members
         self.clf, self.n, self.mode = None, 0, None
         self.writer = None
-        self._last_labels: list = []
+        self._last_text: list = []   # per member (label, S) at the last text written
         self.latest: list = []  # per member: "label" or "label, S = {..}" at the latest labelled record
 
     def on_start(self, trainer) -> None:
@@ -42,16 +72,14 @@ class ClassifierHook(Hook):
             self.clf = Classifier(*data, tolerances=self.tol)
             self.mode = "theorem7"
             if not self.clf.data.assumptions.ok:
-                log.warning("classifier: Assumption 1 fails (%s); labels are reported but Theorem 7 "
-                            "does not apply", "; ".join(self.clf.data.assumptions.failures))
+                log.warning("classifier: Assumption 1 fails (%s); critical points are labelled "
+                            "ambiguous (Theorem 7 does not apply)", "; ".join(self.clf.data.assumptions.failures))
         else:
             self.mode = "ridge"
         for h in trainer.hooks:
             if isinstance(h, TensorBoardHook):
                 self.writer = h
-                # predicted critical value on the loss chart; labels as a step chart
-                h.extra.update({"critical_value": "loss/critical_value",
-                                "nearest_value": "loss/nearest_plateau", "label_code": "label_code"})
+                h.extra.update(TB_TAGS)
 
     def on_record(self, trainer, rec: Record) -> None:
         self.n += 1
@@ -63,21 +91,23 @@ class ClassifierHook(Hook):
 
     def _theorem7(self, trainer, rec: Record) -> None:
         scale = trainer.task.paper_scale
-        results = self.clf.classify([w.double() for w in rec.weights])
+        # the weights in their training dtype: the classifier's noise floors follow the input precision
+        results = self.clf.classify([w.detach() for w in rec.weights])
         nan = float("nan")
         m = rec.metrics
         m["label"] = [c.label for c in results]
         m["label_code"] = torch.tensor([float(LABEL_CODES[c.label]) for c in results], dtype=torch.float64)
         m["label_reason"] = [c.reason for c in results]
-        m["S"] = ["" if c.S is None else "{" + ",".join(map(str, c.S)) + "}" for c in results]
+        m["S"] = ["" if c.S is None else _fmt_S(c.S) for c in results]
         m["r"] = torch.tensor([float(c.r) for c in results], dtype=torch.float64)
         m["critical_value"] = torch.tensor([nan if c.critical_value is None else c.critical_value / scale
                                             for c in results], dtype=torch.float64)
-        m["nearest_S"] = ["{" + ",".join(map(str, c.nearest_S)) + "}" for c in results]
+        m["nearest_S"] = [_fmt_S(c.nearest_S) for c in results]
         m["nearest_value"] = torch.tensor([c.nearest_value / scale for c in results], dtype=torch.float64)
         m["classify_grad_norm"] = torch.tensor([c.grad_norm for c in results], dtype=torch.float64)
         self.latest = [f"{lab} (S = {S or nS})" for lab, S, nS in zip(m["label"], m["S"], m["nearest_S"])]
-        self._text(rec, m["label"], m["nearest_S"])
+        self._text(rec, m["label"], [f"S = {S}" if S else f"nearest plateau S = {nS}"
+                                     for S, nS in zip(m["S"], m["nearest_S"])])
 
     def _ridge(self, trainer, rec: Record) -> None:
         from dlnlab.ridge import classify as ridge_classify
@@ -95,11 +125,15 @@ class ClassifierHook(Hook):
         self.latest = labels[:k_max]
         self._text(rec, labels, None)
 
-    def _text(self, rec: Record, labels, nearest) -> None:
-        """Labels as TensorBoard text, written when they change."""
-        if self.writer is None or self.writer.writer is None or labels == self._last_labels:
+    def _text(self, rec: Record, labels, sets) -> None:
+        """Labels as TensorBoard text, written when some shown member's (label, S) changes: a move from
+        a strict saddle on {1} to one on {1,2} is news even though the label stays the same."""
+        if self.writer is None or self.writer.writer is None:
             return
-        self._last_labels = list(labels)
-        rows = [f"member {k}: **{lab}**" + (f" (plateau S = {nearest[k]})" if nearest else "")
-                for k, lab in enumerate(labels[: self.writer.members])]
+        shown = self.writer.members
+        key = [(lab, sets[k] if sets else None) for k, lab in enumerate(labels[:shown])]
+        if key == self._last_text:
+            return
+        self._last_text = key
+        rows = [f"member {k}: **{lab}**" + (f" ({S})" if S is not None else "") for k, (lab, S) in enumerate(key)]
         self.writer.writer.add_text("label", "  \n".join(rows), rec.step)

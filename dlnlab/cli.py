@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,7 +22,11 @@ def _train(cfg) -> None:
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     try:
-        task = prepare(cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            task = prepare(cfg)
+        for w in caught:  # e.g. a data file outside Assumption 1: one line, not a source listing
+            print(f"dlnlab-train: note: {w.message}", file=sys.stderr)
     except (C.ConfigError, DataError) as e:
         # A user error: say what is wrong, no traceback. In a sweep the other jobs go on.
         mark_failed(out_dir, str(e))

@@ -435,7 +435,8 @@ def make_runs_fixture(root, runs: int = 1000, records: int = 1000, depth: int = 
                                      "from_rank": pa.array(cols[2], pa.int64()),
                                      "to_rank": pa.array(cols[3], pa.int64()),
                                      "kind": pa.array(cols[4], pa.string()),
-                                     "rank_type": pa.array(cols[5], pa.string())}), d / R.EVENTS_FILE)
+                                     "rank_type": pa.array(cols[5], pa.string()),
+                                     "in_B": pa.array([True] * len(cols[0]), pa.bool_())}), d / R.EVENTS_FILE)
         now = time.time()
         (d / R.STATUS_FILE).write_text(json.dumps(
             {"status": "finished", "step": steps, "steps": steps, "started": now - 60, "ensemble": ensemble,

@@ -5,6 +5,8 @@ Unknown keys and wrong types fail at compose time (OmegaConf); `validate` adds t
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -131,11 +133,32 @@ class JumpsConfig:
     a_tol: float = 1.0e-2  # A-rank: #{s_i(A) > a_tol}
     layer_tol: float = 0.1  # layer rank: max_l #{s_i(W_l) > layer_tol} (the B_r test)
     tol_mode: str = "absolute"  # absolute | relative (tolerance times s_1 of the same matrix)
-    bal_rtol: float = 1.0  # B_r: max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol ||theta||^2 / H
+    # B_r: max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol ||theta||^2 / H (the ratio is <= H;
+    # SGD members of R1 measure 0.13-1.51: see dlnlab.ridge.RankTolerances)
+    bal_rtol: float = 2.0
     norm_bound: Optional[float] = None  # B_r: ||theta||^2 <= norm_bound (null: no bound)
-    label_final: bool = True  # label the warm-up and GD end points (dlnlab.ridge.classify)
-    grad_tol: float = 1.0e-7  # labels: ||grad|| <= grad_tol is critical
-    eig_rtol: float = 1.0e-6  # labels: Hessian eigenvalues within eig_rtol * rho of 0 count as 0
+    gd_every: Optional[int] = None  # record cadence of the GD reference phase (null: record.every)
+    # Labels (dlnlab.ridge.classify) in the tracked tables (column ridge_label): every label_every-th
+    # record (0: none) of every phase. A label costs ~1 ms per member off criticality, ~50 ms per
+    # critical member (full Hessian, R1 size), so label_every = 1 on a GD phase adds ~50 ms a record.
+    label_every: int = 0
+    # label the last record of every phase (all members), and the warm-up and GD end points in
+    # jumps_summary.json (with the A.3 mode table)
+    label_final: bool = True
+    # Label tolerances (dlnlab.ridge.LabelTolerances, same names and defaults; all plumbed by
+    # dlnlab.jumps.label_tolerances):
+    grad_tol: float = 1.0e-7  # ||grad|| <= grad_tol is critical
+    eig_rtol: float = 1.0e-6  # Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0
+    eig_atol: float = 1.0e-12
+    orbit_rtol: float = 1.0e-7  # symmetry-orbit tangents: singular values > orbit_rtol * the largest
+    identity_rtol: float = 1.0e-6  # ||theta||^2 = H sum s_i^(2/H) holds within this relative residual
+    identity_roundoff: float = 1.0  # that sum skips s_i <= identity_roundoff * max(n1, n2) * eps * s_1
+    state_rtol: float = 1.0e-3  # A.3 mode table: a mode is on / at the barrier within this of the closed form
+    shallow_rtol: float = 0.2  # A.3: a shallow basin (could switch off): barrier height <= this * a y^2
+    threshold_rtol: float = 1.0e-6  # A.3: a mode sits at its threshold y* within this relative distance
+    rank_margin: float = 2.0  # near-boundary flag: a singular value within this factor of a rank threshold
+    margin: float = 10.0  # near-boundary flag: ||grad|| or an eigenvalue within this factor of its tolerance
+    full_max_params: int = 2000  # full Hessian up to this many parameters, Lanczos above
     polish_steps: int = 0  # > 0: GD-polish the main phase's end points this long, then label them
     polish_lr: Optional[float] = None  # null: warmup.lr
     polish_members: int = 16  # label at most this many members (the first ones; a label costs ~50 ms)
@@ -201,12 +224,12 @@ def validate(cfg) -> None:
         _need(min(m.widths) >= 1, "model.widths", "widths >= 1", list(m.widths))
     _need(m.ensemble >= 1, "model.ensemble", "an integer >= 1", m.ensemble)
     _need(m.init.kind in INITS, "model.init.kind", " | ".join(INITS), m.init.kind)
-    _need(m.init.scale >= 0, "model.init.scale", "a number >= 0", m.init.scale)
+    _need(0 <= m.init.scale < math.inf, "model.init.scale", "a finite number >= 0", m.init.scale)
     _need(t.kind in TASK_KINDS, "task", " | ".join(TASK_KINDS), t.kind)
     _need(o.name in OPTIMIZERS, "optim", " | ".join(OPTIMIZERS), o.name)
-    _need(o.lr > 0, "optim.lr", "a number > 0", o.lr)
+    _need(0 < o.lr < math.inf, "optim.lr", "a finite number > 0", o.lr)
     _need(o.steps >= 0, "optim.steps", "an integer >= 0", o.steps)
-    _need(o.ridge >= 0, "optim.ridge", "lambda >= 0", o.ridge)
+    _need(0 <= o.ridge < math.inf, "optim.ridge", "a finite lambda >= 0", o.ridge)
     _need(o.batch_size >= 1, "optim.batch_size", "an integer >= 1", o.batch_size)
     ms = list(o.milestones)
     _need(all(b > a for a, b in zip([0] + ms, ms)), "optim.milestones", "strictly increasing steps > 0", ms)
@@ -214,8 +237,9 @@ def validate(cfg) -> None:
         vals = list(getattr(o, key))
         _need(not vals or len(vals) == len(ms) + 1, f"optim.{key}",
               f"empty or len(milestones) + 1 = {len(ms) + 1} values", vals)
-    _need(all(v > 0 for v in o.lr_values), "optim.lr_values", "values > 0", list(o.lr_values))
-    _need(all(v >= 0 for v in o.ridge_values), "optim.ridge_values", "values >= 0", list(o.ridge_values))
+    _need(all(0 < v < math.inf for v in o.lr_values), "optim.lr_values", "finite values > 0", list(o.lr_values))
+    _need(all(0 <= v < math.inf for v in o.ridge_values), "optim.ridge_values", "finite values >= 0",
+          list(o.ridge_values))
     _need(o.cycle >= 0 and (o.cycle == 0 or not ms or ms[-1] < o.cycle), "optim.cycle",
           "0 (no repeat) or a period longer than the last milestone", o.cycle)
     _need(r.every >= 1, "record.every", "an integer >= 1", r.every)
@@ -223,6 +247,11 @@ def validate(cfg) -> None:
     _need(0 < r.rank_rtol < 1, "record.rank_rtol", "a tolerance in (0, 1)", r.rank_rtol)
     _need(r.rank_floor is None or r.rank_floor >= 0, "record.rank_floor", "null or a number >= 0", r.rank_floor)
     _need(r.checkpoint_every >= 0, "record.checkpoint_every", "an integer >= 0", r.checkpoint_every)
+    # checkpoints are taken at records: a period between records would silently never fire
+    _need(r.checkpoint_every % r.every == 0, "record.checkpoint_every",
+          f"0 (only the last) or a multiple of record.every = {r.every}", r.checkpoint_every)
+    _need(r.tb_members >= 0, "record.tb_members", "an integer >= 0", r.tb_members)
+    _need(r.tb_singular_values >= 0, "record.tb_singular_values", "an integer >= 0", r.tb_singular_values)
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)
     _need(r.progress in ("auto", "on", "off"), "record.progress", "auto | on | off", r.progress)
@@ -237,11 +266,20 @@ def validate(cfg) -> None:
     _need(0 < c.gamma_tol < 0.5, "classify.gamma_tol", "a tolerance in (0, 0.5)", c.gamma_tol)
     _need(cfg.precision in ("float32", "float64"), "precision", "float32 | float64", cfg.precision)
     _need(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)", cfg.threads)
+    _need(cfg.seed >= 0, "seed", "an integer >= 0 (member k of an ensemble uses seed + k)", cfg.seed)
+    if t.kind in ("regression", "matrix_completion"):
+        _need(0 <= t.noise < math.inf, "task.noise", "a finite number >= 0", t.noise)
     if t.kind == "matrix_completion":
         _need(0 < t.observed_fraction <= 1, "task.observed_fraction", "a fraction in (0, 1]", t.observed_fraction)
+        _need(t.observed_count is None or t.observed_count >= 1, "task.observed_count",
+              "null (use task.observed_fraction) or an integer >= 1", t.observed_count)
     j = getattr(cfg, "jumps", None)
     if j is not None:
         _validate_jumps(j)
+        if j.enabled:
+            from dlnlab.jumps import check_options
+
+            check_options(cfg)
     if t.kind in ("regression", "regression_file"):
         _need(0 < t.eig_gap_rtol < 1, "task.eig_gap_rtol", "a tolerance in (0, 1)", t.eig_gap_rtol)
 

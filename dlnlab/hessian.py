@@ -15,17 +15,22 @@ Smallest eigenvalue, two methods:
              eigenvalue theta ~ 0 (every PSD point of a DLN: non-strict saddles and global minima have a
              huge null space). So we first estimate the spectral radius rho (a cheap eigsh "LM", tol 1e-2)
              and run eigsh which="LA" on c I - Hess with c = 2 rho + tiny: all its eigenvalues are >= rho > 0,
-             its largest is c - lam_min, and the stopping rule becomes an ABSOLUTE accuracy ~ tol * rho.
-             Default tol = 1e-6: the residual is <= ~2e-6 rho, so the eigenvalue is certified to ~2e-6 rho
-             (and in practice, being ~||r||^2/gap, far better: 1e-15 relative at strict points, <= 1e-10 rho
-             at PSD points in the tests). The Lanczos value is an upper bound on lam_min. To certify a
-             negative lam_min smaller than ~1e-6 rho (near the strict/non-strict boundary) pass tol=1e-10.
-             ncv = 40 Lanczos vectors, maxiter = 5000 restarts; v0 is seeded (reproducible). HVP counts
-             at P = 1e5 (H = 4, width 158): ~120 at a strict saddle, ~100-190 at PSD points (whose zero
-             eigenvalue sits on a cluster of tiny positive ones; ~400 with tol = 1e-8).
+             its largest is c - lam_min, and the stopping rule becomes an ABSOLUTE accuracy ~ tol * c.
+             That is not enough near the strict/non-strict boundary: there lam_min is a small negative
+             eigenvalue at the edge of a CLUSTER of small negative ones (e.g. -2.993e-3, -2.859e-3,
+             -2.556e-3 with rho = 529), and an absolute accuracy of 1e-6 c cannot tell them apart (first
+             pass: 4.6% relative error). Refinement: when the first value is negative (below
+             -refine_floor * rho) and its residual ||Hess v - lam v|| exceeds tol * |lam|, eigsh runs
+             again from the first eigenvector with tol * |lam| / c (floored at min_tol) and refine_ncv
+             (>= 100) Lanczos vectors, i.e. to a RELATIVE accuracy tol on lam (1e-10 relative in the
+             boundary test). Both values are Rayleigh quotients, hence upper bounds on lam_min: the
+             smaller is kept. Values above -refine_floor * rho are "~ 0": accuracy ~ tol * rho.
+             ncv = 40 Lanczos vectors in the first pass, maxiter = 5000 restarts; v0 is seeded
+             (reproducible). HVP counts at P = 1e5 (H = 4, width 158): ~120 at a strict saddle (+ ~100
+             when refined), ~100-190 at PSD points.
   "auto"     "full" if P <= full_max_params (2000) else "lanczos".
-Agreement between the two: |lam_full - lam_lanczos| <= 1e-6 * max(|lam_full|, 1e-3 rho) (tested); "relative"
-means relative to |lam_min| at strict points and to the spectral radius rho when lam_min ~ 0.
+Agreement between the two (tested): |lam_full - lam_lanczos| <= 1e-6 |lam_full| at strict points, including
+near-boundary ones with |lam_min| ~ 1e-5 rho; <= 1e-6 rho when lam_min ~ 0 (PSD points).
 """
 from __future__ import annotations
 
@@ -147,7 +152,9 @@ class MinEig:
 
     value: lam_min(Hess); scale: spectral radius estimate rho (full: exact max |eig|), the scale for
     "is value negative" decisions; n_params: P; n_hvp: HVPs used (Lanczos); converged: ARPACK converged
-    (always True for "full"); vector: eigenvector (flat, if asked); seconds: wall time.
+    (always True for "full"); vector: eigenvector (flat, if asked); seconds: wall time; residual:
+    ||Hess v - value v|| for the returned unit vector v (Lanczos; None for "full"); refined: the
+    relative-accuracy second pass ran (Lanczos).
     """
     value: float
     method: str
@@ -157,13 +164,24 @@ class MinEig:
     n_hvp: int
     seconds: float
     vector: np.ndarray | None = None
+    residual: float | None = None
+    refined: bool = False
 
 
 def min_eigenvalue(loss_fn: LossFn, weights: Sequence[Any], *, method: str = "auto",
                    full_max_params: int = 2000, tol: float = 1e-6, ncv: int = 40, maxiter: int = 5000,
-                   seed: int = 0, return_vector: bool = False, torch_threads: int | None = 1) -> MinEig:
+                   seed: int = 0, return_vector: bool = False, torch_threads: int | None = 1,
+                   refine: bool = True, refine_ncv: int = 100, refine_maxiter: int = 100,
+                   refine_floor: float = 1e-12, min_tol: float = 1e-14) -> MinEig:
     """lam_min of the Hessian of `loss_fn` at `weights` (see the module docstring for the methods).
 
+    tol: Lanczos accuracy: relative to |lam_min| at negative values below -refine_floor * rho (with
+      `refine`), else ~ tol * rho absolute. refine_ncv: Lanczos vectors of the refinement pass (a large
+      basis separates a clustered lam_min without restarts; it converged within one basis, ncv + 1
+      HVPs, in every test); refine_maxiter: its restarts at most (then a warning, converged=False,
+      and the better of the two values). refine_floor: values above -refine_floor * rho are ~0 and
+      not refined. min_tol: floor of the refinement's eigsh tol (ARPACK cannot go below float64
+      rounding of c ~ 2 rho).
     torch_threads: torch's intra-op thread count while Lanczos runs (restored afterwards); None leaves
     it alone. ARPACK's BLAS threads and torch's OpenMP threads contend: on 2 cores at P = 1e5 the
     Lanczos run took 3.8 s with 1 torch thread and 7.1 s with 2.
@@ -187,53 +205,104 @@ def min_eigenvalue(loss_fn: LossFn, weights: Sequence[Any], *, method: str = "au
                       seconds=time.perf_counter() - t0, vector=vec)
     if method != "lanczos":
         raise ValueError(f"method must be 'auto', 'full' or 'lanczos', got {method!r}")
+    opts = _LanczosOpts(tol=tol, ncv=ncv, maxiter=maxiter, seed=seed, refine=refine, refine_ncv=refine_ncv,
+                        refine_maxiter=refine_maxiter, refine_floor=refine_floor, min_tol=min_tol)
     saved = torch.get_num_threads()
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     try:
-        return _lanczos(loss_fn, ws, n, t0, tol, ncv, maxiter, seed, return_vector)
+        return _lanczos(loss_fn, ws, n, t0, opts, return_vector)
     finally:
         torch.set_num_threads(saved)
 
 
-def _lanczos(loss_fn, ws, n, t0, tol, ncv, maxiter, seed, return_vector) -> MinEig:
-    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
-    op = hvp_operator(loss_fn, ws)
-    rng = np.random.default_rng(seed)
-    v0 = rng.standard_normal(n)
-    ncv_ = min(n - 1, max(ncv, 3))
-    hv0 = float(np.linalg.norm(op.matvec(v0)))
-    if hv0 == 0.0:  # Hess v0 = 0 for a random v0: the Hessian is 0 (almost surely), e.g. W = 0 for H >= 4
-        return MinEig(value=0.0, method="lanczos", n_params=n, scale=0.0, converged=True, n_hvp=op.counter["n"],
-                      seconds=time.perf_counter() - t0, vector=v0 / np.linalg.norm(v0) if return_vector else None)
+@dataclass(frozen=True)
+class _LanczosOpts:
+    tol: float
+    ncv: int
+    maxiter: int
+    seed: int
+    refine: bool
+    refine_ncv: int
+    refine_maxiter: int
+    refine_floor: float
+    min_tol: float
+
+
+def _spectral_radius(op, v0: np.ndarray, hv0: float, maxiter: int) -> float:
+    """rho, to ~1e-2 relative (a cheap eigsh "LM"); never below the Rayleigh bound ||Hess v0|| / ||v0||."""
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+    n = op.shape[0]
+    lower = hv0 / float(np.linalg.norm(v0))
     try:
         rho = float(abs(eigsh(op, k=1, which="LM", tol=1e-2, ncv=min(n - 1, 20), v0=v0,
                               return_eigenvectors=False, maxiter=maxiter)[0]))
     except ArpackNoConvergence as e:  # pragma: no cover - LM converges fast
-        rho = float(np.max(np.abs(e.eigenvalues))) if len(e.eigenvalues) else hv0 / float(np.linalg.norm(v0))
-    rho = max(rho, hv0 / float(np.linalg.norm(v0)))
+        rho = float(np.max(np.abs(e.eigenvalues))) if len(e.eigenvalues) else lower
+    return max(rho, lower)
+
+
+def _top_of_shifted(shifted, v0: np.ndarray, tol: float, ncv: int, maxiter: int):
+    """(theta, unit vector, converged, failure message) for the largest eigenvalue of c I - Hess."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+    n = shifted.shape[0]
+    try:
+        vals, vecs = eigsh(shifted, k=1, which="LA", tol=tol, ncv=min(n - 1, max(ncv, 3)), v0=v0,
+                           maxiter=maxiter)
+        return float(vals[0]), vecs[:, 0], True, None
+    except ArpackNoConvergence as e:
+        if len(e.eigenvalues):
+            return float(e.eigenvalues[-1]), e.eigenvectors[:, -1], False, "did not converge"
+        return float("nan"), None, False, "did not converge"
+    except ArpackError as e:
+        return float("nan"), None, False, f"failed: {e}"
+
+
+def _residual(op, lam: float, vec: np.ndarray | None) -> float:
+    """||Hess v - lam v|| / ||v||: lam is within this of SOME eigenvalue of the Hessian."""
+    if vec is None or not np.isfinite(lam):
+        return float("nan")
+    nv = float(np.linalg.norm(vec))
+    return float(np.linalg.norm(op.matvec(vec) - lam * vec)) / nv
+
+
+def _needs_refinement(lam: float, res: float, rho: float, o: _LanczosOpts) -> bool:
+    """A clearly negative first value whose residual does not yet certify tol relative accuracy."""
+    return o.refine and np.isfinite(lam) and lam < -o.refine_floor * rho and not res <= o.tol * abs(lam)
+
+
+def _lanczos(loss_fn, ws, n, t0, o: _LanczosOpts, return_vector) -> MinEig:
+    from scipy.sparse.linalg import LinearOperator
+    op = hvp_operator(loss_fn, ws)
+    rng = np.random.default_rng(o.seed)
+    v0 = rng.standard_normal(n)
+    hv0 = float(np.linalg.norm(op.matvec(v0)))
+    if hv0 == 0.0:  # Hess v0 = 0 for a random v0: the Hessian is 0 (almost surely), e.g. W = 0 for H >= 4
+        return MinEig(value=0.0, method="lanczos", n_params=n, scale=0.0, converged=True, n_hvp=op.counter["n"],
+                      seconds=time.perf_counter() - t0, vector=v0 / np.linalg.norm(v0) if return_vector else None,
+                      residual=0.0)
+    rho = _spectral_radius(op, v0, hv0, o.maxiter)
     # rho may be underestimated by up to ~1e-2 relative; c = 2 rho keeps c I - Hess positive definite
     c = 2.0 * rho + 1e-300 + (1.0 if rho == 0 else 0.0)
     shifted = LinearOperator((n, n), matvec=lambda v: c * v - op.matvec(v), dtype=np.float64)
-    converged = True
-    try:
-        vals, vecs = eigsh(shifted, k=1, which="LA", tol=tol, ncv=ncv_, v0=v0, maxiter=maxiter)
-        theta, vec = float(vals[0]), vecs[:, 0]
-    except ArpackNoConvergence as e:
-        converged = False
-        warnings.warn(f"Lanczos did not converge ({op.counter['n']} HVPs); returning the best Ritz value",
+    theta, vec, converged, why = _top_of_shifted(shifted, v0, o.tol, o.ncv, o.maxiter)
+    lam = c - theta
+    res = _residual(op, lam, vec)
+    refined = _needs_refinement(lam, res, rho, o)
+    if refined:
+        # eigsh's rule ||r|| <= tol2 * theta with theta ~ c: tol2 = tol |lam| / c asks ||r|| <= tol |lam|
+        tol2 = max(o.tol * abs(lam) / c, o.min_tol)
+        theta2, vec2, conv2, why2 = _top_of_shifted(shifted, vec, tol2, max(o.ncv, o.refine_ncv), o.refine_maxiter)
+        lam2 = c - theta2
+        if np.isfinite(lam2) and lam2 < lam:   # both are Rayleigh quotients: upper bounds on lam_min
+            lam, vec, res = lam2, vec2, _residual(op, lam2, vec2)
+        converged, why = converged and conv2, why or why2
+    if why is not None:
+        warnings.warn(f"Lanczos {why} ({op.counter['n']} HVPs); returning the best Ritz value",
                       RuntimeWarning, stacklevel=3)
-        if len(e.eigenvalues):
-            theta, vec = float(e.eigenvalues[-1]), e.eigenvectors[:, -1]
-        else:
-            theta, vec = float("nan"), None
-    except ArpackError as e:
-        converged = False
-        warnings.warn(f"Lanczos failed: {e}", RuntimeWarning, stacklevel=3)
-        theta, vec = float("nan"), None
-    return MinEig(value=c - theta, method="lanczos", n_params=n, scale=rho, converged=converged,
+    return MinEig(value=lam, method="lanczos", n_params=n, scale=rho, converged=converged,
                   n_hvp=op.counter["n"], seconds=time.perf_counter() - t0,
-                  vector=vec if return_vector else None)
+                  vector=vec if return_vector else None, residual=res, refined=refined)
 
 
 def square_loss_fn(X_or_data: Any, Y: Any = None) -> LossFn:

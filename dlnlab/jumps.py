@@ -3,17 +3,21 @@
 Three pieces:
 
 * `RankJumpHook`, a recording hook that follows every ensemble member: at each record its A-rank
-  (end-to-end) and layer rank (`ridge.RankTolerances`), the set B_r it lies in, and the events
-  "member k entered B_r' from B_r at step t" (first passage) and "rank increase" (for H >= 3 under
-  GD/SGD there must be none: an increase is logged as a warning and kept as an event, never hidden).
-  Events go to `<run_dir>/events.parquet` (read with `dlnlab.runs.load_events`), curves to TensorBoard.
+  (end-to-end) and layer rank (`ridge.RankTolerances`), the set B_r it lies in, its second-order
+  label (`ridge.classify`, every `jumps.label_every` records and at the last one), and the events
+  "member k entered B_r' from B_r at step t" (first passage; `in_B` says whether the point also
+  meets B's balance and norm conditions) and "rank increase" (for H >= 3 under GD/SGD there must be
+  none: an increase is logged as a warning, kept as an event and listed as a FINDING in the run
+  summary, never hidden). Events go to `<run_dir>/events.parquet` (read with
+  `dlnlab.runs.load_events`), curves to TensorBoard.
 * `run_experiment(cfg, out_dir)`, the phases of recipe R1 (rank_jumps.md): a GD warm-up from
   `model.init` to a (rank-overestimating) minimum, then the main phase (`cfg.optim`, every member
   starting from the warm-up end point) and a GD reference from the same point, each a regular run
-  folder: `<out>/warmup`, `<out>/sgd` (named after optim.name), `<out>/gd`; `<out>/jumps_summary.json`.
-  The output folder itself holds no status.json, so `dlnlab.runs.load_runs(out)` / `load_events(out)`
-  read the phases as three runs. Optionally (`jumps.polish_steps`) the main phase's end points are
-  GD-polished and labelled by `dlnlab.ridge.classify` (at most `jumps.polish_members` of them).
+  folder, each tracked: `<out>/warmup`, `<out>/sgd` (named after optim.name), `<out>/gd`;
+  `<out>/jumps_summary.json`. The output folder itself holds no status.json, so
+  `dlnlab.runs.load_runs(out)` / `load_events(out)` read the phases as three runs. Optionally
+  (`jumps.polish_steps`) the main phase's end points are GD-polished and labelled by
+  `dlnlab.ridge.classify` (at most `jumps.polish_members` of them).
   It runs when `jumps.enabled=true` (the conf/experiment files one_way_jumps, rank_staircase,
   annealed, depth2_control, no_ridge_control); `dlnlab.experiment.run` dispatches to it.
 * `report_table`, `report_figure` (scripts/jumps_report.py) and the benchmarks `bench_r1`,
@@ -47,14 +51,15 @@ from dlnlab.hooks import Hook, Record
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "events.parquet"
-# One row per event; dlnlab.runs.load_events reads exactly these columns.
-EVENT_COLUMNS = {"member": "int64", "step": "int64", "from_rank": "int64", "to_rank": "int64",
-                 "kind": "str", "rank_type": "str"}
+# The events table's format lives with the run folder's (dlnlab.runs), which reads it.
+from dlnlab.runs import EVENT_COLUMNS, EVENTS_FILE  # noqa: E402
 EVENT_KINDS = ("entered", "increase")
 RANK_TYPES = ("layer", "end_to_end")
 SUMMARY_FILE = "jumps_summary.json"
 REPORT_PNG = "jumps_report.png"
+# TensorBoard folder of the report figure, inside the report's RUN folder: replaced on every
+# report, so re-running jumps_report.py leaves exactly one `jumps/report` image.
+REPORT_TB_DIR = "jumps_report_tb"
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -82,7 +87,7 @@ def _json_default(o):
 
 
 def events_frame(rows: Sequence[tuple]) -> pd.DataFrame:
-    """Rows (member, step, from_rank, to_rank, kind, rank_type) as the events table."""
+    """Rows (member, step, from_rank, to_rank, kind, rank_type, in_B) as the events table."""
     cols = list(EVENT_COLUMNS)
     data = list(zip(*rows)) if rows else [[] for _ in cols]
     return pd.DataFrame({c: pd.Series(list(v), dtype=EVENT_COLUMNS[c]) for c, v in zip(cols, data)})
@@ -106,24 +111,36 @@ class RankJumpHook(Hook):
     Per record it adds the columns `e2e_rank_jump` (A-rank: #{s_i(A) > a_tol}), `layer_rank`
     (max_l #{s_i(W_l) > layer_tol}) and `jump_label` ("B<r>": the point lies in B_r, r its layer rank,
     i.e. it is balanced within bal_rtol and norm-bounded; "outside" otherwise), and with labels on
-    (`label_every` records, or `label_final`) `ridge_label` (dlnlab.ridge.classify: not_critical,
-    strict_saddle, local_min or degenerate; "" on records without a label).
+    (every `label_every`-th record, and the last record with `label_final`) `ridge_label`
+    (dlnlab.ridge.classify: not_critical, strict_saddle, local_min or degenerate; "" on records
+    without a label).
 
-    Events, per rank type ("layer", "end_to_end") and member:
-      entered   the rank fell below every value it had before: first passage into B_{to_rank}
-                (from_rank = its rank at the previous record); a fall by two ranks at once is one event
+    Cost of labels: a point that is not critical costs one gradient (~1 ms); a critical one a full
+    Hessian and its eigen-decomposition (~50 ms for the 300 parameters of the R1 network, more with
+    the Lanczos path above LabelTolerances.full_max_params), per member. Raw SGD iterates are never
+    critical at grad_tol, so labels there are cheap but say little (polish first, jumps.polish_steps);
+    on a GD phase, label_every = 1 costs ~50 ms per record. Hence the default: only the last record.
+
+    Events, per rank type ("layer", "end_to_end") and member, with `in_B` (the point at the event
+    record meets the balance and norm conditions of B, RankState.in_B):
+      entered   the rank fell below every value it had before: first passage into the rank-<=to_rank
+                stratum (B_{to_rank} itself when in_B; from_rank = its rank at the previous record);
+                a fall by two ranks at once is one event
       increase  the rank rose from one record to the next. For the layer rank at H >= 3 this is a
-                finding (the sets B_r are absorbing): logged as a WARNING. End-to-end increases are
-                logged at INFO level: the A-rank reads a product, whose small singular values can dip
-                below the threshold and come back (rank_jumps.md, "Reading them").
+                finding (the sets B_r are absorbing): logged as a WARNING and listed by `findings()`
+                (run_experiment prints them as FINDING lines). End-to-end increases are logged at
+                INFO level: the A-rank reads a product, whose small singular values can dip below the
+                threshold and come back (rank_jumps.md, "Reading them").
     Ranks are read at records only (the trainer's cadence); first-passage steps are the first record
     at the lower rank. Diverged (frozen or non-finite) members are skipped from then on.
 
     Events are written to `<out_dir>/events.parquet` atomically at the start (empty: the run is
     tracked), whenever new events occur, and at the end. TensorBoard: per-member `jumps/layer_rank`,
-    `jumps/e2e_rank` through the TensorBoardHook's `extra` columns (its first record.tb_members
-    members), the number of members at each layer rank, cumulative increases, the fraction of members
-    that jumped, and at the end the histograms of the first jumps (first passage below the start rank).
+    `jumps/e2e_rank` through the TensorBoardHook's `extra` columns, for its first record.tb_members
+    members only (TensorBoard gets slow with hundreds of curves; the run table has every member),
+    the number of members at each layer rank, cumulative increases, the fraction of members that
+    jumped (all members), and at the end the histograms of the first jumps (first passage below the
+    start rank, all members).
     """
 
     def __init__(self, tol: R.RankTolerances | None = None, out_dir=None, *, label_every: int = 0,
@@ -131,10 +148,13 @@ class RankJumpHook(Hook):
                  cadence=None):
         self.tol = tol or R.RankTolerances()
         self.out_dir = out_dir
+        if int(label_every) < 0:
+            raise ValueError(f"label_every={label_every}: allowed an integer >= 0 (0: no periodic labels)")
         self.label_every, self.label_final = int(label_every), bool(label_final)
         self.label_tol = label_tol or R.LabelTolerances(ranks=self.tol)
         self.cadence = cadence
         self.rows: list[tuple] = []
+        self.row_ridge: list[float] = []  # lambda at each event (parallel to rows), for findings
         self._written = -1
 
     # -- state -----------------------------------------------------------------------------------
@@ -150,7 +170,7 @@ class RankJumpHook(Hook):
         self.prev_step: int | None = None
         self.last_step = 0
         self.dead = torch.zeros(self.E, dtype=torch.bool)
-        self.rows, self._written, self._n = [], -1, 0
+        self.rows, self.row_ridge, self._written, self._n = [], [], -1, 0
         self.seconds = 0.0
         if self.out_dir is None:
             self.out_dir = getattr(trainer, "out_dir", None)
@@ -201,18 +221,19 @@ class RankJumpHook(Hook):
                                          accumulate=True)
         new = 0
         for t in RANK_TYPES:
-            new += self._update(t, ranks[t], alive, rec.step)
+            new += self._update(t, ranks[t], alive, rec.step, st.in_B)
+        self.row_ridge += [float(rec.ridge)] * (len(self.rows) - len(self.row_ridge))
         self.prev_step, self.last_step = rec.step, rec.step
         self._n += 1
         if self.label_every or self.label_final:
-            due = (self.label_every and (self._n - 1) % self.label_every == 0) or (self.label_final and rec.final)
+            due = bool(self.label_every and (self._n - 1) % self.label_every == 0) or (self.label_final and rec.final)
             m["ridge_label"] = self._labels(trainer, rec, alive) if due else [""] * self.E
         self._tensorboard(trainer, rec, ranks, alive)
         if new:
             self.write_events()
         self.seconds += time.perf_counter() - t0
 
-    def _update(self, t: str, r: torch.Tensor, alive: torch.Tensor, step: int) -> int:
+    def _update(self, t: str, r: torch.Tensor, alive: torch.Tensor, step: int, in_B: torch.Tensor) -> int:
         prev, low = self.prev[t], self.low[t]
         first = alive & (prev < 0)
         seen = alive & (prev >= 0)
@@ -220,13 +241,14 @@ class RankJumpHook(Hook):
         inc = seen & (r > prev)
         n = 0
         for k in torch.nonzero(dec).flatten().tolist():
-            self.rows.append((k, step, int(prev[k]), int(r[k]), "entered", t))
+            self.rows.append((k, step, int(prev[k]), int(r[k]), "entered", t, bool(in_B[k])))
             n += 1
         for k in torch.nonzero(inc).flatten().tolist():
-            self.rows.append((k, step, int(prev[k]), int(r[k]), "increase", t))
+            self.rows.append((k, step, int(prev[k]), int(r[k]), "increase", t, bool(in_B[k])))
             n += 1
             msg = (f"rank increase: member {k}, {t} rank {int(prev[k])} -> {int(r[k])} at step {step} "
-                   f"(H = {self.H}, {self.optim or 'optimizer'})")
+                   f"(H = {self.H}, {self.optim or 'optimizer'}; "
+                   f"{'in' if bool(in_B[k]) else 'outside'} B there)")
             if t == "layer" and self.H >= 3:
                 log.warning("FINDING: %s; the sets B_r should be absorbing for H >= 3 under GD/SGD", msg)
             else:
@@ -257,8 +279,7 @@ class RankJumpHook(Hook):
         counts = torch.bincount(lay, minlength=self.max_rank + 1) if len(lay) else torch.zeros(1)
         values = [(f"jumps/members_at_layer_rank/{r}", float(c)) for r, c in enumerate(counts.tolist())
                   if c or r <= int(self.start["layer"].max())]
-        values.append(("jumps/increases_layer", float(sum(1 for e in self.rows
-                                                          if e[4] == "increase" and e[5] == "layer"))))
+        values.append(("jumps/increases_layer", float(len(self.increases("layer")))))
         jumped = (self.low["layer"] < self.start["layer"]) & (self.start["layer"] >= 0)
         values.append(("jumps/fraction_jumped", float(jumped.double().mean())))
         summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in values])
@@ -295,7 +316,7 @@ class RankJumpHook(Hook):
         out = {}
         for r in range(max(top, 0)):
             steps: list = [None] * self.E
-            for (k, step, _, to, kind, t) in self.rows:
+            for (k, step, _, to, kind, t, _) in self.rows:
                 if t == rank_type and kind == "entered" and to <= r and start[k] > r:
                     steps[k] = step if steps[k] is None else min(steps[k], step)
             out[r] = steps
@@ -304,16 +325,36 @@ class RankJumpHook(Hook):
     def first_jumps(self, rank_type: str = "layer") -> list:
         """Per member: the step of its first passage below its start rank, or None."""
         out: list = [None] * self.E
-        for (k, step, _, _, kind, t) in self.rows:
+        for (k, step, _, _, kind, t, _) in self.rows:
             if t == rank_type and kind == "entered":
                 out[k] = step if out[k] is None else min(out[k], step)
         return out
+
+    def increases(self, rank_type: str = "layer") -> list[tuple]:
+        """The increase events (member, step, from_rank, to_rank, kind, rank_type, in_B) of a rank type."""
+        return [e for e in self.rows if e[4] == "increase" and e[5] == rank_type]
+
+    def findings(self) -> list[str]:
+        """Layer-rank increases at H >= 3, one line each per run (empty list: none). rank_jumps.md
+        A.2: under GD/SGD the sets B_r are absorbing, so each is a result that contradicts the spec
+        (or shows that its conditions, small lambda and lr, do not hold), to be reported, not hidden."""
+        inc = self.increases("layer")
+        if getattr(self, "H", 0) < 3 or not inc:  # H unset: the run never started
+            return []
+        members = sorted({e[0] for e in inc})
+        first = min(inc, key=lambda e: e[1])
+        lams = sorted({lam for e, lam in zip(self.rows, self.row_ridge) if e[4] == "increase" and e[5] == "layer"})
+        return [f"{len(inc)} layer-rank increase(s) at H = {self.H} under {self.optim or 'the optimizer'}, "
+                f"lambda {', '.join(f'{v:g}' for v in lams)}: members {members}, the first at step {first[1]} "
+                f"(member {first[0]}, {first[2]} -> {first[3]}); {sum(e[6] for e in inc)}/{len(inc)} of the "
+                "points were in B (balance, norm) after the increase; rank_jumps.md A.2: B_r is absorbing "
+                "for GD/SGD at small enough lambda > 0 and lr"]
 
     def summary(self) -> dict:
         """What the run did, as plain JSON-able values (see run_experiment's jumps_summary.json)."""
         out = {"members": self.E, "depth": self.H, "optim": self.optim, "last_step": self.last_step,
                "tolerances": asdict(self.tol), "tracker_seconds": self.seconds,
-               "diverged": [k for k in range(self.E) if bool(self.dead[k])]}
+               "diverged": [k for k in range(self.E) if bool(self.dead[k])], "findings": self.findings()}
         for t in RANK_TYPES:
             start, final = self.start[t].tolist(), self.prev[t].tolist()
             fp = self.first_passages(t)
@@ -327,7 +368,8 @@ class RankJumpHook(Hook):
                                            "fraction": sum(s is not None for s in v) / max(self.E, 1),
                                            "steps": v}
                                   for r, v in fp.items()},
-                "increases": sum(1 for e in self.rows if e[4] == "increase" and e[5] == t),
+                "increases": len(self.increases(t)),
+                "entered_outside_B": sum(1 for e in self.rows if e[4] == "entered" and e[5] == t and not e[6]),
             }
         sa = self.steps_at
         out["layer"]["steps_at_rank"] = {str(r): int(sa[:, r].sum()) for r in range(sa.shape[1]) if sa[:, r].any()}
@@ -345,9 +387,33 @@ def rank_tolerances(cfg) -> R.RankTolerances:
                             norm_bound=j.norm_bound)
 
 
-def label_tolerances(cfg) -> R.LabelTolerances:
+def check_options(cfg) -> None:
+    """The jumps.* options that dlnlab.config.validate does not check (ConfigError naming the option)."""
+    from dlnlab.config import ConfigError
     j = cfg.jumps
-    return R.LabelTolerances(grad_tol=j.grad_tol, eig_rtol=j.eig_rtol, ranks=rank_tolerances(cfg))
+    if not (isinstance(j.label_every, int) and j.label_every >= 0):
+        raise ConfigError(f"jumps.label_every={j.label_every!r} is invalid: allowed an integer >= 0")
+    if j.gd_every is not None and not (isinstance(j.gd_every, int) and j.gd_every >= 1):
+        raise ConfigError(f"jumps.gd_every={j.gd_every!r} is invalid: allowed null or an integer >= 1")
+    label_tolerances(cfg)
+
+
+# Every LabelTolerances field but `ranks` has a jumps.* option of the same name (tests check it).
+LABEL_TOL_FIELDS = ("grad_tol", "eig_rtol", "eig_atol", "orbit_rtol", "identity_rtol", "identity_roundoff",
+                    "state_rtol", "shallow_rtol", "threshold_rtol", "rank_margin", "margin", "full_max_params")
+
+
+def label_tolerances(cfg) -> R.LabelTolerances:
+    """The jumps.* label tolerances as a LabelTolerances; a bad value raises ConfigError naming its
+    option (dlnlab.config.validate does not know the newer ones)."""
+    from dlnlab.config import ConfigError
+    j = cfg.jumps
+    values = {k: getattr(j, k) for k in LABEL_TOL_FIELDS}
+    try:
+        return R.LabelTolerances(**values, ranks=rank_tolerances(cfg))
+    except ValueError as e:
+        key = str(e).split("=", 1)[0]
+        raise ConfigError(f"jumps.{str(e)}" if key in values else str(e)) from None
 
 
 def _container(cfg) -> dict:
@@ -386,6 +452,8 @@ class JumpsSummary:
     phases: dict = field(default_factory=dict)
     headline: dict = field(default_factory=dict)
     task: dict = field(default_factory=dict)
+    # "<phase>: <RankJumpHook.findings() line>" for every phase: layer-rank increases at H >= 3
+    findings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -394,13 +462,19 @@ class JumpsSummary:
         h = self.headline
         times = ", ".join(f"{n} {p.get('wall_time', 0):.1f} s" for n, p in self.phases.items())
         lines = [f"status      {self.status} in {self.wall_time:.1f} s ({times})"]
+        lines += [f"FINDING: {f}" for f in self.findings]
         w = self.phases.get("warmup")
         if w:
             lab = w.get("label") or {}
+            t = w.get("tracker") or {}
             sv = ", ".join(f"{v:.4g}" for v in (lab.get("singular_values") or [])[:4])
+            if lab:
+                ranks = (lab.get("layer_rank"), lab.get("e2e_rank"))
+            else:  # no label (jumps.label_final=false): the tracker's last record
+                ranks = tuple((t.get(k) or {}).get("final_rank", [None])[0] for k in RANK_TYPES)
             lines.append(f"warm-up     GD {w['steps']} steps at lr {w['lr']:g}, lambda {w['ridge']:g}: "
-                         f"layer rank {lab.get('layer_rank')}, A-rank {lab.get('e2e_rank')}, "
-                         f"{lab.get('label')}; s(A) = {sv}")
+                         f"layer rank {ranks[0]}, A-rank {ranks[1]}"
+                         + (f", {lab['label']}; s(A) = {sv}" if lab else ""))
         if "gd_final_layer_rank" in h:
             lines.append(f"gd          final layer rank {h['gd_final_layer_rank']}, A-rank "
                          f"{h['gd_final_e2e_rank']}, rank increases {h['gd_increases']}")
@@ -450,6 +524,7 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
     t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    check_options(cfg)
     task = task or prepare(cfg)
     j = cfg.jumps
     out = Path(out_dir) if out_dir is not None else None
@@ -467,9 +542,18 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
                         "threshold_y_star": R.mode_threshold(lam0, a, H),
                         "tie_y": R.tie_value(lam0, a, H) if lam0 > 0 else None}
 
+    trackers: dict[str, RankJumpHook] = {}
+
+    def tracker_for(name):
+        return RankJumpHook(rank_tolerances(cfg), sub(name), label_every=j.label_every,
+                            label_final=j.label_final, label_tol=ltol)
+
     def finish(status):
         summary.status = status
         summary.wall_time = time.perf_counter() - t_start
+        summary.findings = [f"{n}: {f}" for n, t in trackers.items() for f in t.findings()]
+        for f in summary.findings:
+            log.warning("FINDING: %s", f)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             _atomic_json(summary.to_dict(), out / SUMMARY_FILE)
@@ -488,20 +572,25 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
         net = build_net(cw, task)
         if out is not None:
             _copy_overrides(out, sub("warmup"))
-        tr, res = _run_phase(cw, task, net, sub("warmup"))
+        # tracked like the other phases: an increase of the layer rank under GD counts here too
+        trackers["warmup"] = tracker = tracker_for("warmup")
+        tr, res = _run_phase(cw, task, net, sub("warmup"), [tracker])
         start = net.member(0)
         pt = R.classify(start, task, ridge_w, tol=ltol) if j.label_final else None
         summary.phases["warmup"] = {"dir": str(sub("warmup")) if out else None, "status": res.status,
                                     "steps": res.step, "wall_time": res.wall_time, "lr": j.warmup.lr,
-                                    "ridge": ridge_w, "label": _label_dict(pt) if pt else None}
+                                    "ridge": ridge_w, "label": _label_dict(pt) if pt else None,
+                                    "tracker": tracker.summary()}
         if res.status not in ("finished",):
             return finish(res.status)
 
     # 2. main phase (cfg.optim, all members from the warm-up end point) and 3. the GD reference
     phases = [(main_name, phase_config(cfg, main_name), list(extra_hooks))]
     if j.gd_reference and main_name != "gd":
-        phases.append(("gd", phase_config(cfg, "gd", **{"optim.name": "gd", "model.ensemble": 1}), []))
-    trackers = {}
+        gd_changes = {"optim.name": "gd", "model.ensemble": 1}
+        if j.gd_every is not None:  # GD follows one deterministic path: sparse records lose little
+            gd_changes.update({"record.every": j.gd_every, "record.log_spaced": 0})
+        phases.append(("gd", phase_config(cfg, "gd", **gd_changes), []))
     status = "finished"
     for name, pc, extra in phases:
         net = build_net(pc, task)
@@ -509,11 +598,10 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
             with torch.no_grad():
                 for p, w in zip(net.weights, start):
                     p.copy_(w.to(p.dtype).expand_as(p))
-        tracker = RankJumpHook(rank_tolerances(cfg), sub(name), label_final=False)
+        trackers[name] = tracker = tracker_for(name)
         if out is not None:
             _copy_overrides(out, sub(name))
         tr, res = _run_phase(pc, task, net, sub(name), [tracker, *extra])
-        trackers[name] = tracker
         ridge_end = _ridge_at(pc, max(res.step - 1, 0))
         info = {"dir": str(sub(name)) if out else None, "status": res.status, "steps": res.step,
                 "wall_time": res.wall_time, "members": net.E, "lr": pc.optim.lr, "ridge_end": ridge_end,
@@ -655,9 +743,13 @@ def report_table(path) -> pd.DataFrame:
 
 
 def report_figure(path, png: str | Path | None = None, tensorboard: bool = True):
-    """Layer rank and A-rank against step for GD and every member of the other phases, and the
-    first-passage histogram; saved as PNG (default `<path>/jumps_report.png`) and, with tensorboard,
-    added to the main phase's TensorBoard (tag jumps/report). Returns (figure, png path)."""
+    """Layer rank and A-rank against step for GD and every member of the other phases (the warm-up,
+    in grey, at negative steps: it ends where the other phases start), and the first-passage
+    histogram; saved as PNG (default `<path>/jumps_report.png`) and, with tensorboard, written as the
+    image `jumps/report` to `<path>/jumps_report_tb/` (REPORT_TB_DIR; `tensorboard --logdir <path>`
+    shows it as the run "jumps_report_tb"). That folder is deleted and rewritten on every call, so
+    re-running the report replaces the image instead of adding a second one (appending to the phase's
+    own event file could not be undone). Returns (figure, png path)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -671,6 +763,8 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
     for ax, col, title in ((axes[0], "layer_rank", "layer rank  max_l #{s_i(W_l) > tol}"),
                            (axes[1], "e2e_rank_jump", "A-rank  #{s_i(A) > tol}")):
         for name, c in curves.groupby("phase", sort=False):
+            if name == "warmup":
+                c = c.assign(step=c["step"] - c["step"].max())
             members = sorted(c["member"].unique())
             for k in members:
                 ck = c[c["member"] == k]
@@ -692,7 +786,8 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
             if len(fp):
                 ax.hist(fp.to_numpy(), bins=min(30, max(5, len(fp) // 2)), alpha=0.6, color=colr,
                         label=f"{t} ({len(fp)} members)")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no first passage: no legend (matplotlib would warn)
+            ax.legend()
     ax.set_title(f"first passage below the start rank ({main})")
     ax.set_xlabel("step")
     fig.tight_layout()
@@ -700,7 +795,10 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
     fig.savefig(png, dpi=110)
     if tensorboard and main is not None:
         from torch.utils.tensorboard import SummaryWriter
-        w = SummaryWriter(log_dir=str(dirs[main]))
+        tb_dir = path / REPORT_TB_DIR
+        if tb_dir.exists():
+            shutil.rmtree(tb_dir)
+        w = SummaryWriter(log_dir=str(tb_dir))
         try:
             w.add_figure("jumps/report", fig, global_step=int(curves["step"].max()) if len(curves) else 0,
                          close=False)

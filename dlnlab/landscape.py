@@ -153,6 +153,8 @@ class LandscapeData:
         if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
             raise ValueError(f"X and Y must be (m, d_x) and (m, d_y) with samples as rows, got {tuple(X.shape)} "
                              f"and {tuple(Y.shape)}")
+        _check_finite(X, "X")
+        _check_finite(Y, "Y")
         m, d_x = X.shape
         d_y = Y.shape[1]
         Sxx = X.T @ X
@@ -226,6 +228,15 @@ class LandscapeData:
         return dims
 
 
+def _check_finite(M: torch.Tensor, name: str) -> None:
+    """NaN/inf data would surface later as an opaque LinAlgError from eigh/svd: name the array instead."""
+    bad = ~torch.isfinite(M)
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), the first at "
+                         f"{name}[{i}, {j}] = {float(M[i, j])}")
+
+
 def as_data(X_or_data: Any, Y: Any = None, **kw) -> LandscapeData:
     """A LandscapeData from itself or from (X, Y)."""
     if isinstance(X_or_data, LandscapeData):
@@ -280,17 +291,31 @@ def _frame(rows: list, as_frame: bool):
     return pd.DataFrame([r.to_dict() for r in rows])
 
 
-def critical_values(X_or_data: Any, Y: Any = None, *, r_max: int | None = None, H: int | None = None,
+def _data_and_r_max(X_or_data: Any, Y: Any, r_max: int | None) -> tuple[LandscapeData, int]:
+    """(data, r_max) from (X, Y, r_max) or (data, r_max): with a LandscapeData the r_max may come second,
+    as in critical_values(data, 2)."""
+    if isinstance(X_or_data, LandscapeData) and isinstance(Y, (int, np.integer)) and not isinstance(Y, bool):
+        if r_max is not None:
+            raise ValueError("r_max given twice (critical_values(data, r_max) or (X, Y, r_max))")
+        Y, r_max = None, int(Y)
+    data = as_data(X_or_data, Y)
+    r_max = min(data.d_x, data.d_y) if r_max is None else int(r_max)
+    if r_max < 0:
+        raise ValueError(f"r_max must be >= 0, got {r_max}")
+    return data, r_max
+
+
+def critical_values(X_or_data: Any, Y: Any = None, r_max: int | None = None, *, H: int | None = None,
                     as_frame: bool = False, max_count: int = 1_000_000):
     """Every critical value of the landscape (Prop. 2): one row per admissible S, |S| <= r_max.
 
+    critical_values(X, Y, r_max) or critical_values(data, r_max) (data: a LandscapeData).
     r_max: the thinnest layer min(d_0..d_H) of the architecture; default min(d_x, d_y) (no bottleneck).
     H: depth, for the `labels` column (None: labels possible for some H >= 2, i.e. H >= 3).
     Rows are sorted by value (ascending), then by S. S ranges over the k non-zero eigenvalues.
     Returns a list of CriticalValue, or a pandas DataFrame with `as_frame=True`.
     """
-    data = as_data(X_or_data, Y)
-    r_max = min(data.d_x, data.d_y) if r_max is None else int(r_max)
+    data, r_max = _data_and_r_max(X_or_data, Y, r_max)
     r_top = min(r_max, data.k)
     count = sum(math.comb(data.k, r) for r in range(r_top + 1))
     if count > max_count:
@@ -319,10 +344,10 @@ class PlateauValue:
         return d
 
 
-def plateau_values(X_or_data: Any, Y: Any = None, *, r_max: int | None = None, as_frame: bool = False):
-    """tr(Syy) - sum_{i<=r} lam_i for r = 0..r_max (the values visited by small-init gradient descent)."""
-    data = as_data(X_or_data, Y)
-    r_max = min(data.d_x, data.d_y) if r_max is None else int(r_max)
+def plateau_values(X_or_data: Any, Y: Any = None, r_max: int | None = None, *, as_frame: bool = False):
+    """tr(Syy) - sum_{i<=r} lam_i for r = 0..r_max (the values visited by small-init gradient descent).
+    plateau_values(X, Y, r_max) or plateau_values(data, r_max)."""
+    data, r_max = _data_and_r_max(X_or_data, Y, r_max)
     rows = []
     for r in range(min(r_max, data.k) + 1):
         S = tuple(range(1, r + 1))
@@ -621,24 +646,8 @@ def normal_form_critical(data: LandscapeData, dims: Sequence[int], S: Sequence[i
     return True
 
 
-def random_normal_form_point(data: LandscapeData, dims: Sequence[int], S: Sequence[int], *,
-                             generator: torch.Generator | int | None = None, density: float = 0.5,
-                             zero_prob: float = 0.3, z_scale: float = 1.0,
-                             d_cond: float | None = 4.0) -> LabelledPoint:
-    """A random point in the normal form of Prop. 9 with sparse random Z_h and random D_h.
-
-    Each Z_h is 0 with probability zero_prob, else has i.i.d. entries N(0, z_scale^2) kept with
-    probability `density`. `critical` comes from conditions (a)-(c) (spec §2); when d_y > d_x (where
-    (a)-(c) are sufficient but not necessary) from the closed-form gradient. The label is what
-    Theorem 7 gives without a pivot test (r = r_max; S not top; H = 2), or for H = 3 the explicit rule
-    of spec §4 (non-strict iff Z_2 = 0, Z_3 = 0 and Z_1 Sxy U_Q = 0); None otherwise (H >= 4, S top,
-    r < r_max), and "not_critical" when (a)-(c) fail.
-    """
-    g = _gen(generator)
-    dims = data.check_dims(dims)
-    H = len(dims) - 1
-    S = _check_S(data, dims, S)
-    r, r_max = len(S), min(dims)
+def _sparse_Zs(dims, r, density, zero_prob, z_scale, g) -> list[torch.Tensor]:
+    """Z_1..Z_H: each 0 with probability zero_prob, else i.i.d. N(0, z_scale^2) entries kept with prob. density."""
     Zs = []
     for sh in _z_shapes(dims, r):
         if float(torch.rand(1, generator=g)) < zero_prob:
@@ -646,28 +655,83 @@ def random_normal_form_point(data: LandscapeData, dims: Sequence[int], S: Sequen
         else:
             mask = (torch.rand(*sh, generator=g, dtype=F64) < density).to(F64)
             Zs.append(z_scale * torch.randn(*sh, generator=g, dtype=F64) * mask)
-    Ds = _random_Ds(dims, d_cond, g) if d_cond is not None else []
-    ws = normal_form(data, dims, S, Zs, Ds or None)
+    return Zs
+
+
+def _normal_form_is_critical(data: LandscapeData, dims, S, Zs, ws) -> bool:
     if data.assumptions.transposed:
         # (a)-(c) are derived under d_y <= d_x; they are sufficient but not necessary when d_y > d_x
         # (U_Q then contains null directions of Sigma). Decide by the closed-form gradient instead.
         _, grads = _loss_grad(ws, data)
         gn = math.sqrt(sum(float((g * g).sum()) for g in grads))
-        critical = gn <= 1e-9 * max(data.tr_syy, 1e-300) * _prod_scale(ws)
-    else:
-        critical = normal_form_critical(data, dims, S, Zs)
-    label = _theory_label(S, r_max, H)
+        return gn <= 1e-9 * max(data.tr_syy, 1e-300) * _prod_scale(ws)
+    return normal_form_critical(data, dims, S, Zs)
+
+
+def _normal_form_label(data: LandscapeData, S, Zs, r_max: int, H: int, critical: bool) -> str | None:
+    """Theorem 7 without a pivot test, or the explicit H = 3 rule of spec §4; None when neither decides."""
     if not critical:
-        label = "not_critical"
-    elif label is None and H == 3 and not data.assumptions.transposed:
+        return "not_critical"
+    label = _theory_label(S, r_max, H)
+    if label is None and H == 3 and not data.assumptions.transposed:
         Q = [i - 1 for i in range(1, data.d_y + 1) if i not in S]
         z1 = Zs[0] @ data.Sxy @ data.U[:, Q]
         tight = (_is_zero(Zs[1], 1.0) and _is_zero(Zs[2], 1.0)
                  and _is_zero(z1, _prod_scale([Zs[0], data.Sxy])))
         label = "nonstrict_saddle" if tight else "strict_saddle"
+    return label
+
+
+def _zero_two(Zs: list[torch.Tensor], g) -> list[torch.Tensor]:
+    """Prop. 10: a normal form with (at least) two zero Z_h is critical whatever the other Z's."""
+    idx = torch.randperm(len(Zs), generator=g)[:2].tolist()
+    return [torch.zeros_like(z) if h in idx else z for h, z in enumerate(Zs)]
+
+
+def random_normal_form_point(data: LandscapeData, dims: Sequence[int], S: Sequence[int], *,
+                             generator: torch.Generator | int | None = None, density: float = 0.5,
+                             zero_prob: float = 0.3, z_scale: float = 1.0,
+                             d_cond: float | None = 4.0, critical_only: bool = False,
+                             max_tries: int = 100) -> LabelledPoint:
+    """A random point in the normal form of Prop. 9 with sparse random Z_h and random D_h.
+
+    Each Z_h is 0 with probability zero_prob, else has i.i.d. entries N(0, z_scale^2) kept with
+    probability `density`. `critical` comes from conditions (a)-(c) (spec §2); when d_y > d_x (where
+    (a)-(c) are sufficient but not necessary) from the closed-form gradient. With the defaults about
+    a third of the draws are NOT critical (label "not_critical").
+
+    critical_only=True guarantees a critical point: the Z's are redrawn until (a)-(c) hold (rejection
+    sampling, i.e. the same sparse law conditioned on criticality, so it still yields critical points
+    with fewer than two zero Z's, e.g. Z_3 Z_2 = 0 with both non-zero); after max_tries failed draws,
+    two random Z's of the last draw are zeroed (Prop. 10: then critical for any other Z's), and the
+    result is checked again.
+
+    The label is what Theorem 7 gives without a pivot test (r = r_max; S not top; H = 2), or for H = 3
+    the explicit rule of spec §4 (non-strict iff Z_2 = 0, Z_3 = 0 and Z_1 Sxy U_Q = 0); None otherwise
+    (H >= 4, S top, r < r_max: the pivot test decides, e.g. `dlnlab.classify`), and "not_critical"
+    when (a)-(c) fail.
+    """
+    g = _gen(generator)
+    dims = data.check_dims(dims)
+    H = len(dims) - 1
+    S = _check_S(data, dims, S)
+    r, r_max = len(S), min(dims)
+    for attempt in range(max(1, max_tries) if critical_only else 1):
+        Zs = _sparse_Zs(dims, r, density, zero_prob, z_scale, g)
+        Ds = _random_Ds(dims, d_cond, g) if d_cond is not None else []
+        ws = normal_form(data, dims, S, Zs, Ds or None)
+        critical = _normal_form_is_critical(data, dims, S, Zs, ws)
+        if critical:
+            break
+    if critical_only and not critical:
+        Zs = _zero_two(Zs, g)
+        ws = normal_form(data, dims, S, Zs, Ds or None)
+        critical = _normal_form_is_critical(data, dims, S, Zs, ws)
+        if not critical:  # pragma: no cover - Prop. 10
+            raise RuntimeError(f"normal form with two zero Z's is not critical (dims {dims}, S {S})")
     return LabelledPoint(weights=ws, dims=dims, S=S, r=r, r_max=r_max,
-                         label=label, critical=critical, value=data.critical_value(S), kind="normal_form",
-                         Zs=Zs, Ds=Ds)
+                         label=_normal_form_label(data, S, Zs, r_max, H, critical), critical=critical,
+                         value=data.critical_value(S), kind="normal_form", Zs=Zs, Ds=Ds)
 
 
 def enumeration_points(data: LandscapeData, dims: Sequence[int], *, generator: torch.Generator | int | None = None,

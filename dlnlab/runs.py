@@ -73,8 +73,12 @@ class TableHook(Hook):
     def on_start(self, trainer) -> None:
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
+        # a fresh file: a reused folder must not keep an earlier run's message or end time
+        (self.dir / STATUS_FILE).unlink(missing_ok=True)
+        info = getattr(trainer.task, "info", {}) or {}
         write_status(self.dir, status="running", step=0, steps=trainer.steps, started=self.t0,
-                     updated=self.t0, ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname())
+                     updated=self.t0, ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
+                     assumption1_failures=list(info.get("assumption1_failures", [])))
 
     def on_record(self, trainer, rec: Record) -> None:
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
@@ -188,8 +192,12 @@ from dataclasses import dataclass
 # plain numeric columns, all added in one concat.
 
 EVENTS_FILE = "events.parquet"
-# The jump events the rank tracker writes, one row per event (see dlnlab.jumps).
-from dlnlab.jumps import EVENT_COLUMNS  # noqa: E402  (defined once, by the tracker that writes them)
+# The rank tracker's jump events (dlnlab.jumps), one row per event; load_events reads these
+# columns first. in_B: the point at the event record also meets B's balance and norm conditions
+# (ridge.RankTolerances.bal_rtol, norm_bound), so "entered" means it entered B_{to_rank} itself,
+# not just the layer-rank stratum.
+EVENT_COLUMNS = {"member": "int64", "step": "int64", "from_rank": "int64", "to_rank": "int64",
+                 "kind": "str", "rank_type": "str", "in_B": "bool"}
 RUN_COLUMNS = ("status", "wall_time", "overrides")  # per-run columns added after the metrics
 
 try:  # libyaml parses a config ~10x faster than the pure-Python loader

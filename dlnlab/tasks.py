@@ -120,8 +120,12 @@ class CompletionTask:
 
     @property
     def paper_scale(self) -> float:
-        """The completion loss is already the rank-jump paper's C(A) (mean over observed entries)."""
-        return 1.0
+        """paper loss = paper_scale * lab loss, paper_scale = N (the number of observed entries).
+
+        The landscape paper's loss is the SUM over samples; a fully observed completion is the
+        regression X = I_{n2}, Y = M^T (`landscape_data`), whose paper loss ||A - M||_F^2 sums the N
+        squared errors, while the lab loss (= the rank-jump paper's C(A)) is their mean."""
+        return float(self.n_samples)
 
     def to(self, dtype: torch.dtype) -> "CompletionTask":
         return CompletionTask(self.n1, self.n2, self.rows, self.cols, self.values.to(dtype),
@@ -224,10 +228,16 @@ def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
                     raise DataError(f"{path}: no array named {key!r} (found {sorted(z.files)}); "
                                     "a .npz needs arrays 'X' and 'Y', samples as rows")
                 return np.asarray(z[key], dtype=np.float64)
+        # A first row that is not numbers is a header; any other unreadable row is an error
+        # about that row, not a reason to drop the first one.
+        with open(path) as f:
+            first = f.readline()
         try:
-            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-        except ValueError:  # a header row
-            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=1)
+            [float(v) for v in first.split(",")]
+            header = 0
+        except ValueError:
+            header = 1
+        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=header)
     except DataError:
         raise
     except Exception as e:  # unreadable, not numeric, ragged...
@@ -275,7 +285,10 @@ def make_completion(n1: int, n2: int, rank: int = 1, singular_values: Sequence[f
     sv = [float(v) for v in (singular_values or [])] or [float(rank - i) for i in range(rank)]
     if len(sv) != rank:
         raise DataError(f"task.singular_values has {len(sv)} values but task.rank = {rank}")
-    N = int(observed_count) if observed_count else int(round(observed_fraction * n1 * n2))
+    if observed_count is not None and observed_count < 1:
+        raise DataError(f"task.observed_count={observed_count} is invalid: allowed an integer >= 1, "
+                        "or null to use task.observed_fraction")
+    N = int(observed_count) if observed_count is not None else int(round(observed_fraction * n1 * n2))
     if not 1 <= N <= n1 * n2:
         raise DataError(f"task: the number of observed entries must lie in [1, {n1 * n2}], got {N} "
                         "(set task.observed_fraction in (0, 1] or task.observed_count)")

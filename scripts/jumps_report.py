@@ -5,9 +5,12 @@
 RUN is the output folder of a jumps experiment (it holds jumps_summary.json and the phase folders
 warmup/, sgd/, gd/), or a single run folder tracked by dlnlab.jumps.RankJumpHook (events.parquet).
 The table gives per phase: members, start and final layer ranks, members that jumped, first-passage
-quartiles (layer rank and A-rank) and rank increases. The figure shows the layer rank and the A-rank
-against the step for GD (thick black) and every other member, and the first-passage histogram;
-it is saved as RUN/jumps_report.png and added to the main phase's TensorBoard as `jumps/report`.
+quartiles (layer rank and A-rank) and rank increases; then the run's FINDING lines (layer-rank
+increases at H >= 3, from jumps_summary.json), if any. The figure shows the layer rank and the A-rank
+against the step for GD (thick black), the warm-up (grey, at negative steps) and every other member,
+and the first-passage histogram; it is saved as RUN/jumps_report.png and written to TensorBoard as
+the image `jumps/report` in RUN/jumps_report_tb/. That folder is replaced on every run of this
+script, so re-running it leaves one image, not two.
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def main(argv=None) -> int:
         keep = {k: h[k] for k in ("gd_final_layer_rank", "members", "jumped", "fraction_jumped",
                                   "first_jump_layer", "increases_layer", "increases_e2e") if k in h}
         print(json.dumps(keep, indent=1))
+        for f in summary.get("findings", []):
+            print(f"FINDING: {f}")
     _, png = report_figure(run, args.png, tensorboard=not args.no_tensorboard)
     print(f"figure      {png}")
     return 0

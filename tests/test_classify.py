@@ -2,6 +2,8 @@
 points (checked against an independent float64 Hessian), and on the edge cases (ambiguity band, d_y > d_x,
 failing assumptions, ensembles, approximate training points)."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,19 @@ from landscape_data import clean_data, gaussian_data, data_loss
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+
+# Tolerances of the tests (why each value):
+EXACT_ATOL = 1e-12          # clean data (integer entries): float64 results are exact to rounding
+SPEC_PRINT_ATOL = 1e-4      # spec §6.1 prints Hessian eigenvalues to 4-5 significant digits
+SPEC_GRAD_ATOL = 5e-4       # spec prints ||grad L|| of O14 to 3 digits (0.899)
+HESS_ZERO_ATOL = 1e-9       # clean data: eigenvalues the theorem calls 0 come out <= 2.2e-11 (spec §5)
+HESS_NEG_RTOL = 1e-8        # random data: "negative" means below -HESS_NEG_RTOL * spectral radius ...
+HESS_ZERO_FLOOR = 1e-12     # ... minus HESS_ZERO_FLOOR * tr(Syy) (an identically zero Hessian)
+VALUE_RTOL = 1e-9           # loss == critical value at constructed points (gauges of cond 4 cost digits)
+VALUE_ATOL_REL = 1e-10      # ... with an absolute floor relative to tr(Syy) near the global minimum 0
+CV_RTOL = 1e-12             # the classifier's critical value vs the generator's (same formula)
+MARGIN_RTOL = 1e-6          # Hessian margins -4 eps, -4 eps^2 of spec §5 (closed forms)
+HESS_METHODS_ATOL = 1e-9    # two float64 Hessians of the same O(10) problem (closed form vs sample loss)
 
 
 def T(rows):
@@ -89,22 +104,22 @@ def test_oracle(oid, clean_classifier):
     c = clean_classifier.classify(ws)
     assert c.label == label, c.reason
     assert c.S == S and c.r == len(S)
-    assert c.critical_value == pytest.approx(L, abs=1e-12) and c.loss == pytest.approx(L, abs=1e-12)
-    assert c.nearest_S == S and c.nearest_value == pytest.approx(L, abs=1e-12)
+    assert c.critical_value == pytest.approx(L, abs=EXACT_ATOL) and c.loss == pytest.approx(L, abs=EXACT_ATOL)
+    assert c.nearest_S == S and c.nearest_value == pytest.approx(L, abs=EXACT_ATOL)
     assert c.loose_pivots == loose
-    assert c.grad_norm < 1e-12 and c.warnings == () and c.ambiguous_values == ()
+    assert c.grad_norm < EXACT_ATOL and c.warnings == () and c.ambiguous_values == ()
     assert c.r_max == min(LS.dims_of(ws)) and c.H == len(ws)
     # the theorem's verdict against the Hessian (independent computation)
     ev = hessian_eigs(ws, *clean_data())
-    assert float(ev[0]) == pytest.approx(lam_min, abs=1e-4)
-    assert (label == "strict_saddle") == (float(ev[0]) < -1e-9)
+    assert float(ev[0]) == pytest.approx(lam_min, abs=SPEC_PRINT_ATOL)
+    assert (label == "strict_saddle") == (float(ev[0]) < -HESS_ZERO_ATOL)
 
 
 @pytest.mark.parametrize("oid, zeros", [("O1", 4), ("O5", 14), ("O16", 12)])
 def test_global_min_flat_directions(oid, zeros):
     """Spec §5: the Hessian alone cannot tell a global minimum from a non-strict saddle (many zeros)."""
     ev = hessian_eigs(ORACLES[oid][0], *clean_data())
-    assert int((ev.abs() < 1e-9).sum()) == zeros and float(ev[0]) > -1e-9
+    assert int((ev.abs() < HESS_ZERO_ATOL).sum()) == zeros and float(ev[0]) > -HESS_ZERO_ATOL
 
 
 def test_O14_not_critical(clean_classifier):
@@ -112,22 +127,32 @@ def test_O14_not_critical(clean_classifier):
     ws[0][0, 0] = 3.1
     c = clean_classifier.classify(ws)
     assert c.label == "not_critical" and c.S is None and c.critical_value is None
-    assert c.grad_norm == pytest.approx(0.899, abs=5e-4)
-    assert c.loss == pytest.approx(1.01, abs=1e-12)
+    assert c.grad_norm == pytest.approx(0.899, abs=SPEC_GRAD_ATOL)
+    assert c.loss == pytest.approx(1.01, abs=EXACT_ATOL)
     # the nearest plateau is still reported
     assert c.nearest_S == (1, 2) and c.nearest_value == 1.0
 
 
 def test_classify_function_equals_classifier_and_accepts_numpy_float32(clean_classifier):
     ws = ORACLES["O8"][0]
-    a = classify([w.numpy() for w in ws], *clean_data())
+    a = classify([w.numpy().astype(np.float32) for w in ws], *clean_data())
     b = clean_classifier.classify([w.float() for w in ws])
     assert a.to_dict() == b.to_dict()
+    # float64 input: same verdict, only the input-precision gradient floor differs
+    c = clean_classifier.classify(ws)
+    assert {k: v for k, v in c.to_dict().items() if k != "grad_tol"} == \
+        {k: v for k, v in a.to_dict().items() if k != "grad_tol"}
+    tr_syy = float((clean_data()[1] ** 2).sum())
+    t = Tolerances()
+    assert c.grad_tol == pytest.approx(t.grad_rtol * tr_syy)
+    assert a.grad_tol == pytest.approx(t.grad_eps * float(np.finfo(np.float32).eps) * tr_syy)
 
 
 def test_hessian_field(clean_classifier):
     c = clean_classifier.classify(ORACLES["O9"][0], hessian=True)
-    assert c.hessian_min_eig == pytest.approx(-1.7082039, abs=1e-6)
+    ref = float(hessian_eigs(ORACLES["O9"][0], *clean_data())[0])
+    assert c.hessian_min_eig == pytest.approx(ref, abs=HESS_METHODS_ATOL)
+    assert c.hessian_min_eig == pytest.approx(-1.7082039, abs=SPEC_PRINT_ATOL)
     assert clean_classifier.classify(ORACLES["O9"][0]).hessian_min_eig is None
 
 
@@ -137,13 +162,13 @@ def test_hessian_field(clean_classifier):
 def _check_against_hessian(c, pt, X, Y):
     assert c.label == pt.label or (pt.label is None and c.label in ("strict_saddle", "nonstrict_saddle")), \
         (pt.kind, pt.dims, pt.S, pt.label, c.label, c.reason)
-    assert c.S == pt.S and c.critical_value == pytest.approx(pt.value, rel=1e-12)
+    assert c.S == pt.S and c.critical_value == pytest.approx(pt.value, rel=CV_RTOL)
     assert c.warnings == () and c.ambiguous_values == ()      # Lemma 24 / Prop. 4 checks pass
-    assert c.loss == pytest.approx(c.critical_value, rel=1e-9, abs=1e-10 * float((Y ** 2).sum()))
+    assert c.loss == pytest.approx(c.critical_value, rel=VALUE_RTOL, abs=VALUE_ATOL_REL * float((Y ** 2).sum()))
     ev = hessian_eigs(pt.weights, X, Y)
     scale = float(ev.abs().max())
     # negative relative to the spectral radius, with an absolute floor for an identically zero Hessian
-    negative = float(ev[0]) < -1e-8 * scale - 1e-12 * float((Y ** 2).sum())
+    negative = float(ev[0]) < -HESS_NEG_RTOL * scale - HESS_ZERO_FLOOR * float((Y ** 2).sum())
     assert negative == (c.label == "strict_saddle"), (pt.dims, pt.S, c.label, float(ev[0]), scale)
 
 
@@ -181,7 +206,8 @@ def test_random_normal_form_points_against_hessian():
         S = tuple(range(1, r + 1))
         if rng.random() < 0.35:
             S = tuple(sorted(rng.choice(np.arange(1, clf.data.k + 1), size=r, replace=False).tolist()))
-        pt = LS.random_normal_form_point(clf.data, dims, S, generator=trial)
+        pt = LS.random_normal_form_point(clf.data, dims, S, generator=trial, critical_only=trial % 2 == 1)
+        assert pt.critical or trial % 2 == 0
         c = clf.classify(pt.weights)
         counts[c.label] = counts.get(c.label, 0) + 1
         if not pt.critical:
@@ -241,7 +267,7 @@ def test_pivot_cases_H4():
         c = clf.classify(ws)
         assert c.label == label and c.loose_pivots == loose, (name, c.label, c.loose_pivots)
         ev = hessian_eigs(ws, X, Y)
-        assert (float(ev[0]) < -1e-8 * float(ev.abs().max())) == (label == "strict_saddle"), name
+        assert (float(ev[0]) < -HESS_NEG_RTOL * float(ev.abs().max())) == (label == "strict_saddle"), name
 
 
 def test_appendix_G_configuration():
@@ -276,7 +302,7 @@ def test_ambiguous_band_H3(eps, label, clean_classifier):
     if label == "ambiguous":
         assert c.ambiguous_values and c.ambiguous_values[0][0] == "B2(3,1)"
         assert c.ambiguous_values[0][1] == pytest.approx(eps)
-    assert float(hessian_eigs(ws, *clean_data())[0]) == pytest.approx(-4 * eps, rel=1e-6, abs=1e-12)
+    assert float(hessian_eigs(ws, *clean_data())[0]) == pytest.approx(-4 * eps, rel=MARGIN_RTOL, abs=EXACT_ATOL)
     # the band moves with the tolerance
     assert classify(ws, *clean_data(), rank_rtol=1e-12, rank_band=10).label == (
         "strict_saddle" if eps >= 1e-10 else "nonstrict_saddle")
@@ -288,7 +314,7 @@ def test_H4_margin_is_quadratic(clean_classifier):
     ws = [O17[0], torch.diag(T([1, eps])), torch.diag(T([1, eps])), O17[3]]
     c = clean_classifier.classify(ws)
     assert c.label == "strict_saddle" and (4, 1) in c.loose_pivots
-    assert float(hessian_eigs(ws, *clean_data())[0]) == pytest.approx(-4 * eps ** 2, rel=1e-6)
+    assert float(hessian_eigs(ws, *clean_data())[0]) == pytest.approx(-4 * eps ** 2, rel=MARGIN_RTOL)
 
 
 def test_tolerances_validation_and_overrides():
@@ -340,16 +366,111 @@ def test_d_y_greater_than_d_x():
     assert c.label == "global_min" and c.S == (1, 2, 3) and c.assumptions_ok and c.warnings == ()
 
 
-def test_failing_assumptions_do_not_crash():
+def _mirror_O7():
+    """O7 with the roles of output coordinates 1 and 2 swapped: associated with e_2 instead of e_1."""
+    return [T([[0, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), T([[1, 0, 0], [0, 0, 0]]), T([[0, 0], [1, 0], [0, 0]])]
+
+
+def test_repeated_eigenvalues_give_ambiguous_not_a_theorem_7_label():
+    """Y[1,1] = 3: lam = (9, 9, 1), Assumption 1 fails (spec §8.8). O7 and its mirror image (swap the
+    output coordinates 1 and 2, a symmetry of these data) are both critical with PSD Hessians (the
+    independent float64 Hessian), yet S read through the SVD's eigenvectors is {1} for one and {2} for
+    the other: Theorem 7 would call the "S = {2} != {1..r}" one a strict saddle, which the Hessian
+    refutes. The classifier must answer "ambiguous" and say which part of Assumption 1 fails."""
     X, Y = clean_data()
     Y = Y.clone()
-    Y[1, 1] = 3.0                                       # lam = (9, 9, 1): repeated
-    c = classify(ORACLES["O7"][0], X, Y)
-    assert not c.assumptions_ok and any("repeated" in w for w in c.warnings)
-    assert c.label in ("not_critical", "global_min", "strict_saddle", "nonstrict_saddle", "ambiguous")
+    Y[1, 1] = 3.0
+    clf = Classifier(X, Y)
+    assert not clf.data.assumptions.distinct
+    readings = set()
+    for ws in (ORACLES["O7"][0], _mirror_O7()):
+        c = clf.classify(ws)
+        assert c.label == "ambiguous" and "Assumption 1" in c.reason and "repeated" in c.reason, c.reason
+        assert c.S is None and c.critical_value is None and not c.assumptions_ok
+        assert c.grad_norm <= c.grad_tol                         # first order was decided: critical
+        ev = hessian_eigs(ws, X, Y)
+        assert float(ev[0]) >= -HESS_ZERO_ATOL                   # PSD: "strict" would be wrong
+        readings.add(c.nearest_S)
+    assert readings == {(1,), (2,)}                              # the index-based S is an artefact
+
+
+def test_failing_assumptions_still_decide_first_order():
     X2, Y2 = gaussian_data(3, 5, 2)                     # m < d_x, Sxx singular
-    c2 = classify([torch.zeros(3, 5), torch.zeros(2, 3)], X2, Y2)
-    assert not c2.assumptions_ok and c2.label == "strict_saddle" and c2.S == ()
+    crit = classify([torch.zeros(3, 5), torch.zeros(2, 3)], X2, Y2)   # W = 0: grad = 0 for H = 2
+    assert not crit.assumptions_ok and crit.label == "ambiguous"
+    assert "Sxx is singular" in crit.reason and "d_x <= m" in crit.reason
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(3, 5, generator=g, dtype=F64), torch.randn(2, 3, generator=g, dtype=F64)]
+    moving = classify(ws, X2, Y2)
+    assert moving.label == "not_critical" and moving.grad_norm > moving.grad_tol
+
+
+@pytest.mark.parametrize("which, bad", [("X", float("nan")), ("Y", float("inf"))])
+def test_non_finite_data_raise_a_clear_error(which, bad):
+    X, Y = (t.clone() for t in clean_data())
+    (X if which == "X" else Y)[2, 1] = bad
+    with pytest.raises(ValueError, match=rf"^{which} contains 1 non-finite value"):
+        classify(ORACLES["O7"][0], X, Y)
+
+
+def test_mixed_2d_and_3d_weights_raise_a_clear_error(clean_classifier):
+    ws = ORACLES["O7"][0]
+    with pytest.raises(ValueError, match="all 2-D .* or all 3-D"):
+        clean_classifier.classify([ws[0].unsqueeze(0), ws[1], ws[2]])
+    with pytest.raises(ValueError, match="number of members"):
+        clean_classifier.classify([torch.stack([w] * k) for w, k in zip(ws, (2, 2, 3))])
+
+
+def test_float32_rounded_exact_points_keep_their_labels():
+    """Exact critical points saved in float32: the rank and gradient floors follow the input precision
+    (Tolerances.rank_floor_eps, grad_eps), so default tolerances still label them; with float64 floors
+    the rounding noise lands inside the tolerance gap (ambiguous) or above the gradient tolerance."""
+    labels, float64_floors = [], []
+    for seed in range(3):
+        dims, r = [8, 6, 6, 6, 6, 5], 2
+        X, Y = gaussian_data(12, dims[0], dims[-1], seed=seed)
+        clf = Classifier(X, Y)
+        strict64 = Classifier(clf.data, rank_floor_eps=0.0, grad_eps=0.0)
+        for pt in (LS.saddle_family(clf.data, dims, r, False, generator=seed),
+                   LS.saddle_family(clf.data, dims, r, True, generator=seed),
+                   LS.random_global_min(clf.data, dims, generator=seed)):
+            w32 = [w.float() for w in pt.weights]
+            assert clf.classify(w32).label == pt.label
+            labels.append(pt.label)
+            float64_floors.append(strict64.classify(w32).label == pt.label)
+    assert set(labels) == {"nonstrict_saddle", "strict_saddle", "global_min"}
+    assert not all(float64_floors)          # the input-precision floor is what made them pass
+
+
+def test_issue_api_is_exported_from_dlnlab_classify():
+    """The issue's API: critical_values(X, Y, r_max), hessian_min_eig(weights, X, Y) and the generators
+    from dlnlab.classify. Critical values against an independent numpy eigendecomposition of Sigma and
+    the hand values of spec §6.1."""
+    from dlnlab.classify import (critical_values, enumeration_points, escape_path, hessian_min_eig,
+                                 random_global_min, random_normal_form_point, saddle_family)
+    import dlnlab.classify as C
+    assert {"critical_values", "hessian_min_eig", "random_global_min", "saddle_family",
+            "random_normal_form_point", "enumeration_points", "escape_path"} <= set(C.__all__)
+    X, Y = clean_data()
+    rows = critical_values(X, Y, 2)
+    Xn, Yn = X.numpy(), Y.numpy()
+    Sxy = Xn.T @ Yn
+    lam = np.sort(np.linalg.eigvalsh(Sxy.T @ np.linalg.solve(Xn.T @ Xn, Sxy)))[::-1]
+    tr_syy = float((Yn ** 2).sum())
+    assert {c.S: c.value for c in rows} == pytest.approx(
+        {S: tr_syy - sum(lam[i - 1] for i in S) for r in range(3) for S in itertools.combinations((1, 2, 3), r)},
+        abs=EXACT_ATOL)
+    assert {c.S: c.value for c in rows} == pytest.approx(
+        {(): 14, (1,): 5, (2,): 10, (3,): 13, (1, 2): 1, (1, 3): 4, (2, 3): 9}, abs=EXACT_ATOL)   # spec §6.1
+    assert hessian_min_eig(ORACLES["O9"][0], X, Y) == pytest.approx(float(hessian_eigs(ORACLES["O9"][0], X, Y)[0]),
+                                                                    abs=HESS_METHODS_ATOL)
+    data = LS.LandscapeData.from_xy(X, Y)
+    dims = [4, 3, 2, 3]
+    assert classify(random_global_min(data, dims, generator=0).weights, X, Y).label == "global_min"
+    assert classify(saddle_family(data, dims, 1, False, generator=0).weights, X, Y).label == "nonstrict_saddle"
+    assert random_normal_form_point(data, dims, (1,), generator=0, critical_only=True).critical
+    assert len(enumeration_points(data, dims, generator=0)) == len(critical_values(data, 2))
+    assert escape_path(data, dims, 1).loss_formula(1.0) == pytest.approx(1.0, abs=EXACT_ATOL)
 
 
 def test_non_finite_weights():

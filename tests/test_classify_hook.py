@@ -1,13 +1,25 @@
-"""The classifier in training runs: the default saddle-to-saddle experiment, labelled."""
+"""The classifier in training runs: the default saddle-to-saddle experiment, labelled; units of the
+hook's values; TensorBoard; the dlnlab-classify CLI."""
+import itertools
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from dlnlab.classify_cli import main as classify_cli
+from dlnlab.classify_hook import ClassifierHook
 from dlnlab.experiment import compose, prepare, run
-from dlnlab.landscape import plateau_values
 from dlnlab.runs import load_run
+
+# Tolerances of the tests (why each value):
+PLATEAU_RTOL = 1e-3         # the issue: plateau losses within 1e-3 relative of the predicted values
+VALUE_RTOL = 1e-12          # the hook's critical value vs the config's closed form (float64 rounding)
+UNITS_RTOL = 1e-12          # the same number in paper units / paper_scale vs in lab units
+PRINTED_RTOL = 1e-9         # the CLI prints 10 significant digits
+
+SADDLES = ["strict_saddle", "nonstrict_saddle"]
 
 
 @pytest.fixture(scope="module")
@@ -18,27 +30,44 @@ def default_run(tmp_path_factory):
     return out, cfg
 
 
+def _fmt_S(S) -> str:
+    return "{" + ",".join(str(i) for i in S) + "}"
+
+
+def _teacher_plateaus(cfg) -> list[float]:
+    """Lab-loss plateau values from the config alone: with X^T X = m I (whitened) and no noise, the
+    critical point of S = {1..r} has lab loss sum_{i > r} s_i^2 (s = the teacher spectrum, descending);
+    r = 0..r_max, the last one the global minimum."""
+    assert cfg.task.whiten and cfg.task.noise == 0
+    s = sorted((float(v) for v in cfg.task.spectrum), reverse=True)
+    s += [0.0] * (cfg.task.d_y - len(s))
+    r_max = min(cfg.task.d_x, cfg.task.d_y, cfg.model.width)
+    return [sum(v * v for v in s[r:]) for r in range(r_max + 1)]
+
+
+def _runs(seq) -> list:
+    """Consecutive duplicates collapsed (a return to an earlier value shows up as a repeat)."""
+    return [k for k, _ in itertools.groupby(seq)]
+
+
 def test_plateaus_are_labelled_in_order_at_their_critical_values(default_run):
     out, cfg = default_run
-    df = load_run(out)
-    task = prepare(cfg)
-    X, Y = task.landscape_data()
-    r_max = min(cfg.task.d_x, cfg.task.d_y, cfg.model.width)
-    predicted = {p.r: p.value / task.paper_scale for p in plateau_values(X, Y, r_max=r_max)}
-    saddles = df[df.label.isin(["strict_saddle", "nonstrict_saddle"])]
-    # every saddle the run sits at is a "top" S = {1..r}, visited in order r = 0, 1, ..., r_max - 1
-    order = list(dict.fromkeys(saddles.S))
-    assert order == ["{}", "{1}", "{1,2}", "{1,2,3}"]
-    # A plateau: the records whose S was read (saddles, and "ambiguous" ones whose tightened/loose
-    # verdict sat inside the rank tolerance band: the unlearned components are ~init^(1/H)).
-    plateau = df[df.label.isin(["strict_saddle", "nonstrict_saddle", "ambiguous"]) & (df.S != "")]
-    for r, S in enumerate(order):
-        on = plateau[plateau.S == S]
-        best = on.loc[on.grad_norm.idxmin()]  # the flattest point of the plateau
-        assert abs(best.loss - predicted[r]) <= 1e-3 * predicted[r], (S, best.loss, predicted[r])
-        assert best.critical_value == pytest.approx(predicted[r], rel=1e-12)
-    final = df[df.step == df.step.max()].iloc[0]
-    assert final.label == "global_min" and final.S == "{1,2,3,4}"
+    df = load_run(out).sort_values("step")
+    predicted = _teacher_plateaus(cfg)                       # e.g. 85, 21, 5, 1 and 0 for s = (8, 4, 2, 1)
+    r_max = len(predicted) - 1
+    expected_S = [_fmt_S(range(1, r + 1)) for r in range(r_max + 1)]    # {}, {1}, ..., {1..r_max}
+    # every S the run sits at, in step order, each visited once (no return to an earlier S)
+    read = df[df.S != ""]
+    assert _runs(read.S) == expected_S
+    saddles = df[df.label.isin(SADDLES)]
+    assert _runs(saddles.S) == expected_S[:-1]                # plateaus r = 0..r_max-1 labelled saddles
+    for r, S in enumerate(expected_S[:-1]):
+        on = read[read.S == S]                                # the plateau: saddles and "ambiguous" ones
+        best = on.loc[on.grad_norm.idxmin()]                  # the flattest point of the plateau
+        assert abs(best.loss - predicted[r]) <= PLATEAU_RTOL * predicted[r], (S, best.loss, predicted[r])
+        assert best.critical_value == pytest.approx(predicted[r], rel=VALUE_RTOL)
+    final = df.iloc[-1]
+    assert final.label == "global_min" and final.S == expected_S[-1]
 
 
 def test_nearest_plateau_is_reported_between_labels(default_run):
@@ -48,15 +77,55 @@ def test_nearest_plateau_is_reported_between_labels(default_run):
     assert len(moving) and moving.nearest_value.notna().all()
 
 
+def test_completion_values_are_in_lab_units(tmp_path):
+    """Fully observed completion: the classifier works on X = I, Y = M^T, whose (paper) loss sums the
+    N squared errors; the hook reports lab units (the mean). At W = 0 (zero init: GD stays there) the
+    critical value of S = {} must equal the lab loss, computed here from the observed entries."""
+    cfg = compose(["task=matrix_completion", "model.init.kind=zero", "optim.steps=1", "record.every=1",
+                   "record.progress=off"])
+    run(cfg, out_dir=tmp_path)
+    task = prepare(cfg)
+    assert task.fully_observed and task.paper_scale == task.n_samples
+    lab_loss_at_0 = float((task.values.double() ** 2).mean())
+    first = load_run(tmp_path).sort_values("step").iloc[0]
+    assert first.S == "{}" and first.label == "nonstrict_saddle"      # W = 0, H = 4 >= 3
+    assert first.loss == pytest.approx(lab_loss_at_0, rel=UNITS_RTOL)
+    assert first.critical_value == pytest.approx(lab_loss_at_0, rel=UNITS_RTOL)
+    assert first.nearest_value == pytest.approx(lab_loss_at_0, rel=UNITS_RTOL)
+
+
 def test_labels_reach_tensorboard(default_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(default_run[0]), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"loss/critical_value", "loss/nearest_plateau", "label_code"} <= tags
+    assert {"loss/critical_value", "loss/nearest_plateau", "label_code", "classify/r", "classify/grad_norm"} <= tags
     assert [e.value for e in acc.Scalars("label_code")][-1] == 3.0  # global_min
-    assert "label/text_summary" in acc.Tags()["tensors"]
+    df = load_run(default_run[0]).sort_values("step")
+    assert [e.value for e in acc.Scalars("classify/r")] == [float(v) for v in df.r]
+    # one text per change of (label, S), S the Theorem-7 S or else the nearest plateau
+    keys = [(lab, S or "~" + nS) for lab, S, nS in zip(df.label, df.S, df.nearest_S)]
+    assert len(acc.Tensors("label/text_summary")) == len(_runs(keys))
+
+
+class _FakeTB:
+    """The two things ClassifierHook._text uses of a TensorBoardHook."""
+
+    def __init__(self):
+        self.members, self.texts = 8, []
+        self.writer = SimpleNamespace(add_text=lambda tag, text, step: self.texts.append((step, text)))
+
+
+def test_label_text_is_written_when_S_changes_under_the_same_label():
+    hook = ClassifierHook()
+    hook.writer = _FakeTB()
+    seq = [("strict_saddle", "S = {1}"), ("strict_saddle", "S = {1}"), ("strict_saddle", "S = {1,2}"),
+           ("ambiguous", "S = {1,2}"), ("ambiguous", "S = {1,2}")]
+    for step, (lab, S) in enumerate(seq):
+        hook._text(SimpleNamespace(step=step), [lab], [S])
+    assert [s for s, _ in hook.writer.texts] == [0, 2, 3]
+    assert "{1,2}" in hook.writer.texts[1][1]
 
 
 def test_classify_cli_on_a_checkpoint(default_run):
@@ -65,9 +134,56 @@ def test_classify_cli_on_a_checkpoint(default_run):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "global_min" in p.stdout and "S = {1,2,3,4}" in p.stdout and "hessian_min_eig" in p.stdout
+    assert "paper = sum over the 64 samples" in p.stdout and "lab = the run's loss (mean) = paper / 64" in p.stdout
     bad = subprocess.run([str(Path(sys.executable).parent / "dlnlab-classify"), str(out / "nope.pt")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.pt" in bad.stderr
+
+
+def _cli_lines(path, capsys) -> list[str]:
+    classify_cli([str(path)])
+    return capsys.readouterr().out.splitlines()
+
+
+def _field(lines, name) -> str:
+    return next(ln.split(None, 1)[1] for ln in lines if ln.split(None, 1)[:1] == [name])
+
+
+def test_classify_cli_uses_every_classify_tolerance_of_the_run(tmp_path, capsys):
+    """A run stopped on the {1} plateau with classify.rank_band = 1 (no ambiguity gap) and gamma_tol =
+    0.1: the run table's label there is a confident saddle, which the default band (10) would call
+    "ambiguous". The CLI must print the run's tolerances and the run table's label and values."""
+    cfg = compose(["record.progress=off", "optim.steps=2000", "classify.rank_band=1.0", "classify.gamma_tol=0.1"])
+    run(cfg, out_dir=tmp_path)
+    last = load_run(tmp_path).sort_values("step").iloc[-1]
+    assert last.label in SADDLES and last.S == "{1}"
+    lines = _cli_lines(tmp_path, capsys)
+    assert any(ln.startswith("tolerances (run config classify.*)") and "rank_band=1," in ln and "gamma_tol=0.1" in ln
+               and f"grad_rtol={cfg.classify.grad_rtol:g}" in ln and f"rank_rtol={cfg.classify.rank_rtol:g}" in ln
+               for ln in lines), lines
+    assert f"member 0: {last.label}  S = {last.S}" in lines
+    paper, lab = _field(lines, "critical_value").split()[1::2]
+    scale = prepare(cfg).paper_scale
+    assert float(lab) == pytest.approx(last.critical_value, rel=PRINTED_RTOL)
+    assert float(paper) / scale == pytest.approx(float(lab), rel=PRINTED_RTOL)
+
+
+def test_classify_cli_ridge_completion_prints_ranks_balance_and_modes(tmp_path, capsys):
+    """lambda > 0: the CLI labels by first and second order (dlnlab.ridge.classify) and prints the layer
+    ranks, B_r membership, balancedness, the balanced identity and (fully observed completion) the mode
+    table."""
+    cfg = compose(["task=matrix_completion", "optim.ridge=0.01", "optim.steps=50", "record.every=50",
+                   "record.progress=off"])
+    run(cfg, out_dir=tmp_path)
+    lines = _cli_lines(tmp_path, capsys)
+    text = "\n".join(lines)
+    assert "ridge lambda = 0.01" in text and "not Theorem 7" in text
+    for name in ("layer_ranks", "in_B", "balance", "identity_residual", "identity_holds"):
+        assert any(ln.split(None, 1)[:1] == [name] for ln in lines), (name, text)
+    header = lines[lines.index("    mode table (A.3):") + 1].split()
+    assert {"y", "threshold", "s_on", "s_barrier", "barrier_height", "state", "could_switch_off"} <= set(header)
+    task = prepare(cfg)
+    assert sum(ln.split()[0].isdigit() for ln in lines[lines.index("    mode table (A.3):") + 2:]) == min(task.n1, task.n2)
 
 
 def test_ridge_runs_get_second_order_labels_at_the_end(tmp_path):

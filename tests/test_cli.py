@@ -64,7 +64,7 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["optim.lr=-1"], "optim.lr=-1.0 is invalid: allowed a number > 0"),
+    (["optim.lr=-1"], "optim.lr=-1.0 is invalid: allowed a finite number > 0"),
     (["model.depth=1"], "model.depth=1 is invalid"),
     (["model.widht=3"], "Key 'widht' not in 'ModelConfig'"),
     (["task=regression_file", "task.path=/no/such.npz"], "task data file not found: /no/such.npz"),
@@ -96,6 +96,29 @@ def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
     assert df["step"].max() == status["step"] and len(df) >= 3
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == status["step"]
+
+
+def test_a_killed_run_reads_as_killed_with_what_it_wrote(tmp_path):
+    """kill -9 gives the run no chance to write its status: the loader tells it from a live one."""
+    from dlnlab.runs import list_runs
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "dlnlab-train"), "optim.steps=10000000", "record.every=100",
+                             "record.flush_every=1", f"hydra.run.dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and read_status(out).get("step", 0) < 200:
+            time.sleep(0.2)
+        assert list_runs(out)["status"].tolist() == ["running"]  # alive: running
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    runs = list_runs(out)
+    assert runs["status"].tolist() == ["killed"] and runs["wall_time"].iloc[0] > 0
+    df = load_run(out)
+    assert df["step"].max() >= 200 and set(df["status"]) == {"killed"}
 
 
 def test_float32_ensemble_with_balanced_init_runs_from_a_notebook(tmp_path):

@@ -61,6 +61,12 @@ def test_task_options_are_checked_per_task():
     ("record.every=0", "record.every"),
     ("precision=float16", "precision"),
     ("record.progress=maybe", "record.progress"),
+    ("seed=-1", "seed"),
+    ("optim.lr=inf", "optim.lr"),
+    ("model.init.scale=inf", "model.init.scale"),
+    ("task.noise=-1", "task.noise"),
+    ("record.tb_members=-3", "record.tb_members"),
+    ("record.checkpoint_every=150", "record.checkpoint_every"),
 ])
 def test_invalid_values_fail_with_the_option_named(override, option):
     cfg = compose([override])
@@ -82,3 +88,13 @@ def test_regression_violating_assumption1_is_rejected_clearly():
         prepare(compose(["task.spectrum=[2.0,2.0,1.0,0.5]"]))  # repeated eigenvalue
     with pytest.raises(DataError, match="d_y <= d_x <= m"):
         prepare(compose(["task.d_x=3", "task.d_y=4"]))
+
+
+@pytest.mark.parametrize("overrides, option", [
+    (["task=matrix_completion", "task.observed_count=0"], "task.observed_count"),
+    (["experiment=one_way_jumps", "jumps.label_every=-1"], "jumps.label_every"),
+])
+def test_invalid_values_in_other_groups_fail_with_the_option_named(overrides, option):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(overrides))
+    assert str(e.value).startswith(option + "=") and "allowed" in str(e.value)

@@ -11,9 +11,38 @@ from dlnlab import landscape as LS
 from landscape_data import clean_data, gaussian_data, data_loss
 
 F64 = torch.float64
+# torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+
+# Tolerances of the tests (why each value):
+GRAD_ZERO_RTOL = 1e-9       # ||grad L|| / tr(Syy) at constructed critical points (gauges of cond 4 cost digits)
+VALUE_RTOL = 1e-9           # loss vs critical value at constructed points, relative (+ GRAD_ZERO_RTOL * tr(Syy))
+PATH_RTOL = 1e-10           # escape-path loss vs its closed form (polynomial of degree 2H in t)
+EXACT_ATOL = 1e-12          # clean data (integer entries): exact to float64 rounding
+HESS_PSD_RTOL = 1e-9        # a PSD Hessian's smallest eigenvalue is >= -HESS_PSD_RTOL * spectral radius
+LAM_RTOL = 1e-10            # lam_{r+1} from the library's SVD vs numpy's eigendecomposition of Sigma
 
 
+def _sigma_eigenvalues(X, Y):
+    """Independent reference: eigenvalues of Sigma = Syx Sxx^{-1} Sxy by numpy (descending)."""
+    Xn, Yn = X.numpy(), Y.numpy()
+    Sxy = Xn.T @ Yn
+    return np.sort(np.linalg.eigvalsh(Sxy.T @ np.linalg.solve(Xn.T @ Xn, Sxy)))[::-1]
 
+
+def _hessian_eigs(weights, X, Y):
+    """Independent reference: float64 eigenvalues of torch.func.hessian of the sample loss (ascending)."""
+    shapes, sizes = [w.shape for w in weights], [w.numel() for w in weights]
+    f = lambda th: data_loss([p.reshape(sh) for p, sh in zip(torch.split(th, sizes), shapes)], X, Y)
+    Hm = torch.func.hessian(f)(torch.cat([w.reshape(-1) for w in weights]))
+    return torch.linalg.eigvalsh((Hm + Hm.T) / 2)
+
+
+def _autograd_grad_norm(weights, X, Y) -> float:
+    """Independent reference: ||grad|| of the sample loss by autograd in float64."""
+    wr = [w.detach().clone().requires_grad_(True) for w in weights]
+    data_loss(wr, X, Y).backward()
+    return math.sqrt(sum(float((w.grad ** 2).sum()) for w in wr))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +104,14 @@ def test_failing_assumptions_are_reported_not_raised(case, needle):
     assert np.isfinite(LS.loss([torch.zeros(2, d.d_x), torch.zeros(d.d_y, 2)], d))
 
 
+@pytest.mark.parametrize("which", ["X", "Y"])
+def test_non_finite_data_name_the_array(which):
+    X, Y = (t.clone() for t in clean_data())
+    (X if which == "X" else Y)[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{which} contains 1 non-finite value.*{which}\[3, 0\]"):
+        LS.LandscapeData.from_xy(X, Y)
+
+
 def test_transposed_extension_d_y_greater_than_d_x():
     X, Y = gaussian_data(10, 3, 5)
     d = LS.LandscapeData.from_xy(X, Y)
@@ -112,6 +149,19 @@ def test_critical_values_depend_on_r_max_and_H():
     assert isinstance(df, pd.DataFrame) and len(df) == 7
     assert set(df.columns) >= {"S", "r", "value", "top", "labels"}
     assert df.loc[df.S == "{1,2}", "labels"].item() == "global_min"
+
+
+def test_r_max_may_be_positional():
+    """The issue's signature critical_values(X, Y, r_max); also (data, r_max) for a LandscapeData."""
+    X, Y = clean_data()
+    d = LS.LandscapeData.from_xy(X, Y)
+    want = {c.S: c.value for c in LS.critical_values(X, Y, r_max=2)}
+    assert {c.S: c.value for c in LS.critical_values(X, Y, 2)} == want
+    assert {c.S: c.value for c in LS.critical_values(d, 2)} == want
+    assert max(len(c.S) for c in LS.critical_values(d, 2)) == 2
+    assert [p.value for p in LS.plateau_values(d, 2)] == [p.value for p in LS.plateau_values(X, Y, r_max=2)]
+    with pytest.raises(ValueError, match="twice"):
+        LS.critical_values(d, 2, r_max=2)
 
 
 def test_plateau_values():
@@ -168,8 +218,8 @@ def test_loss_is_batched_over_an_ensemble():
 
 def _assert_critical(pt, d, X, Y):
     gn = LS.grad_norm(pt.weights, d)
-    assert gn < 1e-9 * d.tr_syy, (pt.kind, pt.S, gn)
-    assert float(data_loss(pt.weights, X, Y)) == pytest.approx(pt.value, rel=1e-9, abs=1e-9 * d.tr_syy)
+    assert gn < GRAD_ZERO_RTOL * d.tr_syy, (pt.kind, pt.S, gn)
+    assert float(data_loss(pt.weights, X, Y)) == pytest.approx(pt.value, rel=VALUE_RTOL, abs=GRAD_ZERO_RTOL * d.tr_syy)
 
 
 @pytest.mark.parametrize("dims", [[6, 3, 4], [6, 5, 3, 4], [5, 4, 4, 4, 3], [3, 4, 2, 5]])
@@ -234,10 +284,38 @@ def test_normal_form_conditions_a_to_c_match_the_gradient():
         r = int(rng.integers(0, min(dims) + 1))
         S = tuple(sorted(rng.choice(np.arange(1, d_y + 1), size=r, replace=False).tolist()))
         pt = LS.random_normal_form_point(d, dims, S, generator=trial)
-        crit = LS.grad_norm(pt.weights, d) < 1e-9 * d.tr_syy
+        crit = LS.grad_norm(pt.weights, d) < GRAD_ZERO_RTOL * d.tr_syy
         assert crit == pt.critical, (trial, dims, S)
         counts[crit] += 1
     assert counts[True] > 20 and counts[False] > 20
+
+
+def test_random_normal_form_point_critical_only():
+    """critical_only=True: every point is critical (gradient by independent float64 autograd of the
+    sample loss), at its critical value, including d_y > d_x; the same draws without the option are
+    often not critical (so the option is what guarantees it)."""
+    rng = np.random.default_rng(7)
+    plain_not_critical = 0
+    for trial in range(60):
+        H = int(rng.integers(2, 6))
+        d_y = int(rng.integers(1, 5))
+        d_x = d_y + int(rng.integers(0, 3))
+        if trial % 4 == 0:
+            d_x, d_y = max(1, d_y - 1), d_x + 1                  # d_y > d_x: the transposed extension
+        dims = [d_x] + [int(rng.integers(1, 6)) for _ in range(H - 1)] + [d_y]
+        X, Y = gaussian_data(d_x + 3, d_x, d_y, seed=trial)
+        d = LS.LandscapeData.from_xy(X, Y)
+        r = int(rng.integers(0, min(min(dims), d.k) + 1))
+        S = tuple(sorted(rng.choice(np.arange(1, d.k + 1), size=r, replace=False).tolist()))
+        pt = LS.random_normal_form_point(d, dims, S, generator=trial, critical_only=True)
+        assert pt.critical and pt.label != "not_critical"
+        gn = _autograd_grad_norm(pt.weights, X, Y)
+        assert gn < GRAD_ZERO_RTOL * d.tr_syy, (trial, dims, S, gn)
+        assert float(data_loss(pt.weights, X, Y)) == pytest.approx(pt.value, rel=VALUE_RTOL,
+                                                                    abs=GRAD_ZERO_RTOL * d.tr_syy)
+        plain = LS.random_normal_form_point(d, dims, S, generator=trial)
+        plain_not_critical += _autograd_grad_norm(plain.weights, X, Y) >= GRAD_ZERO_RTOL * d.tr_syy
+    assert plain_not_critical > 0
 
 
 def test_apply_gauge_keeps_loss_and_product():
@@ -264,18 +342,53 @@ def test_escape_path_O7_numbers():
     torch.testing.assert_close(ep.direction[1], t_([[0, 0, 0], [0, 1, 0]]))
     torch.testing.assert_close(ep.direction[2], t_([[0, 0], [0, 1], [0, 0]]))
     for t, L in [(0.0, 5.0), (0.1, 4.992004), (0.5, 4.0625), (1.0, 1.0)]:
-        assert float(data_loss(ep.weights_at(t), X, Y)) == pytest.approx(L, abs=1e-12)
-        assert ep.loss_formula(t) == pytest.approx(L, abs=1e-12)
+        assert float(data_loss(ep.weights_at(t), X, Y)) == pytest.approx(L, abs=EXACT_ATOL)
+        assert ep.loss_formula(t) == pytest.approx(L, abs=EXACT_ATOL)
 
 
-@pytest.mark.parametrize("dims, r", [([6, 5, 4, 4], 1), ([5, 4, 4, 4, 4, 3], 2), ([6, 3, 4], 1)])
-def test_escape_path_formula_on_random_data(dims, r):
+SMALL_T = (0.05, 0.1)        # "small t > 0": L(t) - L(0) ~ -2 lam t^H is still far above float64 rounding
+
+
+def _escape_setup(dims, r):
     X, Y = gaussian_data(10, dims[0], dims[-1], seed=2)
     d = LS.LandscapeData.from_xy(X, Y)
-    ep = LS.escape_path(d, dims, r, generator=3, d_cond=4.0)
-    H = len(dims) - 1
-    lam = float(d.lam[r])
+    lam = float(_sigma_eigenvalues(X, Y)[r])                     # lam_{r+1}, independently of the library
+    return X, Y, d, lam, LS.escape_path(d, dims, r, generator=3, d_cond=4.0)
+
+
+def _assert_path_formula(ep, d, X, Y, lam, r):
+    H = ep.H
+    assert ep.lam == pytest.approx(lam, rel=LAM_RTOL)
     for t in (0.05, 0.1, 0.3, 1.0):
         expected = ep.base_loss - 2 * lam * t ** H + lam * t ** (2 * H)
-        assert float(data_loss(ep.weights_at(t), X, Y)) == pytest.approx(expected, rel=1e-10)
-    assert float(data_loss(ep.weights_at(1.0), X, Y)) == pytest.approx(d.critical_value(range(1, r + 2)), rel=1e-10)
+        assert float(data_loss(ep.weights_at(t), X, Y)) == pytest.approx(expected, rel=PATH_RTOL)
+    assert float(data_loss(ep.weights_at(1.0), X, Y)) == pytest.approx(d.critical_value(range(1, r + 2)),
+                                                                        rel=PATH_RTOL)
+
+
+@pytest.mark.parametrize("dims, r", [([6, 5, 4, 4], 1), ([5, 4, 4, 4, 4, 3], 2)])
+def test_escape_path_leaves_a_nonstrict_saddle(dims, r):
+    """Spec §3: at a non-strict saddle (Hessian PSD, so no second-order descent) the third-order path
+    still lowers the loss: a non-strict saddle is not a local minimum."""
+    from dlnlab.classify import classify
+    X, Y, d, lam, ep = _escape_setup(dims, r)
+    assert classify(ep.base, X, Y).label == "nonstrict_saddle"
+    ev = _hessian_eigs(ep.base, X, Y)
+    assert float(ev[0]) >= -HESS_PSD_RTOL * float(ev.abs().max())
+    L0 = float(data_loss(ep.base, X, Y))
+    assert L0 == pytest.approx(ep.base_loss, rel=PATH_RTOL)
+    for t in SMALL_T:
+        assert float(data_loss(ep.weights_at(t), X, Y)) < L0
+    _assert_path_formula(ep, d, X, Y, lam, r)
+
+
+def test_escape_path_H2_starts_at_a_strict_saddle():
+    """H = 2 has no non-strict saddles (spec §3): the same construction starts at a strict saddle, and
+    the path is a second-order descent (L = L0 - 2 lam t^2 + lam t^4)."""
+    from dlnlab.classify import classify
+    dims, r = [6, 3, 4], 1
+    X, Y, d, lam, ep = _escape_setup(dims, r)
+    assert classify(ep.base, X, Y).label == "strict_saddle"
+    ev = _hessian_eigs(ep.base, X, Y)
+    assert float(ev[0]) < -HESS_PSD_RTOL * float(ev.abs().max())
+    _assert_path_formula(ep, d, X, Y, lam, r)

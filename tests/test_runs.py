@@ -168,7 +168,7 @@ def test_load_events(tmp_path, synthetic):
     write_run(tmp_path / "0", parts=[part([0], loss=1.0)])
     empty = load_events(tmp_path)
     assert empty.empty and list(empty.columns) == ["run", "member", "step", "from_rank", "to_rank", "kind",
-                                                   "rank_type"]
+                                                   "rank_type", "in_B"]
     ev = load_events(synthetic)
     direct = [pd.read_parquet(p / "events.parquet").assign(run=str(p)) for p in find_runs(synthetic)]
     direct = pd.concat(direct, ignore_index=True)
