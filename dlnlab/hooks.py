@@ -117,30 +117,43 @@ class MetricsHook(Hook):
             self.rank_floor = float(torch.linalg.matrix_norm(trainer.task.target(), ord=2))
 
     def on_record(self, trainer, rec: Record) -> None:
-        ws = [w.detach().requires_grad_(True) for w in rec.weights]
+        weights = [w.detach() for w in rec.weights]
+        H = len(weights)
+        prods = spectra.partial_products([w.double() for w in weights])
+        # Every task's loss is a function of the end-to-end product P alone, so autograd runs on
+        # the one-layer "network" [P] and the chain rule through the partial products, already at
+        # hand for the spectra, gives each layer's gradient: dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T.
+        P = prods[(H, 1)].to(weights[0].dtype, copy=True).requires_grad_(True)  # not prods itself
         with torch.enable_grad():
-            loss = trainer.task.loss(ws)
-            theta_sq = sum(w.pow(2).sum((-1, -2)) for w in ws)
-            reg = loss + rec.ridge * theta_sq
-            grads = torch.autograd.grad(reg.sum(), ws)
+            loss = trainer.task.loss([P])
+            (G,) = torch.autograd.grad(loss.sum(), [P])
+        G = G.double()
+        theta_sq = sum(w.double().pow(2).sum((-1, -2)) for w in weights)
+        grad_sq = 0.0
+        for h in range(1, H + 1):
+            g = G if h == H else prods[(H, h + 1)].transpose(-1, -2) @ G
+            if h > 1:
+                g = g @ prods[(h - 1, 1)].transpose(-1, -2)
+            if rec.ridge:
+                g = g + 2 * rec.ridge * weights[h - 1].double()
+            grad_sq = grad_sq + g.pow(2).sum((-1, -2))
+        loss = loss.detach()
         m = rec.metrics
-        m["loss"] = loss.detach()
-        m["reg_loss"] = reg.detach()
-        m["paper_loss"] = loss.detach() * trainer.task.paper_scale
-        m["grad_norm"] = torch.sqrt(sum(g.pow(2).sum((-1, -2)) for g in grads))
-        m["theta_sq"] = theta_sq.detach()
+        m["loss"] = loss
+        m["reg_loss"] = loss + rec.ridge * theta_sq.to(loss.dtype)
+        m["paper_loss"] = loss * trainer.task.paper_scale
+        m["grad_norm"] = torch.sqrt(grad_sq).to(loss.dtype)
+        m["theta_sq"] = theta_sq.to(loss.dtype)
         m["lr"] = torch.full_like(m["loss"], rec.lr)
         m["ridge"] = torch.full_like(m["loss"], rec.ridge)
-        weights = [w.detach().double() for w in rec.weights]
-        prods = spectra.partial_products(weights)
         # Finite layers can still overflow in a long product (a member about to diverge): its
         # spectra are NaN like a diverged member's, and the SVD never sees it.
-        finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in prods.values()]).all(0)
+        finite = torch.isfinite(torch.cat([p.flatten(1) for p in prods.values()], 1)).all(1)
         all_finite = bool(finite.all())
+        weights = [w.double() for w in weights]
         if not all_finite:
             weights = [torch.where(finite.view(-1, 1, 1), w, 0.0) for w in weights]
             prods = spectra.partial_products(weights)
-        H = len(weights)
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         # one batched svdvals and one rank comparison per shape of product, not per product
         for keys, s in spectra.grouped_singular_values(prods):
@@ -350,12 +363,17 @@ class CheckpointHook(Hook):
         os.makedirs(self.dir, exist_ok=True)
 
     def _remember(self, rec: Record) -> None:
-        ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
-        if "loss" in rec.metrics:  # finite layers can overflow in the product: the loss tells
-            ok &= torch.isfinite(rec.metrics["loss"])
+        if "loss" in rec.metrics:  # NaN/inf layers or an overflowing product: the loss tells
+            ok = torch.isfinite(rec.metrics["loss"])
+        else:
+            ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
         if self._good is None:
             self._good = [w.clone() for w in rec.weights]
             self._good_step = torch.where(ok, rec.step, -1)
+        elif bool(ok.all()):  # the usual case: one plain copy per layer
+            for g, w in zip(self._good, rec.weights):
+                g.copy_(w)
+            self._good_step.fill_(rec.step)
         elif bool(ok.any()):
             for g, w in zip(self._good, rec.weights):
                 g[ok] = w[ok]

@@ -65,6 +65,7 @@ class TableHook(Hook):
         self.names: list | None = None
         self.object_names: list = []
         self.layout = None  # the metric keys and shapes of the buffered records
+        self._members = None  # the member column, (E, 1)
         self.blocks: list = []
         self.objects: list = []
         self.part = 0
@@ -83,15 +84,17 @@ class TableHook(Hook):
     def on_record(self, trainer, rec: Record) -> None:
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
         # strings (labels) are kept as object columns beside it.
+        # One torch op per metric at most: a record has dozens of them and this runs at every one.
         E = rec.active.shape[0]
-        blocks = [torch.full((E, 1), float(rec.step), dtype=torch.float64),
-                  torch.arange(E, dtype=torch.float64).unsqueeze(1)]
+        if self._members is None or self._members.shape[0] != E:
+            self._members = torch.arange(E, dtype=torch.float64).unsqueeze(1)
+        blocks = [torch.full((E, 1), float(rec.step), dtype=torch.float64), self._members]
         objects = {"member_status": np.where(rec.active.numpy(), "training", "diverged").astype(object)}
         layout = []
         for key, v in rec.metrics.items():
             if isinstance(v, torch.Tensor):
                 layout.append((key, tuple(v.shape)))
-                blocks.append(v.detach().to(torch.float64).reshape(E, -1))
+                blocks.append(v if v.dim() == 2 else v.reshape(E, -1))
             else:
                 objects[key] = np.asarray(v, dtype=object)
         layout = (tuple(layout), tuple(objects))
@@ -104,7 +107,7 @@ class TableHook(Hook):
                 name for key, shape in layout[0]
                 for name in ([key] if len(shape) == 1 else [f"{key}_{n + 1}" for n in range(shape[1])])]
             self.object_names = list(objects)
-        self.blocks.append(torch.cat(blocks, dim=1).numpy())
+        self.blocks.append(torch.cat(blocks, dim=1).detach().to(torch.float64).numpy())  # cat promotes
         self.objects.append(objects)
         if (len(self.blocks) >= self.flush_every or rec.final
                 or time.monotonic() - self.last_flush > self.flush_seconds):
@@ -117,7 +120,7 @@ class TableHook(Hook):
         if not self.blocks:
             return
         # straight to arrow: a pandas DataFrame of ~400 columns costs more than the write itself
-        block = np.concatenate(self.blocks)
+        block = np.asfortranarray(np.concatenate(self.blocks))  # contiguous columns: zero-copy arrays
         cols = [pa.array(block[:, 0].astype(np.int64)), pa.array(block[:, 1].astype(np.int64))]
         cols += [pa.array(block[:, k]) for k in range(2, block.shape[1])]
         cols += [pa.array([None if v is None else str(v) for o in self.objects for v in o[k]], type=pa.string())
@@ -125,7 +128,8 @@ class TableHook(Hook):
         table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
         path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
+        # dictionary pages only for the text columns: on floats they cost time and save nothing
+        pq.write_table(table, tmp, use_dictionary=list(self.object_names))
         os.replace(tmp, path)
         self.part += 1
         self.blocks, self.objects = [], []

@@ -76,6 +76,13 @@ class RegressionTask:
         """idx: (E, B) sample indices, one row per ensemble member."""
         return (_forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
 
+    def batch_arrays(self, idx: torch.Tensor | None):
+        """(x, y, None) for `train.dln_batch_factors`: the samples `idx` (E, B) of each member, or
+        all of them (idx None: full batch, the same (m, d_x) inputs for every member)."""
+        if idx is None:
+            return self.X, self.Y, None
+        return self.X[idx], self.Y[idx], None
+
     def target(self) -> torch.Tensor:
         """The least-squares map A = Syx Sxx^+ (d_y, d_x): the scale of the problem."""
         return torch.linalg.lstsq(self.X.double(), self.Y.double()).solution.T
@@ -145,6 +152,16 @@ class CompletionTask:
             v = v @ w.transpose(-1, -2)
         out = (v * weights[-1][members, r]).sum(-1)              # rows of W_H
         return (out - self.values[idx]).pow(2).mean(-1)
+
+    def batch_arrays(self, idx: torch.Tensor | None):
+        """(one-hot columns (E, B, n2), values (E, B), rows (E, B)) of the observed entries `idx`
+        for `train.dln_batch_factors`; None for the full batch (its loss reads the product, which
+        autograd handles as well)."""
+        if idx is None:
+            return None
+        x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype)
+        x.scatter_(-1, self.cols[idx].unsqueeze(-1), 1.0)
+        return x, self.values[idx], self.rows[idx]
 
     def observed_matrix(self) -> torch.Tensor:
         M = torch.zeros(self.n1, self.n2, dtype=self.values.dtype)

@@ -5,7 +5,8 @@
 
 Targets (issue numbers in brackets):
   train     [2] SGD batch 1, H = 4, width 32: steps/s with recording at the default cadence
-                divided by steps/s with no hooks (target >= 0.9); ensemble E = 256
+                divided by steps/s with no hooks (target >= 0.9), with the trainer's factored
+                step, without the classifier, and with the autograd step; ensemble E = 256
                 model-steps/s divided by one network's (target >= 20)
   classify  [3] Theorem 7 label of one checkpoint, H = 4, width 32, no Hessian (target < 5 ms);
                 Hessian smallest eigenvalue against the parameter count (target 100k < 30 s)
@@ -14,6 +15,7 @@ Targets (issue numbers in brackets):
 """
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 import time
@@ -28,10 +30,14 @@ BENCH_OVERRIDES = ["optim=sgd", "optim.lr=1e-4", "optim.batch_size=1", "model.de
                    "record.progress=off"]
 
 
-def steps_per_second(overrides, steps, hooks: bool, repeats: int = 3) -> float:
-    """Best of `repeats` (the least disturbed by other load on a shared machine)."""
+def steps_per_second(overrides, steps, hooks: bool, repeats: int = 3, autograd: bool = False) -> float:
+    """Best of `repeats` (the least disturbed by other load on a shared machine). autograd=True:
+    the loop without the factored step (gradients through autograd, as a custom loss would)."""
     cfg = compose(BENCH_OVERRIDES + [f"optim.steps={steps}"] + overrides)
     task = prepare(cfg)
+    if autograd:
+        task = copy.copy(task)
+        task.batch_arrays = lambda idx: None  # no batch arrays: the trainer falls back to autograd
     best = 0.0
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
@@ -45,20 +51,29 @@ def steps_per_second(overrides, steps, hooks: bool, repeats: int = 3) -> float:
 
 def bench_train() -> None:
     torch.set_num_threads(1)
-    steps = 4000
-    # interleaved, best of each: the machine is shared and its load drifts
-    plain = recorded = 0.0
-    for _ in range(3):
-        plain = max(plain, steps_per_second([], steps, hooks=False, repeats=1))
-        recorded = max(recorded, steps_per_second([], steps, hooks=True, repeats=1))
-    print(f"train   H=4 width=32 SGD batch 1, {steps} steps, 1 thread")
-    print(f"        no hooks            {plain:9.0f} steps/s")
-    print(f"        default recording   {recorded:9.0f} steps/s   ratio {recorded / plain:.3f}  (target >= 0.9)")
+    steps = 12000  # the default experiment's length: start-up and final writes count as in a real run
+    records = steps // 100 + 1  # record.every = 100 (the default cadence)
+    print(f"train   H=4 width=32 SGD batch 1, {steps} steps, 1 thread, default cadence ({records} records)")
+    rows = [("factored step (default)", [], False), ("without the classifier", ["classify.enabled=false"], False),
+            ("autograd step", [], True)]
+    for name, extra, autograd in rows:
+        # interleaved, best of each: the machine is shared and its load drifts
+        plain = recorded = 0.0
+        for _ in range(3):
+            plain = max(plain, steps_per_second([], steps, hooks=False, repeats=1, autograd=autograd))
+            recorded = max(recorded, steps_per_second(extra, steps, hooks=True, repeats=1, autograd=autograd))
+        per_record = (1 / recorded - 1 / plain) * steps / records * 1e3
+        print(f"        {name:26s} no hooks {plain:6.0f} steps/s, recording {recorded:6.0f} steps/s: "
+              f"ratio {recorded / plain:.3f} (target >= 0.9); {per_record:.2f} ms per record")
     E, e_steps = 256, 400
     one = steps_per_second([], e_steps, hooks=False)
     many = steps_per_second([f"model.ensemble={E}"], e_steps, hooks=False)
-    print(f"        ensemble E={E}      {many * E:9.0f} model-steps/s vs {one:.0f}: "
+    print(f"        ensemble E={E}: {many * E:9.0f} model-steps/s vs {one:.0f}: "
           f"ratio {many * E / one:.1f}x  (target >= 20x)")
+    one = steps_per_second([], e_steps, hooks=False, autograd=True)
+    many = steps_per_second([f"model.ensemble={E}"], e_steps, hooks=False, autograd=True)
+    print(f"        ensemble E={E}, autograd step: {many * E:9.0f} model-steps/s vs {one:.0f}: "
+          f"ratio {many * E / one:.1f}x")
 
 
 def bench_classify() -> None:

@@ -202,3 +202,61 @@ def test_last_checkpoint_keeps_each_members_last_good_weights(task, tmp_path):
     assert bool(torch.isfinite(task.loss(weights)).all())  # loadable and meaningful, member 1 included
     for a, b in zip(ck["weights"], net.weights):  # the healthy members are their final weights
         assert torch.equal(a[[0, 2]], b.detach()[[0, 2]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["regression", "completion"])
+def test_recorded_gradient_norm_is_that_of_the_explicit_objective(kind, dtype):
+    """The metrics hook gets the gradient through the product (chain rule on partial products);
+    compare it with autograd through the layers of loss + lambda ||theta||^2."""
+    from types import SimpleNamespace
+
+    from dlnlab.hooks import Record
+
+    if kind == "regression":
+        task = make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0)
+    else:
+        task = make_completion(3, 4, 1, [2.0], 0.1, observed_fraction=0.5, seed=0)
+    task = task.to(dtype)
+    net = DeepLinearNet([4, 5, 6, 3], ensemble=3, init="gaussian", seed=0, dtype=dtype)
+    ws = [w.detach().clone().requires_grad_(True) for w in net.weights]
+    grads = torch.autograd.grad(objective(task, ws, 0.05).sum(), ws)
+    want = torch.sqrt(sum(g.double().pow(2).sum((-1, -2)) for g in grads))
+    rec = Record(0, [w.detach() for w in net.weights], torch.ones(3, dtype=torch.bool), 0.01, 0.05)
+    MetricsHook(rank_floor=1.0).on_record(SimpleNamespace(task=task), rec)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(rec.metrics["grad_norm"].double(), want, rtol=rtol, atol=0.0)
+    torch.testing.assert_close(rec.metrics["reg_loss"], objective(task, ws, 0.05).detach(), rtol=rtol, atol=0.0)
+
+
+@pytest.mark.parametrize("kind, optim", [("regression", "gd"), ("regression", "sgd"), ("completion", "sgd")])
+def test_factored_step_is_the_autograd_step_on_the_explicit_objective(kind, optim):
+    """The trainer's fast path (gradient as deltas^T acts, one in-place baddbmm per layer) takes the
+    same step as autograd on loss + lambda ||theta||^2 over the same batch, and leaves a frozen
+    member untouched."""
+    from dlnlab.train import dln_batch_factors
+
+    if kind == "regression":
+        task = make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0)
+    else:
+        task = make_completion(3, 4, 1, [2.0], 0.1, observed_fraction=0.75, seed=0)
+    dims = [task.d_in, 5, 6, task.d_out]
+    net = DeepLinearNet(dims, ensemble=3, init="gaussian", seed=1)
+    ws0 = [w.detach().clone() for w in net.weights]
+    idx = None if optim == "gd" else torch.randint(task.n_samples, (3, 4), generator=torch.Generator().manual_seed(0))
+    batch = task.batch_arrays(idx)
+    assert batch is not None
+    losses, acts, deltas = dln_batch_factors(ws0, *batch)
+    ws = [w.clone().requires_grad_(True) for w in ws0]
+    want_loss = task.loss(ws) if idx is None else task.batch_loss(ws, idx)
+    torch.testing.assert_close(losses, want_loss.detach(), rtol=1e-12, atol=0.0)
+    lr, ridge = 0.01, 0.3
+    grads = torch.autograd.grad((want_loss + ridge * sum(w.pow(2).sum((-1, -2)) for w in ws)).sum(), ws)
+    opt = RidgeSGD(net.parameters(), lr=lr, ridge=ridge)
+    opt.active_mask = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64).view(-1, 1, 1)  # member 1 frozen
+    opt.factors = (acts, deltas)
+    opt.step()
+    for w, w0, g in zip(net.weights, ws0, grads):
+        torch.testing.assert_close(w.detach()[[0, 2]], (w0 - lr * g)[[0, 2]], rtol=1e-12, atol=1e-14)
+        assert torch.equal(w.detach()[1], w0[1])
+    assert opt.factors is None  # consumed: the next step needs new ones
