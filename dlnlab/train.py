@@ -236,9 +236,10 @@ class Trainer:
             return
         rec = Record(step=self.step, weights=self.weights, active=self.active.clone(),
                      lr=self.lr, ridge=self.ridge, final=final or self.step == self.steps)
-        for h in due:
-            self._seen[id(h)] = self.step
-            h.on_record(self, rec)
+        with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
+            for h in due:
+                self._seen[id(h)] = self.step
+                h.on_record(self, rec)
 
     def _schedule_next(self) -> None:
         # asking every hook's cadence at every step costs more than a record at small widths

@@ -18,6 +18,17 @@ def gaussian_data(m, d_x, d_y, seed=0):
     return torch.randn(m, d_x, generator=g, dtype=F64), torch.randn(m, d_y, generator=g, dtype=F64)
 
 
+def random_dims(rng, trial: int, transposed_every: int) -> list[int]:
+    """[d_x, d_1, .., d_y] of a random problem, H = 2..5; every `transposed_every`-th trial has
+    d_y > d_x (the transposed extension of landscape.md §5)."""
+    H = int(rng.integers(2, 6))
+    d_y = int(rng.integers(1, 5))
+    d_x = d_y + int(rng.integers(0, 3))
+    if trial % transposed_every == 0:
+        d_x, d_y = max(1, d_y - 1), d_x + 1
+    return [d_x] + [int(rng.integers(1, 6)) for _ in range(H - 1)] + [d_y]
+
+
 def data_loss(weights, X, Y):
     """Independent reference: the paper's loss straight from the samples."""
     out = X

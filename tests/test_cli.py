@@ -77,15 +77,21 @@ def test_user_errors_are_one_clear_message(tmp_path, args, message):
     assert "Traceback" not in p.stderr
 
 
-def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
-    out = tmp_path / "run"
+def start_endless_run(out):
+    """A training run with no end in sight, once it has written its table past step 200."""
     proc = subprocess.Popen([str(BIN / "dlnlab-train"), "optim.steps=10000000", "record.every=100",
                              "record.flush_every=1", f"hydra.run.dir={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and read_status(out).get("step", 0) < 200:
+        time.sleep(0.2)
+    return proc
+
+
+def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
+    out = tmp_path / "run"
+    proc = start_endless_run(out)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and read_status(out).get("step", 0) < 200:
-            time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -103,13 +109,8 @@ def test_a_killed_run_reads_as_killed_with_what_it_wrote(tmp_path):
     from dlnlab.runs import list_runs
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([str(BIN / "dlnlab-train"), "optim.steps=10000000", "record.every=100",
-                             "record.flush_every=1", f"hydra.run.dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_endless_run(out)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and read_status(out).get("step", 0) < 200:
-            time.sleep(0.2)
         assert list_runs(out)["status"].tolist() == ["running"]  # alive: running
         proc.kill()
         proc.wait(timeout=60)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlnlab import landscape as LS
-from landscape_data import clean_data, gaussian_data, data_loss
+from landscape_data import clean_data, data_loss, gaussian_data, random_dims
 
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
@@ -297,12 +297,8 @@ def test_random_normal_form_point_critical_only():
     rng = np.random.default_rng(7)
     plain_not_critical = 0
     for trial in range(60):
-        H = int(rng.integers(2, 6))
-        d_y = int(rng.integers(1, 5))
-        d_x = d_y + int(rng.integers(0, 3))
-        if trial % 4 == 0:
-            d_x, d_y = max(1, d_y - 1), d_x + 1                  # d_y > d_x: the transposed extension
-        dims = [d_x] + [int(rng.integers(1, 6)) for _ in range(H - 1)] + [d_y]
+        dims = random_dims(rng, trial, transposed_every=4)
+        H, d_x, d_y = len(dims) - 1, dims[0], dims[-1]
         X, Y = gaussian_data(d_x + 3, d_x, d_y, seed=trial)
         d = LS.LandscapeData.from_xy(X, Y)
         r = int(rng.integers(0, min(min(dims), d.k) + 1))
