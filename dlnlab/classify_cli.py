@@ -102,7 +102,8 @@ def main(argv=None) -> None:
     weights = ck["weights"]
     E = weights[0].shape[0]
     schedule = _ridge_schedule(cfg)
-    ridge = schedule(int(ck["step"]))
+    # the weights of step s were made by the step s - 1 took, under that step's lambda
+    ridge = schedule(max(int(ck["step"]) - 1, 0))
     data = task.landscape_data()
     theorem7 = data is not None and not any(schedule.values)   # as the classifier hook decides
     scale = float(task.paper_scale)

@@ -24,9 +24,11 @@ def _train(cfg) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            task = prepare(cfg)
-        for w in caught:  # e.g. a data file outside Assumption 1: one line, not a source listing
-            print(f"dlnlab-train: note: {w.message}", file=sys.stderr)
+            try:
+                task = prepare(cfg)
+            finally:  # e.g. a data file outside Assumption 1: one line, not a source listing
+                for w in caught:
+                    print(f"dlnlab-train: note: {w.message}", file=sys.stderr)
     except (C.ConfigError, DataError) as e:
         # A user error: say what is wrong, no traceback. In a sweep the other jobs go on.
         mark_failed(out_dir, str(e))

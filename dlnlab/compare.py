@@ -303,11 +303,12 @@ def main(argv=None) -> None:
     """`dlnlab-compare ROOT --by KEYS --metric M [--at-step N] [--csv F] [--plot F.png]`."""
     import warnings
 
-    # a skipped damaged file is news for the user, not a Python source line
-    warnings.showwarning = lambda message, category, *a, **k: print(
-        f"dlnlab-compare: warning: {message}", file=sys.stderr)
     try:
-        code = run_cli(argv)
+        with warnings.catch_warnings():
+            # a skipped damaged file is news for the user, not a Python source line
+            warnings.showwarning = lambda message, category, *a, **k: print(
+                f"dlnlab-compare: warning: {message}", file=sys.stderr)
+            code = run_cli(argv)
     except (CompareError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"dlnlab-compare: error: {msg}", file=sys.stderr)

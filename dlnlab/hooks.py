@@ -120,24 +120,8 @@ class MetricsHook(Hook):
         weights = [w.detach() for w in rec.weights]
         H = len(weights)
         prods = spectra.partial_products([w.double() for w in weights])
-        # Every task's loss is a function of the end-to-end product P alone, so autograd runs on
-        # the one-layer "network" [P] and the chain rule through the partial products, already at
-        # hand for the spectra, gives each layer's gradient: dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T.
-        P = prods[(H, 1)].to(weights[0].dtype, copy=True).requires_grad_(True)  # not prods itself
-        with torch.enable_grad():
-            loss = trainer.task.loss([P])
-            (G,) = torch.autograd.grad(loss.sum(), [P])
-        G = G.double()
-        theta_sq = sum(w.double().pow(2).sum((-1, -2)) for w in weights)
-        grad_sq = 0.0
-        for h in range(1, H + 1):
-            g = G if h == H else prods[(H, h + 1)].transpose(-1, -2) @ G
-            if h > 1:
-                g = g @ prods[(h - 1, 1)].transpose(-1, -2)
-            if rec.ridge:
-                g = g + 2 * rec.ridge * weights[h - 1].double()
-            grad_sq = grad_sq + g.pow(2).sum((-1, -2))
-        loss = loss.detach()
+        loss, grad_sq = _loss_and_grad_sq(trainer.task, weights, prods, rec.ridge)
+        theta_sq = torch.cat([w.flatten(1) for w in weights], 1).double().pow(2).sum(1)
         m = rec.metrics
         m["loss"] = loss
         m["reg_loss"] = loss + rec.ridge * theta_sq.to(loss.dtype)
@@ -158,17 +142,47 @@ class MetricsHook(Hook):
         # one batched svdvals and one rank comparison per shape of product, not per product
         for keys, s in spectra.grouped_singular_values(prods):
             floors = torch.tensor([self.rank_floor ** ((j - i + 1) / H) for j, i in keys], dtype=s.dtype)
-            top = torch.maximum(s[..., :1], floors.view(-1, *[1] * (s.dim() - 1)))
-            ranks = (s > self.rank_rtol * top).sum(-1).double()
+            ranks = spectra.numerical_rank(s, self.rank_rtol, floors.view(-1, *[1] * (s.dim() - 1))).double()
             if not all_finite:
                 ranks = torch.where(finite, ranks, nan)
                 s = torch.where(finite.unsqueeze(-1), s, nan)
-            for n, (j, i) in enumerate(keys):
-                m[f"rank_{product_key(j, i)}"] = ranks[n]
-                m[f"sv_{product_key(j, i)}"] = s[n]
+            for (j, i), rank, sv in zip(keys, ranks.unbind(0), s.unbind(0)):
+                m[f"rank_{product_key(j, i)}"] = rank
+                m[f"sv_{product_key(j, i)}"] = sv
         m["rank"] = m[f"rank_{product_key(H, 1)}"]
         for h, b in enumerate(spectra.balancedness(weights), start=1):
             m[f"balance_{h}"] = b if all_finite else torch.where(finite, b, nan)
+
+
+def _loss_and_grad_sq(task, weights: list, prods: dict, ridge: float):
+    """Per member: the task's loss and ||grad (loss + ridge ||theta||^2)||^2 over all layers.
+
+    A task whose loss is a function of the end-to-end product P alone (`loss_of_product`, as the
+    built-in ones) needs autograd only on the one-layer "network" [P]; the chain rule through the
+    partial products, at hand for the spectra, gives dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T. Any
+    other task gets autograd through the layers."""
+    H = len(weights)
+    if not getattr(task, "loss_of_product", False):
+        ws = [w.clone().requires_grad_(True) for w in weights]
+        with torch.enable_grad():
+            loss = task.loss(ws)
+            grads = torch.autograd.grad(loss.sum(), ws)
+        return loss.detach(), sum((g + 2 * ridge * w).double().pow(2).sum((-1, -2))
+                                  for g, w in zip(grads, weights))
+    P = prods[(H, 1)].to(weights[0].dtype, copy=True).requires_grad_(True)  # not prods itself
+    with torch.enable_grad():
+        loss = task.loss([P])
+        (G,) = torch.autograd.grad(loss.sum(), [P])
+    G = G.double()
+    grad_sq = 0.0
+    for h in range(1, H + 1):
+        g = G if h == H else prods[(H, h + 1)].transpose(-1, -2) @ G
+        if h > 1:
+            g = g @ prods[(h - 1, 1)].transpose(-1, -2)
+        if ridge:
+            g = g + 2 * ridge * weights[h - 1].double()
+        grad_sq = grad_sq + g.pow(2).sum((-1, -2))
+    return loss.detach(), grad_sq
 
 
 class TensorBoardHook(Hook):
@@ -367,6 +381,7 @@ class CheckpointHook(Hook):
             ok = torch.isfinite(rec.metrics["loss"])
         else:
             ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+        self._ok = ok
         if self._good is None:
             self._good = [w.clone() for w in rec.weights]
             self._good_step = torch.where(ok, rec.step, -1)
@@ -382,7 +397,8 @@ class CheckpointHook(Hook):
     def on_record(self, trainer, rec: Record) -> None:
         self._remember(rec)
         if self.every and rec.step % self.every == 0 and not rec.final:
-            _atomic_save(self.state(trainer, rec.step, rec.weights),
+            good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
+            _atomic_save(self.state(trainer, rec.step, rec.weights, good),
                          os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
 
     def on_end(self, trainer, status: str) -> None:
@@ -409,11 +425,12 @@ class ProgressHook(Hook):
             return
         frac = rec.step / max(trainer.steps, 1)
         bar = "#" * int(30 * frac)
-        alive = rec.metrics["rank"].double().numpy()
-        alive = alive[np.isfinite(alive)]  # diverged members have NaN metrics
-        if alive.size:
-            loss = float(np.nanmedian(rec.metrics["loss"].double().numpy()))
-            line = f"loss {loss:.4g}  rank {int(np.median(alive))}"
+        rank = rec.metrics["rank"].double().numpy()
+        loss = rec.metrics["loss"].double().numpy()
+        rank, loss = rank[np.isfinite(rank)], loss[np.isfinite(loss)]  # diverged members: NaN
+        if rank.size:
+            line = f"loss {np.median(loss):.4g}  rank {int(np.median(rank))}" if loss.size else \
+                f"loss inf  rank {int(np.median(rank))}"
         else:
             line = "every member diverged"
         self.stream.write(f"\r[{bar:<30}] step {rec.step}/{trainer.steps}  {line}   ")

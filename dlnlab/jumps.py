@@ -202,6 +202,8 @@ class RankJumpHook(Hook):
     def on_record(self, trainer, rec: Record) -> None:
         t0 = time.perf_counter()
         finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+        if "rank" in rec.metrics:  # finite layers whose product overflowed: the metrics say NaN
+            finite &= torch.isfinite(rec.metrics["rank"])
         self.dead |= ~(rec.active & finite)
         alive = ~self.dead
         st = self._ranks(rec, alive)

@@ -74,12 +74,14 @@ class TableHook(Hook):
     def on_start(self, trainer) -> None:
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
-        # a fresh file: a reused folder must not keep an earlier run's message or end time
-        (self.dir / STATUS_FILE).unlink(missing_ok=True)
+        # A reused folder must not show an earlier run's table, message or end time as this one's.
+        for old in (self.dir / METRICS_DIR).glob("*.parquet"):
+            old.unlink()
         info = getattr(trainer.task, "info", {}) or {}
-        write_status(self.dir, status="running", step=0, steps=trainer.steps, started=self.t0,
-                     updated=self.t0, ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
-                     assumption1_failures=list(info.get("assumption1_failures", [])))
+        status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
+                      ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
+                      assumption1_failures=list(info.get("assumption1_failures", [])))
+        _atomic_write_text(self.dir / STATUS_FILE, json.dumps(status, indent=1))
 
     def on_record(self, trainer, rec: Record) -> None:
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
@@ -499,12 +501,18 @@ def _drop_incompatible(tables: list, sources: list, messages: list, what: str) -
     import pyarrow as pa
 
     present = [t.schema for t in tables if t is not None]
+    if not present:
+        return tables
     try:
         pa.unify_schemas(present, promote_options="permissive")
         return tables
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
-    out, schema = [], None
+    # the most common column types are the reference, so one odd file cannot outvote the others
+    kinds = [tuple((f.name, str(f.type)) for f in s) for s in present]
+    common = max(set(kinds), key=kinds.count)
+    schema = present[kinds.index(common)]
+    out = []
     for t, src in zip(tables, sources):
         if t is not None:
             try:

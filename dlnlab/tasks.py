@@ -47,6 +47,7 @@ class RegressionTask:
     Y: torch.Tensor
     name: str = "regression"
     info: dict = field(default_factory=dict)
+    loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
 
     @property
     def d_in(self) -> int:
@@ -107,6 +108,7 @@ class CompletionTask:
     truth: torch.Tensor  # the noiseless low-rank matrix A*
     name: str = "matrix_completion"
     info: dict = field(default_factory=dict)
+    loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
 
     @property
     def d_in(self) -> int:

@@ -83,8 +83,9 @@ def dln_batch_factors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch
                       rows: torch.Tensor | None = None):
     """Loss and the gradient of a deep linear network on a batch, in factored form.
 
-    weights: [W_1..W_H], each (E, d_h, d_{h-1}); x: (E, B, d_0) or (B, d_0) inputs; y: (E, B, d_H)
-    targets, or with `rows` (E, B) the target value (E, B) of output coordinate rows[e, b] only
+    weights: [W_1..W_H], each (E, d_h, d_{h-1}); x: (E, B, d_0) inputs, or (B, d_0) shared by every
+    member (full batch); y: (E, B, d_H) or (B, d_H) targets likewise, or with `rows` (E, B) the
+    target value (E, B) of output coordinate rows[e, b] only
     (matrix completion: x one-hot columns, rows the observed rows). The loss per member is the mean
     over the batch of the squared error (the tasks' convention). Returns (losses (E,), acts, deltas)
     with dL/dW_h = deltas[h]^T @ acts[h] (0-based h): the activations a_{h-1} entering layer h and the
@@ -128,6 +129,8 @@ class RidgeSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         factors, self.factors = self.factors, None
+        if factors is not None and len(self.param_groups) != 1:
+            raise ValueError("RidgeSGD: factored steps need the layers W_1..W_H as one parameter group")
         for group in self.param_groups:
             lr, ridge = group["lr"], group["ridge"]
             for h, p in enumerate(group["params"]):
@@ -137,8 +140,8 @@ class RidgeSGD(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad.add(p, alpha=2 * ridge) if ridge else p.grad
-                if self.active_mask is not None:
-                    d = d * self.active_mask
+                if self.active_mask is not None:  # where, not a product: NaN * 0 would be NaN
+                    d = torch.where(self.active_mask.bool(), d, 0.0)
                 p.sub_(d, alpha=lr)
 
     def _factored_update(self, p, delta, act, lr: float, ridge: float) -> None:
@@ -288,6 +291,7 @@ class Trainer:
                 if not bool(finite.all()):
                     self.freeze(~finite)
                     if self._stop:
+                        self.optimizer.factors = None  # this step is not taken
                         break
                     losses = torch.where(finite, losses, torch.zeros_like(losses))
                 if self.optimizer.factors is None:

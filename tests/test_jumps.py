@@ -314,6 +314,29 @@ def test_tracker_events_first_passages_and_loud_increases(tmp_path, caplog):
     assert js.to_dict()["findings"] == [f"sgd: {s['findings'][0]}"]
 
 
+def test_a_member_whose_product_overflows_is_dead_not_a_jump(tmp_path):
+    """Finite layers whose product overflows: the metrics hook writes NaN spectra for that member,
+    and the tracker must read that as divergence, not as a fall to rank 0."""
+    from dlnlab.hooks import MetricsHook
+    from dlnlab.tasks import make_regression
+
+    H = 3
+    tr = fake_trainer(2, H, tmp_path)
+    tr.task = make_regression(m=8, d_x=4, d_y=4, spectrum=[4.0, 3.0, 2.0, 1.0])
+    metrics, hook = MetricsHook(rank_floor=1.0), RankJumpHook()
+    hook.on_start(tr)
+    for i, scale in enumerate([1.0, 1e120]):
+        ws = diag_weights([3, 3], H)
+        for w in ws:
+            w[1] *= scale  # each layer finite, the product of three 1e360: inf
+        rec = Record(step=100 * i, weights=ws, active=torch.ones(2, dtype=torch.bool), lr=0.1, ridge=0.01)
+        metrics.on_record(tr, rec)
+        hook.on_record(tr, rec)
+    hook.on_end(tr, "finished")
+    assert hook.events.empty
+    assert rec.metrics["jump_label"] == ["B3", "diverged"] and hook.summary()["diverged"] == [1]
+
+
 def test_events_record_whether_the_point_is_in_B(tmp_path):
     """in_B at an event = the balance condition (and norm bound) at that record, checked here with the
     ratio computed directly: member 0 falls to rank 1 balanced, member 1 falls to rank 1 with

@@ -270,3 +270,27 @@ def test_a_run_compacting_its_parts_while_being_read(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_runs(tmp_path)["loss"].tolist() == [2.0, 1.0] and len(calls) == 2
+
+
+def test_a_file_with_odd_column_types_is_skipped_even_when_it_comes_first(tmp_path):
+    """A run whose loss was stored as text cannot merge with the others: it is skipped with a
+    warning naming it, and the good runs load, whichever order the folders come in."""
+    write_run(tmp_path / "0", parts=[part([0, 10], loss="oops")])  # the odd one, read first
+    write_run(tmp_path / "1", parts=[part([0, 10], loss=1.0)])
+    write_run(tmp_path / "2", parts=[part([0, 10], loss=2.0)])
+    bad_status = tmp_path / "2" / "status.json"
+    bad_status.write_text(json.dumps({"status": "finished", "step": "20x", "wall_time": "oops"}))
+    with pytest.warns(DamagedRunWarning) as caught:
+        df = load_runs(tmp_path)
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(tmp_path / "0") in messages and "step, wall_time" in messages
+    assert sorted(df["run"].unique()) == [str(tmp_path / "1"), str(tmp_path / "2")]
+    assert df.groupby("run", observed=True)["loss"].first().tolist() == [1.0, 2.0]
+    assert df.loc[df["run"] == str(tmp_path / "2"), "status"].iloc[0] == "finished"  # the sound fields stay
+
+
+def test_a_reused_run_folder_shows_only_the_new_run(tmp_path):
+    run(compose(["optim.steps=300", "record.progress=off"]), out_dir=tmp_path)
+    run(compose(["optim.steps=100", "record.progress=off", "seed=3"]), out_dir=tmp_path)
+    df = load_run(tmp_path)
+    assert df["step"].max() == 100 and set(df["seed"]) == {3}

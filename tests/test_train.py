@@ -260,3 +260,24 @@ def test_factored_step_is_the_autograd_step_on_the_explicit_objective(kind, opti
         torch.testing.assert_close(w.detach()[[0, 2]], (w0 - lr * g)[[0, 2]], rtol=1e-12, atol=1e-14)
         assert torch.equal(w.detach()[1], w0[1])
     assert opt.factors is None  # consumed: the next step needs new ones
+
+
+def test_gradient_norm_of_a_task_whose_loss_reads_the_layers(task):
+    """A user's task may penalise the layers themselves (not a function of the product): the metrics
+    hook then differentiates through the layers instead of through the product."""
+    from types import SimpleNamespace
+
+    from dlnlab.hooks import Record
+
+    class LayerPenalty:
+        paper_scale = 1.0
+
+        def loss(self, ws):
+            return task.loss(ws) + sum(w.pow(4).sum((-1, -2)) for w in ws)
+
+    net = DeepLinearNet([4, 5, 3], ensemble=2, init="gaussian", seed=0)
+    ws = [w.detach().clone().requires_grad_(True) for w in net.weights]
+    grads = torch.autograd.grad(LayerPenalty().loss(ws).sum(), ws)
+    rec = Record(0, [w.detach() for w in net.weights], torch.ones(2, dtype=torch.bool), 0.01, 0.0)
+    MetricsHook(rank_floor=1.0).on_record(SimpleNamespace(task=LayerPenalty()), rec)
+    torch.testing.assert_close(rec.metrics["grad_norm"], torch.sqrt(sum(g.pow(2).sum((-1, -2)) for g in grads)))
