@@ -48,11 +48,10 @@ import torch
 
 from dlnlab import ridge as R
 from dlnlab.hooks import Hook, Record
+from dlnlab.runs import EVENT_COLUMNS, EVENTS_FILE  # the events format lives with the run folder's
 
 log = logging.getLogger(__name__)
 
-# The events table's format lives with the run folder's (dlnlab.runs), which reads it.
-from dlnlab.runs import EVENT_COLUMNS, EVENTS_FILE  # noqa: E402
 EVENT_KINDS = ("entered", "increase")
 RANK_TYPES = ("layer", "end_to_end")
 SUMMARY_FILE = "jumps_summary.json"
@@ -526,8 +525,10 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
     t_start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    check_options(cfg)
-    task = task or prepare(cfg)
+    if task is None:
+        task = prepare(cfg)  # validates, jumps.* included
+    else:
+        check_options(cfg)
     j = cfg.jumps
     out = Path(out_dir) if out_dir is not None else None
     sub = (lambda name: out / name) if out is not None else (lambda name: None)
