@@ -1,5 +1,39 @@
-"""dlnlab: a lab for the training dynamics and loss landscape of deep linear networks."""
-from dlnlab.model import DeepLinearNet
+"""dlnlab: training dynamics and loss landscape of deep linear networks f(x) = W_H ... W_1 x.
 
-__all__ = ["DeepLinearNet"]
-__version__ = "0.1.0"
+    from dlnlab import compose, run, load_run
+    summary = run(compose(["optim.steps=2000"]), out_dir="runs/notebook")
+    df = load_run("runs/notebook")
+
+The layers and what each owns: docs/architecture.md. The theory: docs/theory.md.
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+from dlnlab.analysis.runs import list_runs, load_events, load_run, load_runs
+from dlnlab.analysis.summary import final_rows, summarize
+from dlnlab.experiments.build import build_net, build_task, compose, prepare
+from dlnlab.experiments.config import Config, ConfigError
+from dlnlab.experiments.run import RunSummary, run
+from dlnlab.model import DeepLinearNet
+from dlnlab.recording.base import Cadence, Hook, Record
+from dlnlab.theory.classify import Classifier, Tolerances, classify
+from dlnlab.theory.critical import critical_values, plateau_values
+from dlnlab.train import Trainer
+
+try:
+    __version__ = version("dlnlab")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    # the model and its training loop
+    "DeepLinearNet", "Trainer",
+    # experiments from configs
+    "Config", "ConfigError", "compose", "prepare", "build_task", "build_net", "run", "RunSummary",
+    # recording hooks
+    "Hook", "Record", "Cadence",
+    # theory: Theorem 7 labels and critical values
+    "classify", "Classifier", "Tolerances", "critical_values", "plateau_values",
+    # analysis of run folders
+    "load_run", "load_runs", "list_runs", "load_events", "summarize", "final_rows",
+    "__version__",
+]

@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     # products
-    "chain", "product", "partial_products",
+    "chain", "product", "partial_products", "forward",
     # spectra and ranks
     "grouped_singular_values", "singular_values", "numerical_rank", "balancedness",
     # random matrices
@@ -47,6 +47,17 @@ def chain(weights: Sequence[torch.Tensor], j: int, i: int) -> torch.Tensor | Non
 def product(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """The end-to-end matrix W_H ... W_1, shape (..., d_H, d_0)."""
     return chain(weights, len(weights), 1)
+
+
+def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The network map on samples as rows: x (..., m, d_0) -> x W_1^T ... W_H^T (..., m, d_H).
+
+    Layer by layer (m x d_h intermediates) rather than through the product: cheaper when the batch
+    is smaller than the widths, as in SGD.
+    """
+    for w in weights:
+        x = x @ w.transpose(-1, -2)
+    return x
 
 
 def partial_products(weights: Sequence[torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:

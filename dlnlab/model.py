@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dlnlab.linalg import chain, forward, random_orthogonal
+
 INITS = ("gaussian", "orthogonal", "zero", "small", "balanced")
 
 
@@ -28,9 +30,7 @@ def _gaussian(shape, std, gen, dtype):
 
 def _semi_orthogonal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
     """A (rows, cols) matrix with orthonormal rows or columns (whichever is fewer), Haar-random."""
-    big, small = max(rows, cols), min(rows, cols)
-    q, r = torch.linalg.qr(torch.randn(big, small, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+    q = random_orthogonal(max(rows, cols), min(rows, cols), gen)
     return q if rows >= cols else q.T
 
 
@@ -126,9 +126,7 @@ class DeepLinearNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (m, d_0) rows, or (E, m, d_0) per member; returns (E, m, d_H)."""
-        for w in self.weights:
-            x = x @ w.transpose(-1, -2)
-        return x
+        return forward(self.weights, x)
 
     def product(self, i: int, j: int) -> torch.Tensor:
         """W_i ... W_j (1-based, i >= j) as (E, d_i, d_{j-1}); the identity when i = j - 1."""
@@ -138,10 +136,7 @@ class DeepLinearNet(nn.Module):
         if i == j - 1:
             eye = torch.eye(self.dims[i], dtype=w0.dtype, device=w0.device)
             return eye.expand(self.E, -1, -1)
-        out = self.weights[j - 1]
-        for h in range(j, i):
-            out = self.weights[h] @ out
-        return out
+        return chain(self.weights, i, j)
 
     def end_to_end(self) -> torch.Tensor:
         """W_H ... W_1, shape (E, d_H, d_0)."""

@@ -20,23 +20,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dlnlab.linalg import forward, product, random_orthogonal
+from dlnlab.theory.data import LandscapeData
+
 
 class DataError(ValueError):
     """Bad task data or task options; the message names the option or file."""
-
-
-def _forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    for w in weights:
-        x = x @ w.transpose(-1, -2)
-    return x
-
-
-def end_to_end(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """W_H ... W_1 (with any leading ensemble dims)."""
-    p = weights[0]
-    for w in weights[1:]:
-        p = w @ p
-    return p
 
 
 @dataclass
@@ -71,11 +60,11 @@ class RegressionTask:
         return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        return (_forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
+        return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) sample indices, one row per ensemble member."""
-        return (_forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
+        return (forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
 
     def batch_arrays(self, idx: torch.Tensor | None):
         """(x, y, None) for `train.dln_batch_factors`: the samples `idx` (E, B) of each member, or
@@ -141,7 +130,7 @@ class CompletionTask:
                               self.truth.to(dtype), self.name, self.info)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        A = end_to_end(weights)
+        A = product(weights)
         return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
@@ -188,14 +177,8 @@ def _rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _orthonormal(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
-
-
 def check_assumption1(X: torch.Tensor, Y: torch.Tensor, gap_rtol: float = 1e-6) -> list[str]:
-    """Which parts of Assumption 1 (landscape.md §1) fail for data X (m, d_x), Y (m, d_y); [] if all hold."""
-    from dlnlab.landscape import LandscapeData
+    """Which parts of Assumption 1 (docs/theory.md §1) fail for data X (m, d_x), Y (m, d_y); [] if all hold."""
 
     return list(LandscapeData.from_xy(X, Y, eig_gap_rtol=gap_rtol).assumptions.failures)
 
@@ -227,11 +210,11 @@ def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None
         X = q * m ** 0.5
     s = torch.zeros(k, dtype=torch.float64)
     s[: len(spectrum)] = torch.tensor(spectrum, dtype=torch.float64)
-    W_star = _orthonormal(d_y, k, gen) @ torch.diag(s) @ _orthonormal(d_x, k, gen).T
+    W_star = random_orthogonal(d_y, k, gen) @ torch.diag(s) @ random_orthogonal(d_x, k, gen).T
     Y = X @ W_star.T + noise * torch.randn(m, d_y, generator=gen, dtype=torch.float64)
     failures = check_assumption1(X, Y, gap_rtol)
     if failures:
-        raise DataError("task=regression does not meet Assumption 1 (landscape.md §1): "
+        raise DataError("task=regression does not meet Assumption 1 (docs/theory.md §1): "
                         + "; ".join(failures) + ". Use distinct non-zero task.spectrum values, "
                         "or add task.noise.")
     return RegressionTask(X, Y, info={"teacher_singular_values": spectrum})
@@ -296,7 +279,7 @@ def make_completion(n1: int, n2: int, rank: int = 1, singular_values: Sequence[f
                     noise: float = 0.0, observed_fraction: float = 1.0,
                     observed_count: int | None = None, seed: int = 0) -> CompletionTask:
     """An n1 x n2 target of the given rank and singular values, plus noise, with a random set Omega
-    of observed entries (all of them when observed_fraction = 1: the rank_jumps.md recipes)."""
+    of observed entries (all of them when observed_fraction = 1: the docs/theory.md §7 recipes)."""
     if n1 < 1 or n2 < 1:
         raise DataError(f"task.n1 and task.n2 must be >= 1, got {n1}, {n2}")
     if not 1 <= rank <= min(n1, n2):
@@ -312,8 +295,8 @@ def make_completion(n1: int, n2: int, rank: int = 1, singular_values: Sequence[f
         raise DataError(f"task: the number of observed entries must lie in [1, {n1 * n2}], got {N} "
                         "(set task.observed_fraction in (0, 1] or task.observed_count)")
     gen = _rng(seed)
-    truth = _orthonormal(n1, rank, gen) @ torch.diag(torch.tensor(sv, dtype=torch.float64)) \
-        @ _orthonormal(n2, rank, gen).T
+    truth = random_orthogonal(n1, rank, gen) @ torch.diag(torch.tensor(sv, dtype=torch.float64)) \
+        @ random_orthogonal(n2, rank, gen).T
     noisy = truth + noise * torch.randn(n1, n2, generator=gen, dtype=torch.float64)
     flat = torch.arange(n1 * n2) if N == n1 * n2 else torch.randperm(n1 * n2, generator=gen)[:N].sort().values
     rows, cols = flat // n2, flat % n2

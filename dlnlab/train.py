@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlnlab.hooks import Cadence, Hook, Record
 from dlnlab.model import DeepLinearNet
+from dlnlab.recording.base import Cadence, Hook, Record
 
 
 class Schedule:

@@ -21,8 +21,16 @@ import tempfile
 import time
 
 import torch
+from bench_jumps import bench_r1, bench_tracker
 
-from dlnlab.experiment import build_hooks, build_net, build_trainer, compose, prepare
+from dlnlab.experiments.build import (
+    build_hooks,
+    build_net,
+    build_trainer,
+    compose,
+    prepare,
+)
+from dlnlab.experiments.run import run
 
 BENCH_OVERRIDES = ["optim=sgd", "optim.lr=1e-4", "optim.batch_size=1", "model.depth=4",
                    "model.width=32", "model.init.kind=gaussian", "model.init.scale=1.0",
@@ -77,7 +85,6 @@ def bench_train() -> None:
 
 
 def bench_classify() -> None:
-    from dlnlab.bench_landscape import bench_classify as run
 
     r = run()
     print("classify  H=4 width=32 m=64, one checkpoint, no Hessian (target < 5 ms)")
@@ -89,7 +96,6 @@ def bench_classify() -> None:
 
 
 def bench_jumps() -> None:
-    from dlnlab.jumps import bench_r1, bench_tracker
 
     r = bench_r1(members=256, threads=2)
     print(f"jumps   R1 with {r['members']} SGD members, {r['threads']} threads: {r['wall_time']:.1f} s "
@@ -103,7 +109,6 @@ def bench_jumps() -> None:
 
 
 def bench_load() -> None:
-    from dlnlab.compare import bench_load as run
 
     r = run(runs=1000, records=1000)
     print(f"load    load_runs: {r['runs']} runs, {r['rows']} rows x {r['columns']} columns in "

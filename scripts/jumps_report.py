@@ -3,7 +3,7 @@
     .venv/bin/python scripts/jumps_report.py RUN [--png PATH] [--no-tensorboard]
 
 RUN is the output folder of a jumps experiment (it holds jumps_summary.json and the phase folders
-warmup/, sgd/, gd/), or a single run folder tracked by dlnlab.jumps.RankJumpHook (events.parquet).
+warmup/, sgd/, gd/), or a single run folder tracked by dlnlab.recording.jumps.RankJumpHook (events.parquet).
 The table gives per phase: members, start and final layer ranks, members that jumped, first-passage
 quartiles (layer rank and A-rank) and rank increases; then the run's FINDING lines (layer-rank
 increases at H >= 3, from jumps_summary.json), if any. The figure shows the layer rank and the A-rank
@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from dlnlab.analysis.jumps_report import read_summary, report_figure, report_table
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,7 +35,6 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from dlnlab.jumps import read_summary, report_figure, report_table
 
     table = report_table(run)
     if table.empty:

@@ -7,7 +7,7 @@
 Every run folder (ROOT/0, ROOT/1, ...) has config.yaml, status.json, .hydra/overrides.yaml and
 metrics/table.parquet with the columns a real run of that depth writes (H = 4 by default):
 an SGD sweep over optim.lr (5 values), task.noise (2) and seed. See
-dlnlab.compare.make_runs_fixture and dlnlab.compare.bench_load (which scripts/bench.py calls).
+scripts/runs_fixture.py (which scripts/bench.py calls).
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from runs_fixture import bench_load, make_runs_fixture
+
+from dlnlab.analysis.folders import find_runs
 
 
 def main(argv=None) -> int:
@@ -29,8 +33,6 @@ def main(argv=None) -> int:
     p.add_argument("--bench", action="store_true", help="then time load_runs on it")
     args = p.parse_args(argv)
 
-    from dlnlab.compare import bench_load, make_runs_fixture
-    from dlnlab.runs import find_runs
 
     if args.root.exists() and find_runs(args.root):
         print(f"make_runs_fixture: error: {args.root} already holds runs; choose an empty folder", file=sys.stderr)

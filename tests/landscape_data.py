@@ -20,7 +20,7 @@ def gaussian_data(m, d_x, d_y, seed=0):
 
 def random_dims(rng, trial: int, transposed_every: int) -> list[int]:
     """[d_x, d_1, .., d_y] of a random problem, H = 2..5; every `transposed_every`-th trial has
-    d_y > d_x (the transposed extension of landscape.md §5)."""
+    d_y > d_x (the transposed extension of docs/theory.md §5)."""
     H = int(rng.integers(2, 6))
     d_y = int(rng.integers(1, 5))
     d_x = d_y + int(rng.integers(0, 3))

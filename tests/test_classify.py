@@ -1,4 +1,4 @@
-"""dlnlab.classify: Theorem 7 on the hand-checkable oracles O1-O18 (spec §6.1), on random exact critical
+"""dlnlab.theory.classify: Theorem 7 on the hand-checkable oracles O1-O18 (the oracles of docs/theory.md §4), on random exact critical
 points (checked against an independent float64 Hessian), and on the edge cases (ambiguity band, d_y > d_x,
 failing assumptions, ensembles, approximate training points)."""
 
@@ -8,10 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from dlnlab import landscape as LS
-from dlnlab.classify import Classifier, Tolerances, classify
 from landscape_data import clean_data, data_loss, gaussian_data, random_dims
+
+from dlnlab import theory
+from dlnlab.theory.classify import Classifier, Tolerances, classify
+from dlnlab.theory.critical import critical_values
+from dlnlab.theory.data import LandscapeData, dims_of
+from dlnlab.theory.hessian import hessian_min_eig
+from dlnlab.theory.points import (
+    enumeration_points,
+    escape_path,
+    normal_form,
+    random_global_min,
+    random_invertible,
+    random_normal_form_point,
+    saddle_family,
+)
 
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
@@ -19,15 +31,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:Deprecation
 
 # Tolerances of the tests (why each value):
 EXACT_ATOL = 1e-12          # clean data (integer entries): float64 results are exact to rounding
-SPEC_PRINT_ATOL = 1e-4      # spec §6.1 prints Hessian eigenvalues to 4-5 significant digits
+SPEC_PRINT_ATOL = 1e-4      # the oracles of docs/theory.md §4 prints Hessian eigenvalues to 4-5 significant digits
 SPEC_GRAD_ATOL = 5e-4       # spec prints ||grad L|| of O14 to 3 digits (0.899)
-HESS_ZERO_ATOL = 1e-9       # clean data: eigenvalues the theorem calls 0 come out <= 2.2e-11 (spec §5)
+HESS_ZERO_ATOL = 1e-9       # clean data: eigenvalues the theorem calls 0 come out <= 2.2e-11 (docs/theory.md §5)
 HESS_NEG_RTOL = 1e-8        # random data: "negative" means below -HESS_NEG_RTOL * spectral radius ...
 HESS_ZERO_FLOOR = 1e-12     # ... minus HESS_ZERO_FLOOR * tr(Syy) (an identically zero Hessian)
 VALUE_RTOL = 1e-9           # loss == critical value at constructed points (gauges of cond 4 cost digits)
 VALUE_ATOL_REL = 1e-10      # ... with an absolute floor relative to tr(Syy) near the global minimum 0
 CV_RTOL = 1e-12             # the classifier's critical value vs the generator's (same formula)
-MARGIN_RTOL = 1e-6          # Hessian margins -4 eps, -4 eps^2 of spec §5 (closed forms)
+MARGIN_RTOL = 1e-6          # Hessian margins -4 eps, -4 eps^2 of docs/theory.md §5 (closed forms)
 HESS_METHODS_ATOL = 1e-9    # two float64 Hessians of the same O(10) problem (closed form vs sample loss)
 
 
@@ -55,7 +67,7 @@ def hessian_eigs(weights, X, Y):
 
 
 # ---------------------------------------------------------------------------------------------
-# Oracles O1-O18 (spec §6.1). Columns: weights [W_1..W_H], label, S, loss (= critical value),
+# Oracles O1-O18 (the oracles of docs/theory.md §4). Columns: weights [W_1..W_H], label, S, loss (= critical value),
 # Hessian lam_min (None: not given), loose pivots (None: n/a, the pivot test is not reached).
 
 W1s = T([[3, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
@@ -108,7 +120,7 @@ def test_oracle(oid, clean_classifier):
     assert c.nearest_S == S and c.nearest_value == pytest.approx(L, abs=EXACT_ATOL)
     assert c.loose_pivots == loose
     assert c.grad_norm < EXACT_ATOL and c.warnings == () and c.ambiguous_values == ()
-    assert c.r_max == min(LS.dims_of(ws)) and c.H == len(ws)
+    assert c.r_max == min(dims_of(ws)) and c.H == len(ws)
     # the theorem's verdict against the Hessian (independent computation)
     ev = hessian_eigs(ws, *clean_data())
     assert float(ev[0]) == pytest.approx(lam_min, abs=SPEC_PRINT_ATOL)
@@ -178,7 +190,7 @@ def test_enumeration_points_against_hessian(dims):
     X, Y = gaussian_data(dims[0] + 3, dims[0], dims[-1], seed=len(dims))
     clf = Classifier(X, Y)
     labels = []
-    for pt in LS.enumeration_points(clf.data, dims, generator=1):
+    for pt in enumeration_points(clf.data, dims, generator=1):
         c = clf.classify(pt.weights)
         _check_against_hessian(c, pt, X, Y)
         labels.append(c.label)
@@ -202,7 +214,7 @@ def test_random_normal_form_points_against_hessian():
         S = tuple(range(1, r + 1))
         if rng.random() < 0.35:
             S = tuple(sorted(rng.choice(np.arange(1, clf.data.k + 1), size=r, replace=False).tolist()))
-        pt = LS.random_normal_form_point(clf.data, dims, S, generator=trial, critical_only=trial % 2 == 1)
+        pt = random_normal_form_point(clf.data, dims, S, generator=trial, critical_only=trial % 2 == 1)
         assert pt.critical or trial % 2 == 0
         c = clf.classify(pt.weights)
         counts[c.label] = counts.get(c.label, 0) + 1
@@ -219,7 +231,7 @@ def test_saddle_families_against_hessian(dims, r):
     X, Y = gaussian_data(9, dims[0], dims[-1], seed=r)
     clf = Classifier(X, Y)
     for strict in (True, False):
-        pt = LS.saddle_family(clf.data, dims, r, strict, generator=r + 7)
+        pt = saddle_family(clf.data, dims, r, strict, generator=r + 7)
         c = clf.classify(pt.weights)
         _check_against_hessian(c, pt, X, Y)
         if strict:
@@ -233,7 +245,7 @@ def test_random_global_min_against_hessian():
         X, Y = gaussian_data(9, dims[0], dims[-1], seed=3)
         clf = Classifier(X, Y)
         for seed in range(2):
-            pt = LS.random_global_min(clf.data, dims, generator=seed)
+            pt = random_global_min(clf.data, dims, generator=seed)
             c = clf.classify(pt.weights)
             _check_against_hessian(c, pt, X, Y)
 
@@ -258,8 +270,8 @@ def test_pivot_cases_H4():
         "Z3 Z2 != 0": ([zero(1), rnd(2), rnd(3), zero(4)], "strict_saddle", ((4, 1),)),
     }
     for name, (Zs, label, loose) in cases.items():
-        Ds = [LS.random_invertible(k, 4.0, g) for k in dims[1:-1]]
-        ws = LS.normal_form(clf.data, dims, range(1, r + 1), Zs, Ds)
+        Ds = [random_invertible(k, 4.0, g) for k in dims[1:-1]]
+        ws = normal_form(clf.data, dims, range(1, r + 1), Zs, Ds)
         c = clf.classify(ws)
         assert c.label == label and c.loose_pivots == loose, (name, c.label, c.loose_pivots)
         ev = hessian_eigs(ws, X, Y)
@@ -276,7 +288,7 @@ def test_appendix_G_configuration():
         Zs = [torch.zeros(*s, dtype=F64) for s in shapes]
         for h in (2, 3, 4):
             Zs[h - 1] = torch.eye(8, dtype=F64) if eye else Zs[h - 1]
-        ws = LS.normal_form(clf.data, dims, (1, 2), Zs)
+        ws = normal_form(clf.data, dims, (1, 2), Zs)
         c = clf.classify(ws)
         assert c.label == label
         if eye:
@@ -290,7 +302,7 @@ def test_appendix_G_configuration():
                                         (1e-8, "nonstrict_saddle"), (0.0, "nonstrict_saddle")])
 def test_ambiguous_band_H3(eps, label, clean_classifier):
     """O8 with W_2 = [1 0 0; 0 eps 0]: exactly critical for every eps, strict iff eps != 0 with
-    lam_min = -4 eps (spec §5). Defaults: rank_rtol 1e-6, rank_band 10 -> gap (1e-7, 1e-5]."""
+    lam_min = -4 eps (docs/theory.md §5). Defaults: rank_rtol 1e-6, rank_band 10 -> gap (1e-7, 1e-5]."""
     ws = [W1s, T([[1, 0, 0], [0, eps, 0]]), W3s]
     c = clean_classifier.classify(ws)
     assert c.label == label, c.reason
@@ -327,7 +339,7 @@ def test_tolerances_validation_and_overrides():
 
 def test_approximate_training_point_reports_its_plateau():
     """A point near the O7 plateau: not critical at the default tolerance, but nearest_S says {1};
-    with the loose training tolerances of spec §5 the classifier recovers S and the critical value."""
+    with the loose training tolerances of docs/theory.md §5 the classifier recovers S and the critical value."""
     g = torch.Generator().manual_seed(0)
     ws = [w + 1e-3 * torch.randn(w.shape, generator=g, dtype=F64) for w in ORACLES["O7"][0]]
     X, Y = clean_data()
@@ -342,7 +354,7 @@ def test_escape_path_points_read_their_S():
     """Along the O7 escape path the product moves from S={1} to S={1,2}: nearest_S follows Gamma."""
     X, Y = clean_data()
     clf = Classifier(X, Y)
-    ep = LS.escape_path(clf.data, [4, 3, 2, 3], 1)
+    ep = escape_path(clf.data, [4, 3, 2, 3], 1)
     assert clf.classify(ep.weights_at(0.0)).label == "nonstrict_saddle"
     mid = clf.classify(ep.weights_at(0.5))
     assert mid.label == "not_critical" and mid.nearest_S == (1,)           # Gamma_22 = t^3 = 0.125
@@ -358,7 +370,7 @@ def test_d_y_greater_than_d_x():
     X, Y = gaussian_data(6, 3, 5, seed=1)
     clf = Classifier(X, Y)
     assert clf.data.assumptions.transposed and clf.data.assumptions.ok
-    c = clf.classify(LS.random_global_min(clf.data, [3, 4, 4, 5], generator=0).weights)
+    c = clf.classify(random_global_min(clf.data, [3, 4, 4, 5], generator=0).weights)
     assert c.label == "global_min" and c.S == (1, 2, 3) and c.assumptions_ok and c.warnings == ()
 
 
@@ -368,7 +380,7 @@ def _mirror_O7():
 
 
 def test_repeated_eigenvalues_give_ambiguous_not_a_theorem_7_label():
-    """Y[1,1] = 3: lam = (9, 9, 1), Assumption 1 fails (spec §8.8). O7 and its mirror image (swap the
+    """Y[1,1] = 3: lam = (9, 9, 1), Assumption 1 fails (docs/theory.md §9). O7 and its mirror image (swap the
     output coordinates 1 and 2, a symmetry of these data) are both critical with PSD Hessians (the
     independent float64 Hessian), yet S read through the SVD's eigenvectors is {1} for one and {2} for
     the other: Theorem 7 would call the "S = {2} != {1..r}" one a strict saddle, which the Hessian
@@ -427,9 +439,9 @@ def test_float32_rounded_exact_points_keep_their_labels():
         X, Y = gaussian_data(12, dims[0], dims[-1], seed=seed)
         clf = Classifier(X, Y)
         strict64 = Classifier(clf.data, rank_floor_eps=0.0, grad_eps=0.0)
-        for pt in (LS.saddle_family(clf.data, dims, r, False, generator=seed),
-                   LS.saddle_family(clf.data, dims, r, True, generator=seed),
-                   LS.random_global_min(clf.data, dims, generator=seed)):
+        for pt in (saddle_family(clf.data, dims, r, False, generator=seed),
+                   saddle_family(clf.data, dims, r, True, generator=seed),
+                   random_global_min(clf.data, dims, generator=seed)):
             w32 = [w.float() for w in pt.weights]
             assert clf.classify(w32).label == pt.label
             labels.append(pt.label)
@@ -438,15 +450,12 @@ def test_float32_rounded_exact_points_keep_their_labels():
     assert not all(float64_floors)          # the input-precision floor is what made them pass
 
 
-def test_issue_api_is_exported_from_dlnlab_classify():
+def test_issue_api_is_exported_from_dlnlab_theory():
     """The issue's API: critical_values(X, Y, r_max), hessian_min_eig(weights, X, Y) and the generators
-    from dlnlab.classify. Critical values against an independent numpy eigendecomposition of Sigma and
-    the hand values of spec §6.1."""
-    from dlnlab.classify import (critical_values, enumeration_points, escape_path, hessian_min_eig,
-                                 random_global_min, random_normal_form_point, saddle_family)
-    import dlnlab.classify as C
+    from dlnlab.theory. Critical values against an independent numpy eigendecomposition of Sigma and
+    the hand values of the oracles of docs/theory.md §4."""
     assert {"critical_values", "hessian_min_eig", "random_global_min", "saddle_family",
-            "random_normal_form_point", "enumeration_points", "escape_path"} <= set(C.__all__)
+            "random_normal_form_point", "enumeration_points", "escape_path"} <= set(theory.__all__)
     X, Y = clean_data()
     rows = critical_values(X, Y, 2)
     Xn, Yn = X.numpy(), Y.numpy()
@@ -457,10 +466,10 @@ def test_issue_api_is_exported_from_dlnlab_classify():
         {S: tr_syy - sum(lam[i - 1] for i in S) for r in range(3) for S in itertools.combinations((1, 2, 3), r)},
         abs=EXACT_ATOL)
     assert {c.S: c.value for c in rows} == pytest.approx(
-        {(): 14, (1,): 5, (2,): 10, (3,): 13, (1, 2): 1, (1, 3): 4, (2, 3): 9}, abs=EXACT_ATOL)   # spec §6.1
+        {(): 14, (1,): 5, (2,): 10, (3,): 13, (1, 2): 1, (1, 3): 4, (2, 3): 9}, abs=EXACT_ATOL)   # the oracles of docs/theory.md §4
     assert hessian_min_eig(ORACLES["O9"][0], X, Y) == pytest.approx(float(hessian_eigs(ORACLES["O9"][0], X, Y)[0]),
                                                                     abs=HESS_METHODS_ATOL)
-    data = LS.LandscapeData.from_xy(X, Y)
+    data = LandscapeData.from_xy(X, Y)
     dims = [4, 3, 2, 3]
     assert classify(random_global_min(data, dims, generator=0).weights, X, Y).label == "global_min"
     assert classify(saddle_family(data, dims, 1, False, generator=0).weights, X, Y).label == "nonstrict_saddle"

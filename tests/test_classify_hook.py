@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from dlnlab.classify_cli import main as classify_cli
-from dlnlab.classify_hook import ClassifierHook
-from dlnlab.experiment import compose, prepare, run
-from dlnlab.runs import load_run
+from dlnlab.analysis.runs import load_run
+from dlnlab.cli.classify import main as classify_cli
+from dlnlab.experiments.build import compose, prepare
+from dlnlab.experiments.run import run
+from dlnlab.recording.classifier import ClassifierHook
 
 # Tolerances of the tests (why each value):
 PLATEAU_RTOL = 1e-3         # the issue: plateau losses within 1e-3 relative of the predicted values
@@ -109,23 +110,17 @@ def test_labels_reach_tensorboard(default_run):
     assert len(acc.Tensors("label/text_summary")) == len(_runs(keys))
 
 
-class _FakeTB:
-    """The two things ClassifierHook._text uses of a TensorBoardHook."""
-
-    def __init__(self):
-        self.members, self.texts = 8, []
-        self.writer = SimpleNamespace(add_text=lambda tag, text, step: self.texts.append((step, text)))
-
-
 def test_label_text_is_written_when_S_changes_under_the_same_label():
     hook = ClassifierHook()
-    hook.writer = _FakeTB()
     seq = [("strict_saddle", "S = {1}"), ("strict_saddle", "S = {1}"), ("strict_saddle", "S = {1,2}"),
            ("ambiguous", "S = {1,2}"), ("ambiguous", "S = {1,2}")]
+    texts = []
     for step, (lab, S) in enumerate(seq):
-        hook._text(SimpleNamespace(step=step), [lab], [S])
-    assert [s for s, _ in hook.writer.texts] == [0, 2, 3]
-    assert "{1,2}" in hook.writer.texts[1][1]
+        rec = SimpleNamespace(step=step, texts={})
+        hook._text(rec, [lab], [S])
+        texts += [(step, t) for t in rec.texts.values()]  # what the TensorBoard sink writes
+    assert [s for s, _ in texts] == [0, 2, 3]
+    assert "{1,2}" in texts[1][1]
 
 
 def test_classify_cli_on_a_checkpoint(default_run):
@@ -169,7 +164,7 @@ def test_classify_cli_uses_every_classify_tolerance_of_the_run(tmp_path, capsys)
 
 
 def test_classify_cli_ridge_completion_prints_ranks_balance_and_modes(tmp_path, capsys):
-    """lambda > 0: the CLI labels by first and second order (dlnlab.ridge.classify) and prints the layer
+    """lambda > 0: the CLI labels by first and second order (dlnlab.theory.ridge_labels.classify) and prints the layer
     ranks, B_r membership, balancedness, the balanced identity and (fully observed completion) the mode
     table."""
     cfg = compose(["task=matrix_completion", "optim.ridge=0.01", "optim.steps=50", "record.every=50",

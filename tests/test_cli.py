@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlnlab.hooks import Hook
-from dlnlab.runs import load_run, load_runs, read_status
+from dlnlab.analysis.runs import list_runs, load_run, load_runs
+from dlnlab.experiments.build import compose
+from dlnlab.experiments.run import run
+from dlnlab.recording.base import Hook
+from dlnlab.recording.folder import read_status
 
 BIN = Path(sys.executable).parent
 SHORT = ["optim.steps=300", "record.every=50", "record.log_spaced=0"]
@@ -106,7 +109,6 @@ def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
 
 def test_a_killed_run_reads_as_killed_with_what_it_wrote(tmp_path):
     """kill -9 gives the run no chance to write its status: the loader tells it from a live one."""
-    from dlnlab.runs import list_runs
 
     out = tmp_path / "run"
     proc = start_endless_run(out)
@@ -123,7 +125,6 @@ def test_a_killed_run_reads_as_killed_with_what_it_wrote(tmp_path):
 
 
 def test_float32_ensemble_with_balanced_init_runs_from_a_notebook(tmp_path):
-    from dlnlab.experiment import compose, run
 
     cfg = compose(["precision=float32", "model.ensemble=3", "model.init.kind=balanced",
                    "model.init.scale=0.5", "optim.steps=100", "record.every=50", "record.progress=off"])
@@ -139,7 +140,6 @@ def test_float32_ensemble_with_balanced_init_runs_from_a_notebook(tmp_path):
 def test_a_diverging_member_leaves_the_run_finished_with_the_others(tmp_path):
     """One member of an ensemble diverges (progress bar on): the run ends `finished`, the summary
     and the table flag that member, and the healthy members' results are whole."""
-    from dlnlab.experiment import compose, run
 
     cfg = compose(["model.ensemble=4", "model.init.kind=gaussian", "model.init.scale=1.0",
                    "optim.lr=0.005", "optim.steps=300", "record.every=50", "record.progress=on"])

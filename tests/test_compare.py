@@ -11,10 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from runs_fixture import bench_load, make_runs_fixture
 
-from dlnlab import compare as C
-from dlnlab.experiment import compose, conf_dir, run
-from dlnlab.runs import find_runs, load_runs
+from dlnlab.analysis.compare import compare, curves, swept_keys
+from dlnlab.analysis.folders import find_runs
+from dlnlab.analysis.runs import load_runs
+from dlnlab.cli.compare import main
+from dlnlab.experiments.build import compose, conf_dir
+from dlnlab.experiments.config import register
+from dlnlab.experiments.run import run
 
 BIN = Path(sys.executable).parent
 
@@ -24,7 +29,7 @@ def sweep(tmp_path_factory):
     """A synthetic sweep (real format): lr in 5 values x noise in 2 x seeds 0-2, with job 3's labels
     rewritten and one diverged member added by hand."""
     root = tmp_path_factory.mktemp("sweep")
-    C.make_runs_fixture(root, runs=30, records=40, steps=4000)
+    make_runs_fixture(root, runs=30, records=40, steps=4000)
     # job 3 (lr 0.01, noise 0, seed 0): its member diverged at step 2000 (NaN from then on)
     t = pd.read_parquet(root / "3" / "metrics" / "table.parquet")
     t.loc[t["step"] >= 2000, "member_status"] = "diverged"
@@ -48,7 +53,7 @@ def direct_final(root, metric, at_step=None):
 
 def test_compare_the_final_loss_by_two_keys(sweep):
     df = load_runs(sweep)
-    table = C.compare(df, ["optim.lr", "task.noise"], "loss")
+    table = compare(df, ["optim.lr", "task.noise"], "loss")
     expect = direct_final(sweep, "loss")
     assert len(table) == len(expect) == 10
     for key, values in expect.items():
@@ -59,18 +64,18 @@ def test_compare_the_final_loss_by_two_keys(sweep):
         assert np.isclose(row["mean"], finite.mean()) and np.isclose(row["std"], finite.std(ddof=1))
         assert row["diverged"] == (1 if key == (0.01, 0.0) else 0)
     # default keys: the swept ones, seeds excluded
-    assert C.swept_keys(df) == ["task.noise", "optim.lr"]
+    assert swept_keys(df) == ["task.noise", "optim.lr"]
 
 
 def test_compare_at_a_step_and_a_label_metric(sweep):
     df = load_runs(sweep, columns=["rank", "label", "member_status"])
-    table = C.compare(df, ["optim.lr"], "rank", at_step=1000)
+    table = compare(df, ["optim.lr"], "rank", at_step=1000)
     expect = {}
     for (lr, _), values in direct_final(sweep, "rank", at_step=1000).items():
         expect.setdefault(lr, []).extend(values)
     for lr, values in expect.items():
         assert np.isclose(table.loc[lr, "mean"], np.mean(values)) and table.loc[lr, "count"] == 6
-    labels = C.compare(df, [], "label")
+    labels = compare(df, [], "label")
     finals = pd.Series([v for vs in direct_final(sweep, "label").values() for v in vs]).value_counts()
     assert labels.loc["all", "count"] == finals.sum() == 30  # one final label per run (E = 1)
     for name, n in finals.items():
@@ -79,7 +84,7 @@ def test_compare_at_a_step_and_a_label_metric(sweep):
 
 def test_curves_are_quartiles_across_seeds(sweep):
     df = load_runs(sweep, columns=["loss"])
-    cv = C.curves(df, ["optim.lr"], "loss")
+    cv = curves(df, ["optim.lr"], "loss")
     step = np.sort(df["step"].unique())[10]
     sel = df[(df["optim.lr"] == 0.002) & (df["step"] == step)]["loss"].to_numpy()
     assert len(sel) == 6
@@ -93,7 +98,7 @@ def cli(*args):
     sys.stdout, sys.stderr = out, err
     try:
         with pytest.raises(SystemExit) as ex:
-            C.main(list(map(str, args)))
+            main(list(map(str, args)))
     finally:
         sys.stdout, sys.stderr = old
     return ex.value.code, out.getvalue(), err.getvalue()
@@ -143,20 +148,20 @@ def test_plot_without_matplotlib_is_a_clear_error(sweep, tmp_path, monkeypatch):
 def test_the_fixture_has_the_columns_of_a_real_run(tmp_path):
     run(compose(["optim.steps=5", "record.every=5", "record.progress=off", "record.tensorboard=false",
                  "model.width=6"]), out_dir=tmp_path / "real")
-    C.make_runs_fixture(tmp_path / "fake", runs=2, records=5, width=6)
+    make_runs_fixture(tmp_path / "fake", runs=2, records=5, width=6)
     real, fake = load_runs(tmp_path / "real"), load_runs(tmp_path / "fake")
     assert list(real.columns) == list(fake.columns)
     assert real.dtypes.astype(str).tolist() == fake.dtypes.astype(str).tolist()
     assert len(fake) == 10
-    assert C.bench_load(tmp_path / "fake")["rows"] == 10
+    assert bench_load(tmp_path / "fake")["rows"] == 10
 
 
 def hydra_config(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    from dlnlab import config
 
-    config.register()
+    register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)
 

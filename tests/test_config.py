@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from dlnlab.config import ConfigError, validate
-from dlnlab.experiment import compose, conf_dir, prepare
+from dlnlab.experiments.build import compose, conf_dir, prepare
+from dlnlab.experiments.config import ConfigError, validate
+from dlnlab.tasks import DataError
 
 GROUPS = ("model", "task", "optim", "record", "experiment")
 
@@ -82,7 +83,6 @@ def test_batch_size_must_fit_the_data():
 
 
 def test_regression_violating_assumption1_is_rejected_clearly():
-    from dlnlab.tasks import DataError
 
     with pytest.raises(DataError, match="Assumption 1"):
         prepare(compose(["task.spectrum=[2.0,2.0,1.0,0.5]"]))  # repeated eigenvalue

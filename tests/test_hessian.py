@@ -1,13 +1,23 @@
-"""dlnlab.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
+"""dlnlab.theory.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
 import math
 
 import numpy as np
 import pytest
 import torch
+from landscape_data import data_loss, gaussian_data
 
-from dlnlab import hessian as HS
-from dlnlab import landscape as LS
-from landscape_data import gaussian_data, data_loss
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.hessian import (
+    flatten,
+    full_hessian,
+    hessian_min_eig,
+    hvp,
+    hvp_operator,
+    min_eigenvalue,
+    square_loss_fn,
+    unflatten,
+)
+from dlnlab.theory.points import random_global_min, saddle_family
 
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)
@@ -33,14 +43,14 @@ def random_weights(dims, seed=0, scale=0.5):
 def test_square_loss_closure_equals_the_sample_loss():
     X, Y = gaussian_data(15, 5, 3)
     ws = random_weights([5, 4, 6, 3])
-    assert float(HS.square_loss_fn(X, Y)(ws)) == pytest.approx(float(data_loss(ws, X, Y)), rel=CLOSURE_RTOL)
+    assert float(square_loss_fn(X, Y)(ws)) == pytest.approx(float(data_loss(ws, X, Y)), rel=CLOSURE_RTOL)
 
 
 def test_full_hessian_matches_independent_reference():
     X, Y = gaussian_data(15, 5, 3)
     ws = random_weights([5, 4, 6, 3])
-    Hm = HS.full_hessian(HS.square_loss_fn(X, Y), ws)
-    ref = torch.func.hessian(lambda th: data_loss(HS.unflatten(th, [w.shape for w in ws]), X, Y))(HS.flatten(ws))
+    Hm = full_hessian(square_loss_fn(X, Y), ws)
+    ref = torch.func.hessian(lambda th: data_loss(unflatten(th, [w.shape for w in ws]), X, Y))(flatten(ws))
     torch.testing.assert_close(Hm, ref, rtol=HESS_RTOL, atol=HESS_RTOL)
 
 
@@ -60,12 +70,12 @@ def test_hvp_generic_closure_ridge_and_completion():
         return (((A - target) * mask) ** 2).sum() / mask.sum()
 
     for fn in (ridge, completion):
-        Hm = HS.full_hessian(fn, ws)
+        Hm = full_hessian(fn, ws)
         v = [torch.randn(w.shape, generator=g, dtype=F64) for w in ws]
-        got = HS.flatten(HS.hvp(fn, ws, v))
-        torch.testing.assert_close(got, Hm @ HS.flatten(v), rtol=HESS_RTOL, atol=HESS_RTOL)
-        op = HS.hvp_operator(fn, ws)
-        np.testing.assert_allclose(op.matvec(HS.flatten(v).numpy()), (Hm @ HS.flatten(v)).numpy(), rtol=HESS_RTOL,
+        got = flatten(hvp(fn, ws, v))
+        torch.testing.assert_close(got, Hm @ flatten(v), rtol=HESS_RTOL, atol=HESS_RTOL)
+        op = hvp_operator(fn, ws)
+        np.testing.assert_allclose(op.matvec(flatten(v).numpy()), (Hm @ flatten(v)).numpy(), rtol=HESS_RTOL,
                                    atol=HESS_RTOL)
 
 
@@ -73,8 +83,8 @@ def test_ridge_shifts_the_spectrum():
     X, Y = gaussian_data(12, 4, 3)
     ws = random_weights([4, 5, 5, 3], seed=3)
     mu = 0.25
-    base = HS.min_eigenvalue(lambda w: data_loss(w, X, Y), ws, method="full").value
-    ridge = HS.min_eigenvalue(lambda w: data_loss(w, X, Y) + mu * sum((x ** 2).sum() for x in w), ws,
+    base = min_eigenvalue(lambda w: data_loss(w, X, Y), ws, method="full").value
+    ridge = min_eigenvalue(lambda w: data_loss(w, X, Y) + mu * sum((x ** 2).sum() for x in w), ws,
                               method="full").value
     assert ridge == pytest.approx(base + 2 * mu, rel=RIDGE_RTOL)
 
@@ -82,9 +92,9 @@ def test_ridge_shifts_the_spectrum():
 def _points(data, dims):
     r = 2
     return {
-        "strict": LS.saddle_family(data, dims, r, True, generator=0, z_scale=0.3).weights,
-        "nonstrict": LS.saddle_family(data, dims, r, False, generator=1).weights,
-        "global_min": LS.random_global_min(data, dims, generator=2).weights,
+        "strict": saddle_family(data, dims, r, True, generator=0, z_scale=0.3).weights,
+        "nonstrict": saddle_family(data, dims, r, False, generator=1).weights,
+        "global_min": random_global_min(data, dims, generator=2).weights,
         "random": random_weights(dims, seed=4, scale=0.2),
     }
 
@@ -99,10 +109,10 @@ def test_full_and_lanczos_agree():
     """Agreement to 1e-6 relative: relative to |lam_min| at strict points, to rho at PSD ones."""
     dims = [20, 16, 16, 16, 12]                               # P = 1024
     X, Y = gaussian_data(30, 20, 12, seed=1)
-    data = LS.LandscapeData.from_xy(X, Y)
+    data = LandscapeData.from_xy(X, Y)
     for kind, ws in _points(data, dims).items():
-        full = HS.hessian_min_eig(ws, data, method="full", return_result=True)
-        lan = HS.hessian_min_eig(ws, data, method="lanczos", return_result=True)
+        full = hessian_min_eig(ws, data, method="full", return_result=True)
+        lan = hessian_min_eig(ws, data, method="lanczos", return_result=True)
         assert full.n_params == lan.n_params == 1024 and lan.converged
         assert lan.scale == pytest.approx(full.scale, rel=RHO_RTOL)
         assert _agreement(full, lan) <= AGREE_RTOL, (kind, full.value, lan.value, full.scale)
@@ -120,35 +130,35 @@ def test_full_and_lanczos_agree_near_the_boundary(generator):
     off by 4.6%); the refinement pass must reach 1e-6 relative to |lam_min|."""
     dims = [20, 16, 16, 16, 12]
     X, Y = gaussian_data(30, 20, 12, seed=1)
-    data = LS.LandscapeData.from_xy(X, Y)
-    ws = LS.saddle_family(data, dims, 2, True, generator=generator, z_scale=1e-3).weights
-    full = HS.hessian_min_eig(ws, data, method="full", return_result=True)
-    lan = HS.hessian_min_eig(ws, data, method="lanczos", return_result=True)
+    data = LandscapeData.from_xy(X, Y)
+    ws = saddle_family(data, dims, 2, True, generator=generator, z_scale=1e-3).weights
+    full = hessian_min_eig(ws, data, method="full", return_result=True)
+    lan = hessian_min_eig(ws, data, method="lanczos", return_result=True)
     assert full.value < 0 and abs(full.value) < NEAR_BOUNDARY * full.scale     # really near the boundary
     assert lan.converged and lan.refined
     assert abs(full.value - lan.value) <= AGREE_RTOL * abs(full.value), (full.value, lan.value)
     assert lan.residual <= AGREE_RTOL * abs(lan.value)
-    single = HS.hessian_min_eig(ws, data, method="lanczos", refine=False, return_result=True)
+    single = hessian_min_eig(ws, data, method="lanczos", refine=False, return_result=True)
     assert not single.refined and single.value >= lan.value             # both are upper bounds on lam_min
 
 
 def test_auto_method_threshold():
     X, Y = gaussian_data(10, 6, 4)
     ws = random_weights([6, 5, 4])
-    assert HS.hessian_min_eig(ws, X, Y, return_result=True).method == "full"
-    assert HS.hessian_min_eig(ws, X, Y, return_result=True, full_max_params=10).method == "lanczos"
+    assert hessian_min_eig(ws, X, Y, return_result=True).method == "full"
+    assert hessian_min_eig(ws, X, Y, return_result=True, full_max_params=10).method == "lanczos"
     with pytest.raises(ValueError):
-        HS.hessian_min_eig(ws, X, Y, method="power")
+        hessian_min_eig(ws, X, Y, method="power")
 
 
 def test_return_vector_is_an_eigenvector():
     X, Y = gaussian_data(10, 6, 4)
-    data = LS.LandscapeData.from_xy(X, Y)
-    ws = LS.saddle_family(data, [6, 5, 5, 4], 1, True, generator=0).weights
-    fn = HS.square_loss_fn(data)
-    Hm = HS.full_hessian(fn, ws)
+    data = LandscapeData.from_xy(X, Y)
+    ws = saddle_family(data, [6, 5, 5, 4], 1, True, generator=0).weights
+    fn = square_loss_fn(data)
+    Hm = full_hessian(fn, ws)
     for method in ("full", "lanczos"):
-        res = HS.min_eigenvalue(fn, ws, method=method, return_vector=True)
+        res = min_eigenvalue(fn, ws, method=method, return_vector=True)
         v = torch.as_tensor(res.vector)
         torch.testing.assert_close(Hm @ v, res.value * v, rtol=EIGVEC_RTOL, atol=EIGVEC_RTOL * res.scale)
 
@@ -159,11 +169,11 @@ def test_lanczos_at_100k_parameters():
     (Its time, target under 30 s on 2 cores, is measured by scripts/bench.py classify.)"""
     w = 158
     X, Y = gaussian_data(w + 16, w, w, seed=1)
-    data = LS.LandscapeData.from_xy(X, Y)
+    data = LandscapeData.from_xy(X, Y)
     dims = [w] * 5
     for strict in (True, False):
-        ws = LS.saddle_family(data, dims, w // 4, strict, generator=0, z_scale=1 / math.sqrt(w)).weights
-        res = HS.hessian_min_eig(ws, data, return_result=True)
+        ws = saddle_family(data, dims, w // 4, strict, generator=0, z_scale=1 / math.sqrt(w)).weights
+        res = hessian_min_eig(ws, data, return_result=True)
         assert res.method == "lanczos" and res.n_params == 4 * w * w and res.converged
         assert (res.value < -LANCZOS_SIGN_RTOL * res.scale) == strict, (res.value, res.scale)
 
@@ -172,14 +182,14 @@ def test_lanczos_on_an_identically_zero_hessian():
     """W = 0 with H >= 3 has Hess = 0 (spec O6, O15b): ARPACK cannot start there; we return 0."""
     X, Y = gaussian_data(10, 6, 4)
     ws = [torch.zeros(5, 6, dtype=F64), torch.zeros(5, 5, dtype=F64), torch.zeros(4, 5, dtype=F64)]
-    res = HS.hessian_min_eig(ws, X, Y, method="lanczos", return_result=True)
+    res = hessian_min_eig(ws, X, Y, method="lanczos", return_result=True)
     assert res.value == 0.0 and res.converged
-    assert HS.hessian_min_eig(ws, X, Y, method="full") == 0.0
+    assert hessian_min_eig(ws, X, Y, method="full") == 0.0
 
 
 def test_lanczos_restores_torch_threads():
     X, Y = gaussian_data(10, 6, 4)
     ws = random_weights([6, 5, 4])
     before = torch.get_num_threads()
-    HS.hessian_min_eig(ws, X, Y, method="lanczos", torch_threads=1)
+    hessian_min_eig(ws, X, Y, method="lanczos", torch_threads=1)
     assert torch.get_num_threads() == before

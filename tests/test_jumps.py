@@ -1,4 +1,4 @@
-"""One-way rank jumps (dlnlab.jumps; rank_jumps.md A.2 and recipe R1): the exact invariance, the
+"""One-way rank jumps (dlnlab.recording.jumps; docs/theory.md §7 and recipe R1): the exact invariance, the
 depth-2 control, the tracker's events, recipe R1 end to end, the report and the CLI."""
 import json
 import logging
@@ -11,17 +11,38 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from bench_jumps import bench_r1, bench_tracker
 
-from dlnlab import ridge as R
-from dlnlab.hooks import Cadence, Hook, Record
-from dlnlab.jumps import EVENT_COLUMNS, REPORT_TB_DIR, RankJumpHook, run_experiment
+from dlnlab.analysis.runs import load_events, load_run, load_runs
+from dlnlab.experiments.build import compose, prepare
+from dlnlab.experiments.config import (
+    LABEL_TOL_FIELDS,
+    ConfigError,
+    JumpsConfig,
+    label_tolerances,
+    validate,
+)
+from dlnlab.experiments.jumps import JumpsSummary, run_experiment
 from dlnlab.model import DeepLinearNet
-from dlnlab.tasks import make_completion
+from dlnlab.recording.base import Cadence, Hook, Record
+from dlnlab.recording.folder import EVENT_COLUMNS
+from dlnlab.recording.jumps import REPORT_TB_DIR, RankJumpHook
+from dlnlab.recording.metrics import MetricsHook
+from dlnlab.tasks import make_completion, make_regression
+from dlnlab.theory.ridge_labels import ridge_loss_fn
+from dlnlab.theory.ridge_modes import (
+    LabelTolerances,
+    RankTolerances,
+    balanced_mode_point,
+    mode_roots,
+    mode_threshold,
+    tie_value,
+)
 from dlnlab.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 LAM, A_R1 = 0.01, 0.01
-TOL = R.LabelTolerances()  # the library's defaults: tests decide with the same named numbers
+TOL = LabelTolerances()  # the library's defaults: tests decide with the same named numbers
 # Leak out of confined hidden subspaces, relative to the layer norm, after 2000 GD/SGD steps (exact
 # arithmetic: 0). Measured on the R1 network (H = 3, widths 10): <= 6.6e-15 for GD and SGD at
 # lambda in {0, 0.01, 0.1}. Not a bound for every setting: at lambda = 0 nothing damps the stray
@@ -42,12 +63,11 @@ def r1_task():
 def test_r1_task_seed_puts_y2_just_above_the_threshold(r1_task):
     """conf/experiment/one_way_jumps.yaml relies on task.seed = 0: y_2 in (y*, tie) = (1.755, 2.0),
     y_3 below y*. (Our data RNG reproduces the spec's matrix: s(Y) = 10.43, 1.763, 1.557, 1.10.)"""
-    from dlnlab.experiment import compose, prepare
 
     task = prepare(compose(["experiment=one_way_jumps"]))
     y = torch.linalg.svdvals(task.observed_matrix()).tolist()
     assert y == pytest.approx(torch.linalg.svdvals(r1_task.observed_matrix()).tolist())
-    y_star, tie = R.mode_threshold(LAM, 1 / task.n_samples, 3), R.tie_value(LAM, 1 / task.n_samples, 3)
+    y_star, tie = mode_threshold(LAM, 1 / task.n_samples, 3), tie_value(LAM, 1 / task.n_samples, 3)
     assert y_star < y[1] < tie and y[2] < y_star
     assert y[:4] == pytest.approx([10.43, 1.763, 1.557, 1.10], abs=5e-3)
 
@@ -153,7 +173,7 @@ def test_rotated_confined_subspaces_stay_confined(r1_task, optim, lam):
 
 
 def test_an_adam_step_leaks_out_of_rotated_subspaces_a_gradient_step_does_not(r1_task):
-    """rank_jumps.md A.2: coordinate-wise optimisers do not preserve the confinement. One
+    """docs/theory.md §7: coordinate-wise optimisers do not preserve the confinement. One
     torch.optim.Adam step equals -lr g / (|g| + eps) entrywise (bias-corrected first step), whose
     part outside S_h is computed here directly; torch.optim.SGD from the same point stays inside.
     On coordinate-aligned subspaces Adam leaks nothing (zero gradient entries get zero updates),
@@ -161,7 +181,7 @@ def test_an_adam_step_leaks_out_of_rotated_subspaces_a_gradient_step_does_not(r1
     dims = [10, 10, 10, 10]
     ws0, Q = rotated_point(dims, 2, 1, seed=1)
     ws0 = [w[0] for w in ws0]
-    fn = R.ridge_loss_fn(r1_task, LAM)
+    fn = ridge_loss_fn(r1_task, LAM)
 
     def one_step(opt_cls, weights, **kw):
         ws = [w.clone().requires_grad_(True) for w in weights]
@@ -205,10 +225,10 @@ def test_depth2_zero_mode_grows_iff_the_data_pull_exceeds_lambda(r1_task, pull):
     Y = r1_task.observed_matrix()
     y = torch.linalg.svdvals(Y)
     lam = pull * A_R1 * float(y[1])
-    x1 = R.mode_roots(float(y[0]), lam, A_R1, 2)[1]
+    x1 = mode_roots(float(y[0]), lam, A_R1, 2)[1]
     eps, lr, steps = 1e-4, 0.3, 200
     net = DeepLinearNet([10, 10, 10], init="zero")
-    net.load_member(0, R.balanced_mode_point(Y, [x1, eps], [10, 10, 10], generator=0))
+    net.load_member(0, balanced_mode_point(Y, [x1, eps], [10, 10, 10], generator=0))
     Trainer(net, r1_task, optim="gd", lr=lr, steps=steps, ridge=lam).run()
     x2 = float(mode_sizes([w.detach() for w in net.weights])[1])
     rate = 1 + lr * (2 * A_R1 * float(y[1]) - 2 * lam)
@@ -224,12 +244,12 @@ def test_zero_mode_is_absorbing_at_depth_3_not_at_depth_2(r1_task, H, caplog):
     O(eps^2), the ridge shrinks the mode by (1 - 2 lr lambda) per step: no way back."""
     Y = r1_task.observed_matrix()
     y = torch.linalg.svdvals(Y)
-    x1 = R.mode_roots(float(y[0]), LAM, A_R1, H)[1]
+    x1 = mode_roots(float(y[0]), LAM, A_R1, H)[1]
     eps, lr = 1e-3, 0.3
-    ws = R.balanced_mode_point(Y, [x1, eps], [10] * (H + 1), generator=0)
+    ws = balanced_mode_point(Y, [x1, eps], [10] * (H + 1), generator=0)
     net = DeepLinearNet([10] * (H + 1), init="zero")
     net.load_member(0, ws)
-    caplog.set_level(logging.INFO, logger="dlnlab.jumps")
+    caplog.set_level(logging.INFO, logger="dlnlab")
     Trainer(net, r1_task, optim="gd", lr=lr, steps=100, ridge=LAM).run()
     x2 = float(mode_sizes([w.detach() for w in net.weights])[1])
     if H == 2:
@@ -273,7 +293,7 @@ def test_tracker_events_first_passages_and_loud_increases(tmp_path, caplog):
     hook.on_start(tr)
     assert (tmp_path / "events.parquet").exists()  # tracked from the start, empty
     seq = [[3, 3, 3], [3, 3, 3], [1, 3, 2], [2, 3, 2], [1, 3, 2]]
-    caplog.set_level(logging.INFO, logger="dlnlab.jumps")
+    caplog.set_level(logging.INFO, logger="dlnlab")
     for i, ranks in enumerate(seq):
         ws = diag_weights(ranks, H)
         active = torch.tensor([True, True, i < 3])
@@ -304,7 +324,6 @@ def test_tracker_events_first_passages_and_loud_increases(tmp_path, caplog):
     assert s["layer"]["increases"] == 1 and s["diverged"] == [2]
     assert s["layer"]["jumped"] == 2 and s["layer"]["first_jump"]["median"] == 200
     # the increase at H = 3 is a finding of the run, and the experiment summary prints it
-    from dlnlab.jumps import JumpsSummary
     assert len(s["findings"]) == 1
     assert all(part in s["findings"][0] for part in ("1 layer-rank increase", "H = 3", "lambda 0.01", "members [0]",
                                                       "step 300", "1 -> 2", "1/1 of the points were in B"))
@@ -317,8 +336,6 @@ def test_tracker_events_first_passages_and_loud_increases(tmp_path, caplog):
 def test_a_member_whose_product_overflows_is_dead_not_a_jump(tmp_path):
     """Finite layers whose product overflows: the metrics hook writes NaN spectra for that member,
     and the tracker must read that as divergence, not as a fall to rank 0."""
-    from dlnlab.hooks import MetricsHook
-    from dlnlab.tasks import make_regression
 
     H = 3
     tr = fake_trainer(2, H, tmp_path)
@@ -341,7 +358,6 @@ def test_events_record_whether_the_point_is_in_B(tmp_path):
     """in_B at an event = the balance condition (and norm bound) at that record, checked here with the
     ratio computed directly: member 0 falls to rank 1 balanced, member 1 falls to rank 1 with
     W_1 -> c W_1, W_2 -> W_2 / c (same product and ranks, ratio 3 (c^2 - c^-2) / (c^2 + c^-2 + 1))."""
-    from dlnlab.runs import load_events
 
     H, c = 3, 2.5
     tr = fake_trainer(2, H, tmp_path)
@@ -364,7 +380,7 @@ def test_events_record_whether_the_point_is_in_B(tmp_path):
     assert lay.loc[0, "in_B"] and not lay.loc[1, "in_B"]
     assert hook.summary()["layer"]["entered_outside_B"] == 1
     # with the norm bound below member 0's ||theta||^2 = 3 (three unit blocks), it is outside too
-    hook2 = RankJumpHook(R.RankTolerances(norm_bound=2.0))
+    hook2 = RankJumpHook(RankTolerances(norm_bound=2.0))
     hook2.on_start(fake_trainer(1, H))
     for i, r in enumerate([2, 1]):
         hook2.on_record(tr, Record(step=i, weights=diag_weights([r], H), active=torch.ones(1, dtype=torch.bool),
@@ -376,7 +392,7 @@ def test_tracker_at_depth_2_logs_increases_without_a_finding(caplog):
     tr = fake_trainer(1, 2)
     hook = RankJumpHook()
     hook.on_start(tr)
-    caplog.set_level(logging.INFO, logger="dlnlab.jumps")
+    caplog.set_level(logging.INFO, logger="dlnlab")
     for i, r in enumerate([1, 2]):
         hook.on_record(tr, Record(step=i, weights=diag_weights([r], 2), active=torch.tensor([True]), lr=0.1, ridge=0.0))
     assert [e[4] for e in hook.rows] == ["increase", "increase"]
@@ -385,13 +401,13 @@ def test_tracker_at_depth_2_logs_increases_without_a_finding(caplog):
 
 
 def test_tracker_labels_points_on_request(r1_task):
-    """label_every=1: each record also gets the second-order label (dlnlab.ridge.classify)."""
+    """label_every=1: each record also gets the second-order label (dlnlab.theory.ridge_labels.classify)."""
     Y = r1_task.observed_matrix()
     y = torch.linalg.svdvals(Y)
-    xs = [R.mode_roots(float(y[i]), LAM, A_R1, 3)[1] for i in range(2)]
+    xs = [mode_roots(float(y[i]), LAM, A_R1, 3)[1] for i in range(2)]
     net = DeepLinearNet([10] * 4, ensemble=2, init="zero")
-    net.load_member(0, R.balanced_mode_point(Y, xs, [10] * 4))             # the R1 rank-2 minimum
-    net.load_member(1, R.balanced_mode_point(Y, [xs[0], 1.0], [10] * 4))   # mode 2 off its on-state
+    net.load_member(0, balanced_mode_point(Y, xs, [10] * 4))             # the R1 rank-2 minimum
+    net.load_member(1, balanced_mode_point(Y, [xs[0], 1.0], [10] * 4))   # mode 2 off its on-state
     tracker = RankJumpHook(label_every=1)
     seen = []
 
@@ -408,7 +424,6 @@ def test_tracker_labels_points_on_request(r1_task):
 @pytest.fixture(scope="module")
 def r1_run(tmp_path_factory):
     """conf/experiment/one_way_jumps.yaml as shipped (16 SGD members, 8000 steps); ~25 s."""
-    from dlnlab.experiment import compose
 
     out = tmp_path_factory.mktemp("r1")
     summary = run_experiment(compose(["experiment=one_way_jumps", "record.progress=off"]), out_dir=out)
@@ -416,7 +431,6 @@ def r1_run(tmp_path_factory):
 
 
 def test_r1_gd_stays_at_rank_2_and_sgd_jumps_one_way(r1_run):
-    from dlnlab.runs import load_events
 
     out, s = r1_run
     assert s.status == "finished" and s.findings == []
@@ -481,7 +495,6 @@ def test_r1_every_phase_has_labels_at_its_last_record_and_events_know_B(r1_run):
     """jumps.label_final: the tracker labels the last record of every phase (ridge_label), only that
     one by default (label_every = 0). The in_B of each event matches the balance ratio recomputed
     from the run table's MetricsHook columns (balance_h, theta_sq) at that record."""
-    from dlnlab.runs import load_events, load_run
 
     out, s = r1_run
     bal_rtol = s.phases["sgd"]["tracker"]["tolerances"]["bal_rtol"]
@@ -501,9 +514,9 @@ def test_r1_every_phase_has_labels_at_its_last_record_and_events_know_B(r1_run):
 
 
 def test_r1_report_script_and_tensorboard(r1_run, capsys):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     import runpy
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _ = r1_run
     report = runpy.run_path(str(ROOT / "scripts" / "jumps_report.py"))  # not as __main__: no exit
@@ -531,8 +544,6 @@ def test_r1_report_script_and_tensorboard(r1_run, capsys):
                                               ("jumps.warmup.steps=-1", "jumps.warmup.steps"),
                                               ("jumps.eig_rtol=2", "jumps.eig_rtol")])
 def test_jumps_options_are_validated(override, option):
-    from dlnlab.config import ConfigError, validate
-    from dlnlab.experiment import compose
 
     with pytest.raises(ConfigError) as e:
         validate(compose(["experiment=one_way_jumps", override]))
@@ -544,13 +555,10 @@ def test_every_label_tolerance_is_a_jumps_option_and_is_plumbed():
     tolerances; label_tolerances(cfg) passes each one through (each set to a distinct value here)."""
     import dataclasses
 
-    from dlnlab.config import ConfigError, JumpsConfig
-    from dlnlab.experiment import compose
-    from dlnlab.jumps import LABEL_TOL_FIELDS, label_tolerances
 
-    fields = {f.name for f in dataclasses.fields(R.LabelTolerances)} - {"ranks"}
+    fields = {f.name for f in dataclasses.fields(LabelTolerances)} - {"ranks"}
     assert set(LABEL_TOL_FIELDS) == fields
-    jc, lt, rt = JumpsConfig(), R.LabelTolerances(), R.RankTolerances()
+    jc, lt, rt = JumpsConfig(), LabelTolerances(), RankTolerances()
     for k in fields:
         assert getattr(jc, k) == getattr(lt, k), k
     for k, jk in (("a_tol", "a_tol"), ("layer_tol", "layer_tol"), ("mode", "tol_mode"), ("bal_rtol", "bal_rtol"),
@@ -570,8 +578,6 @@ def test_every_label_tolerance_is_a_jumps_option_and_is_plumbed():
 def test_label_every_and_gd_every_reach_the_phases(tmp_path):
     """jumps.label_every = 2: records 1, 3, ... of every phase and the last one carry a ridge_label;
     jumps.gd_every: the GD reference's own record cadence."""
-    from dlnlab.experiment import compose
-    from dlnlab.runs import load_run
 
     s = run_experiment(compose(["experiment=one_way_jumps", "record.progress=off", "optim.steps=300",
                                 "jumps.warmup.steps=300", "jumps.warmup.every=100", "model.ensemble=2",
@@ -594,15 +600,13 @@ def test_a_layer_rank_increase_in_the_warm_up_is_a_finding(tmp_path, capsys):
     checked independently from the run table's layer singular values."""
     import runpy
 
-    from dlnlab.experiment import compose
-    from dlnlab.runs import load_run
 
     s = run_experiment(compose(["experiment=one_way_jumps", "record.progress=off", "model.init.kind=small",
                                 "model.init.scale=0.02", "jumps.warmup.steps=300", "jumps.warmup.every=20",
                                 "jumps.warmup.ridge=0", "optim.steps=20", "model.ensemble=2",
                                 "jumps.gd_reference=false", "jumps.polish_steps=0"]), out_dir=tmp_path)
     df = load_run(tmp_path / "warmup", config=False).sort_values("step")
-    tol = R.RankTolerances().layer_tol
+    tol = RankTolerances().layer_tol
     layer_rank = pd.concat([(df.filter(regex=rf"^sv_{h}_{h}_\d+$") > tol).sum(axis=1) for h in (1, 2, 3)],
                            axis=1).max(axis=1)
     n_inc = int((layer_rank.diff() > 0).sum())
@@ -617,7 +621,6 @@ def test_a_layer_rank_increase_in_the_warm_up_is_a_finding(tmp_path, capsys):
 
 
 def test_cli_runs_a_shortened_jumps_experiment(tmp_path):
-    from dlnlab.runs import load_events, load_runs
 
     out = tmp_path / "exp"
     args = ["experiment=one_way_jumps", "optim.steps=300", "jumps.warmup.steps=300", "model.ensemble=3",
@@ -635,7 +638,6 @@ def test_cli_runs_a_shortened_jumps_experiment(tmp_path):
 
 
 def test_benchmark_functions_run():
-    from dlnlab.jumps import bench_r1, bench_tracker
 
     b = bench_tracker(members=16, records=5)
     assert b["seconds_per_record"] > 0 and b["with_metrics"]
@@ -647,14 +649,12 @@ def test_benchmark_functions_run():
 # --- the other experiments as shipped (slow) ------------------------------------------------------
 
 def _run(name, tmp_path):
-    from dlnlab.experiment import compose
     return run_experiment(compose([f"experiment={name}", "record.progress=off"]), out_dir=tmp_path)
 
 
 @pytest.mark.slow
 def test_r1_16_members_on_other_seeds(tmp_path):
     """The spec's seed table at lr 0.08: GD rank 2 for task seeds 0, 2, 3, 4; most members jump."""
-    from dlnlab.experiment import compose
     for seed in (2, 3, 4):
         s = run_experiment(compose(["experiment=one_way_jumps", "record.progress=off", f"task.seed={seed}",
                                     f"seed={seed}", "optim.lr=0.08", "jumps.polish_steps=0"]),
@@ -668,7 +668,6 @@ def test_r1_16_members_on_other_seeds(tmp_path):
 def test_rank_staircase(tmp_path):
     """R2 as shipped. Measured (conf/experiment/rank_staircase.yaml): all 16 members at layer rank
     2 by 12.5k steps, none at rank 1 by 20k; GD at rank 3. The GD reference records every 1000 steps."""
-    from dlnlab.runs import load_run
 
     s = _run("rank_staircase", tmp_path)
     h = s.headline

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dlnlab import spectra
+from dlnlab.linalg import balancedness, partial_products
 from dlnlab.model import DeepLinearNet
 
 
@@ -23,7 +23,7 @@ def test_shapes_follow_the_papers():
 def test_partial_products_match_a_naive_loop():
     net = DeepLinearNet([4, 6, 5, 3, 2], ensemble=2, init="gaussian", seed=0)
     ws = [w.detach() for w in net.weights]
-    prods = spectra.partial_products(ws)
+    prods = partial_products(ws)
     assert len(prods) == 4 * 5 // 2
     for (j, i), p in prods.items():
         torch.testing.assert_close(p, naive_product(ws, j, i), rtol=1e-12, atol=1e-12)
@@ -47,7 +47,7 @@ def test_partial_products_use_quadratically_many_matmuls(monkeypatch):
     ws = [torch.randn(3, 3, dtype=torch.float64) for _ in range(H)]
     real = torch.Tensor.__matmul__
     monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(1) or real(a, b))
-    spectra.partial_products(ws)
+    partial_products(ws)
     assert len(calls) == H * (H - 1) // 2
 
 
@@ -77,7 +77,7 @@ def test_balanced_init_carries_the_root_of_the_spectrum():
     torch.testing.assert_close(net.end_to_end()[0].detach(), M)  # rank(M) = 3 = r_max: exact
     for w in ws:
         torch.testing.assert_close(torch.linalg.svdvals(w)[:3], s.pow(1 / H))
-    for b in spectra.balancedness(ws):
+    for b in balancedness(ws):
         assert float(b) < 1e-12
 
 

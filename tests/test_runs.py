@@ -10,11 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from runs_fixture import make_runs_fixture
 
-from dlnlab.compare import make_runs_fixture
-from dlnlab.experiment import compose, run
-from dlnlab.runs import (DamagedRunWarning, find_runs, flatten_config, list_runs, load_events, load_run,
-                         load_runs, summarize)
+import dlnlab.analysis.runs as R
+from dlnlab.analysis.folders import DamagedRunWarning, find_runs, flatten_config
+from dlnlab.analysis.runs import list_runs, load_events, load_run, load_runs
+from dlnlab.analysis.summary import summarize
+from dlnlab.experiments.build import compose
+from dlnlab.experiments.run import run
 
 TINY = ["optim.steps=40", "record.every=10", "record.log_spaced=0", "model.width=3", "record.progress=off",
         "record.tensorboard=false"]
@@ -257,7 +260,6 @@ def test_null_columns_and_string_metrics_load(tmp_path):
 
 def test_a_run_compacting_its_parts_while_being_read(tmp_path, monkeypatch):
     """The parts listed a moment ago are gone (the run just compacted them): list again."""
-    import dlnlab.runs as R
 
     write_run(tmp_path / "r", parts=[part([0, 10], loss=[2.0, 1.0])])
     real = R._table_files

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dlnlab import spectra
+from dlnlab.linalg import numerical_rank, singular_values
 
 
 def matrix_with_spectrum(s, rows, cols, seed=0):
@@ -22,26 +22,26 @@ def matrix_with_spectrum(s, rows, cols, seed=0):
 ])
 def test_rank_of_known_spectra(s, rtol, rank):
     M = matrix_with_spectrum(s, 4, 5)
-    sv = spectra.singular_values({"M": M})["M"]
+    sv = singular_values({"M": M})["M"]
     torch.testing.assert_close(sv[:3], torch.tensor(s, dtype=torch.float64), atol=1e-12, rtol=0)
-    assert int(spectra.numerical_rank(sv, rtol)) == rank
+    assert int(numerical_rank(sv, rtol)) == rank
 
 
 def test_floor_keeps_a_tiny_matrix_at_rank_zero():
     sv = torch.tensor([1e-6, 5e-7, 1e-7], dtype=torch.float64)
-    assert int(spectra.numerical_rank(sv, 1e-3)) == 3  # purely relative: full rank
-    assert int(spectra.numerical_rank(sv, 1e-3, floor=10.0)) == 0
-    assert int(spectra.numerical_rank(sv * 1e7, 1e-3, floor=10.0)) == 3  # grown past the floor
+    assert int(numerical_rank(sv, 1e-3)) == 3  # purely relative: full rank
+    assert int(numerical_rank(sv, 1e-3, floor=10.0)) == 0
+    assert int(numerical_rank(sv * 1e7, 1e-3, floor=10.0)) == 3  # grown past the floor
 
 
 def test_batched_singular_values_match_one_by_one():
     mats = {k: matrix_with_spectrum([4.0 - k, 1.0], 3, 3, seed=k) for k in range(3)}
     mats["other"] = torch.randn(2, 5, 4, dtype=torch.float64)
-    got = spectra.singular_values(mats)
+    got = singular_values(mats)
     for k, m in mats.items():
         torch.testing.assert_close(got[k], torch.linalg.svdvals(m))
 
 
 def test_rank_tolerance_must_be_a_fraction():
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        spectra.numerical_rank(torch.ones(3), 1.5)
+        numerical_rank(torch.ones(3), 1.5)

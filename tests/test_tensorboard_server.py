@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from dlnlab.experiment import compose, run
-from dlnlab.runs import load_runs
+from dlnlab.analysis.runs import load_runs
+from dlnlab.experiments.build import compose
+from dlnlab.experiments.run import run
 
 TENSORBOARD = Path(sys.executable).parent / "tensorboard"
 TINY = ["optim.steps=40", "record.every=10", "record.log_spaced=0", "model.width=3", "record.progress=off"]

@@ -1,11 +1,15 @@
 import pytest
 import torch
 
-from dlnlab.hooks import Cadence, Hook, MetricsHook
+from dlnlab.analysis.runs import load_run
 from dlnlab.model import DeepLinearNet
-from dlnlab.runs import TableHook, load_run, read_status
+from dlnlab.recording.base import Cadence, Hook, Record
+from dlnlab.recording.checkpoint import CheckpointHook
+from dlnlab.recording.folder import read_status
+from dlnlab.recording.metrics import MetricsHook
+from dlnlab.recording.table import TableHook
 from dlnlab.tasks import make_completion, make_regression
-from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer
+from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer, dln_batch_factors
 
 
 @pytest.fixture
@@ -144,7 +148,6 @@ def test_diverged_member_is_frozen_while_the_others_go_on(task):
 
 
 def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path):
-    from dlnlab.hooks import CheckpointHook
 
     class CtrlC(Hook):
         def on_record(self, trainer, rec):
@@ -172,7 +175,6 @@ def test_log_spaced_cadence():
 def test_finite_layers_whose_product_overflows_give_nan_spectra_not_a_crash(task):
     from types import SimpleNamespace
 
-    from dlnlab.hooks import Record
 
     ws = [w.detach().clone() for w in DeepLinearNet([4, 5, 5, 3], ensemble=2, seed=0).weights]
     for w in ws:
@@ -185,7 +187,6 @@ def test_finite_layers_whose_product_overflows_give_nan_spectra_not_a_crash(task
 
 
 def test_last_checkpoint_keeps_each_members_last_good_weights(task, tmp_path):
-    from dlnlab.hooks import CheckpointHook
 
     net = DeepLinearNet([4, 5, 3], ensemble=3, init="gaussian", scale=0.5, seed=0)
     with torch.no_grad():
@@ -211,7 +212,6 @@ def test_recorded_gradient_norm_is_that_of_the_explicit_objective(kind, dtype):
     compare it with autograd through the layers of loss + lambda ||theta||^2."""
     from types import SimpleNamespace
 
-    from dlnlab.hooks import Record
 
     if kind == "regression":
         task = make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0)
@@ -234,7 +234,6 @@ def test_factored_step_is_the_autograd_step_on_the_explicit_objective(kind, opti
     """The trainer's fast path (gradient as deltas^T acts, one in-place baddbmm per layer) takes the
     same step as autograd on loss + lambda ||theta||^2 over the same batch, and leaves a frozen
     member untouched."""
-    from dlnlab.train import dln_batch_factors
 
     if kind == "regression":
         task = make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0)
@@ -267,7 +266,6 @@ def test_gradient_norm_of_a_task_whose_loss_reads_the_layers(task):
     hook then differentiates through the layers instead of through the product."""
     from types import SimpleNamespace
 
-    from dlnlab.hooks import Record
 
     class LayerPenalty:
         paper_scale = 1.0

@@ -1,4 +1,4 @@
-"""Thin command-line entry points; the work is done by library code (dlnlab.experiment)."""
+"""Thin command-line entry points; the work is done by library code (dlnlab.experiments)."""
 from __future__ import annotations
 
 import logging
@@ -9,12 +9,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from dlnlab import config as C
-from dlnlab.experiment import conf_dir, mark_failed, prepare, run
+from dlnlab.experiments.build import conf_dir, prepare
+from dlnlab.experiments.config import ConfigError, register
+from dlnlab.experiments.run import mark_failed, run
 from dlnlab.tasks import DataError
 
 log = logging.getLogger(__name__)
-C.register()
+register()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -29,7 +30,7 @@ def _train(cfg) -> None:
             finally:  # e.g. a data file outside Assumption 1: one line, not a source listing
                 for w in caught:
                     print(f"dlnlab-train: note: {w.message}", file=sys.stderr)
-    except (C.ConfigError, DataError) as e:
+    except (ConfigError, DataError) as e:
         # A user error: say what is wrong, no traceback. In a sweep the other jobs go on.
         mark_failed(out_dir, str(e))
         print(f"dlnlab-train: error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Labels for regularised and completion landscapes, where the square-loss theorem does not apply.
 
 With ridge lambda > 0 (objective C(A_theta) + lambda * sum_h ||W_h||_F^2), and for matrix completion at
-any lambda, Theorem 7 of landscape.md says nothing. `classify` labels a point by first and second
+any lambda, Theorem 7 (docs/theory.md §3) says nothing. `classify` labels a point by first and second
 order instead:
 
   not_critical   ||grad|| > grad_tol
@@ -18,7 +18,7 @@ layer of width >= 2. The rule used here: `local_min` iff the Hessian restricted 
 complement of T is positive definite (a Morse-Bott minimum, hence a strict local minimum modulo the
 symmetry); otherwise `degenerate`. T is computed numerically from the generators (`orbit_basis`).
 
-What we observed (float64, tests/test_ridge.py): at the ridge minima of rank_jumps.md (H = 3, lambda > 0)
+What we observed (float64, tests/test_ridge.py): at the ridge minima of docs/theory.md §7 (H = 3, lambda > 0)
 the Hessian's null space is exactly T (nullity == orbit dimension); zero modes are NOT flat to second
 order, they carry curvature 2*lambda from the ridge term (the origin of an H >= 3 network has Hessian
 2*lambda*I). Their stability against the O(eps^{H-1}) data force is what makes them absorbing. Flat
@@ -30,20 +30,20 @@ Tolerances are named fields of `LabelTolerances` / `RankTolerances` (no other nu
 label whose deciding number lies within a factor `margin` of its tolerance lists that in
 `near_boundary`.
 
-Closed forms (rank_jumps.md A.3) for a fully observed target Y with the lab's loss a * ||A - Y||_F^2,
+Closed forms (docs/theory.md §7) for a fully observed target Y with the lab's loss a * ||A - Y||_F^2,
 a = 1/N: each singular mode y of Y behaves like the scalar g(x) = a (x^L - y)^2 + lambda L x^2 (balanced
 layers of size x, s = x^L): `mode_threshold`, `mode_roots`, `mode_energy`, `tie_value`, `mode_table`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from dlnlab.tasks import end_to_end
+from dlnlab.linalg import balancedness, product
 
 F64 = torch.float64
 LABELS = ("not_critical", "strict_saddle", "local_min", "degenerate")
@@ -55,7 +55,7 @@ TOL_MODES = ("absolute", "relative")
 
 @dataclass
 class RankTolerances:
-    """Ranks and the sets B_r (rank_jumps.md A.2, "Rank metrics").
+    """Ranks and the sets B_r (docs/theory.md §7, "Rank metrics").
 
     a_tol      A-rank (end-to-end): #{s_i(A) > a_tol}
     layer_tol  layer rank: max_l #{s_i(W_l) > layer_tol}  (the B_r membership test)
@@ -78,7 +78,7 @@ class RankTolerances:
                (A.2).
     norm_bound B_r needs ||theta||^2 <= norm_bound (the paper's constant C); None: no bound.
 
-    B_r (operational; the paper's exact f_alpha and constants are unknown, rank_jumps.md A.2) holds
+    B_r (operational; the paper's exact f_alpha and constants are unknown, docs/theory.md §7) holds
     the points with layer rank <= r that are approximately balanced and norm-bounded.
     """
     a_tol: float = 1e-2
@@ -134,7 +134,7 @@ class LabelTolerances:
     margin          near-boundary factor of grad_tol and eig_tol: a deciding number within
                     [tol/margin, tol*margin] is flagged.
     full_max_params full Hessian (exact eigen-decomposition, nullity) up to this many parameters,
-                    Lanczos (dlnlab.hessian.min_eigenvalue) above.
+                    Lanczos (dlnlab.theory.hessian.min_eigenvalue) above.
     """
     grad_tol: float = 1e-7
     eig_rtol: float = 1e-6
@@ -199,11 +199,10 @@ def rank_state(weights: Sequence[torch.Tensor], tol: RankTolerances | None = Non
     if sv_layers is None:
         sv_layers = [torch.linalg.svdvals(w) for w in ws]
     if sv_e2e is None:
-        sv_e2e = torch.linalg.svdvals(end_to_end(ws))
+        sv_e2e = torch.linalg.svdvals(product(ws))
     if theta_sq is None:
         theta_sq = sum(w.pow(2).sum((-1, -2)) for w in ws)
     if balances is None:
-        from dlnlab.spectra import balancedness
         balances = balancedness(ws)
     layer_ranks = torch.stack([_count(s, tol.layer_tol, tol.mode) for s in sv_layers], -1)
     bal = torch.stack(list(balances), -1).max(-1).values / (theta_sq / H).clamp(min=1e-300)
@@ -218,7 +217,7 @@ def balanced_identity(weights: Sequence[torch.Tensor], roundoff: float = 1.0) ->
     """(||theta||^2, H * sum_i s_i(A)^(2/H), relative residual (first - second) / first).
 
     min{||theta||^2 : A_theta = A} = H sum_i s_i(A)^(2/H), reached exactly at balanced factorisations
-    (rank_jumps.md A.1), so the residual is >= 0 and vanishes at every ridge minimum.
+    (docs/theory.md §7), so the residual is >= 0 and vanishes at every ridge minimum.
 
     Singular values at roundoff level, s_i <= roundoff * max(n1, n2) * eps * s_1
     (LabelTolerances.identity_roundoff), are left out of the sum: s^(2/H) amplifies them
@@ -227,7 +226,7 @@ def balanced_identity(weights: Sequence[torch.Tensor], roundoff: float = 1.0) ->
     ws = [torch.as_tensor(w).detach().to(F64) for w in weights]
     H = len(ws)
     th = float(sum(w.pow(2).sum() for w in ws))
-    A = end_to_end(ws)
+    A = product(ws)
     s = torch.linalg.svdvals(A)
     s = s[s > roundoff * max(A.shape) * torch.finfo(F64).eps * s[0]] if s.numel() and s[0] > 0 else s[:0]
     bound = float(H * s.pow(2.0 / H).sum())
@@ -377,241 +376,3 @@ def balanced_mode_point(Y: Any, xs: Sequence[float], dims: Sequence[int],
     return [bases[h + 1] @ D @ bases[h].T for h in range(len(dims) - 1)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Symmetry orbit
-
-def orbit_tangents(weights: Sequence[torch.Tensor], group: str = "orthogonal") -> torch.Tensor:
-    """(P, n_generators): the tangent vectors (flattened like [W_1..W_H]) of the symmetry orbit:
-    for hidden layer h and generator K (antisymmetric for "orthogonal", any matrix for "general"),
-    dW_h = K W_h, dW_{h+1} = -W_{h+1} K."""
-    ws = [torch.as_tensor(w).detach().to(F64) for w in weights]
-    sizes = [w.numel() for w in ws]
-    offsets = np.cumsum([0] + sizes)
-    cols = []
-    for h in range(len(ws) - 1):
-        d = ws[h].shape[0]
-        if group == "orthogonal":
-            i, j = torch.triu_indices(d, d, offset=1)
-            K = torch.zeros(len(i), d, d, dtype=F64)
-            K[torch.arange(len(i)), i, j] = 1.0
-            K[torch.arange(len(i)), j, i] = -1.0
-        elif group == "general":
-            K = torch.eye(d * d, dtype=F64).reshape(d * d, d, d)
-        else:
-            raise ValueError(f"group={group!r}: allowed 'orthogonal' | 'general'")
-        T = torch.zeros(K.shape[0], int(offsets[-1]), dtype=F64)
-        T[:, offsets[h]:offsets[h + 1]] = (K @ ws[h]).reshape(K.shape[0], -1)
-        T[:, offsets[h + 1]:offsets[h + 2]] = (-(ws[h + 1] @ K)).reshape(K.shape[0], -1)
-        cols.append(T)
-    if not cols:
-        return torch.zeros(int(offsets[-1]), 0, dtype=F64)
-    return torch.cat(cols).T
-
-
-def orbit_basis(weights: Sequence[torch.Tensor], group: str = "orthogonal",
-                rtol: float = 1e-7) -> torch.Tensor:
-    """An orthonormal basis (P, t) of the tangent space of the symmetry orbit; t is its dimension."""
-    T = orbit_tangents(weights, group)
-    if T.shape[1] == 0:
-        return T
-    U, s, _ = torch.linalg.svd(T, full_matrices=False)
-    t = int((s > rtol * s[0]).sum()) if s[0] > 0 else 0
-    return U[:, :t]
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels
-
-LossFn = Callable[[Sequence[torch.Tensor]], torch.Tensor]
-
-
-def ridge_loss_fn(task, ridge: float) -> LossFn:
-    """weights -> task.loss(weights) + ridge * sum_h ||W_h||_F^2 for ONE network (2-D weights)."""
-    def fn(ws):
-        return task.loss(list(ws)) + ridge * sum(w.pow(2).sum() for w in ws)
-    return fn
-
-
-@dataclass
-class RidgePoint:
-    """The label of one point and everything it was decided with (see the module docstring)."""
-    label: str
-    reason: str
-    near_boundary: list
-    loss: float
-    grad_norm: float
-    min_eig: float | None = None          # lambda_min of the full Hessian
-    min_eig_normal: float | None = None   # lambda_min on the orthogonal complement of the orbit tangent
-    eig_scale: float | None = None        # rho, spectral radius
-    eig_tol: float | None = None
-    nullity: int | None = None            # full Hessian: #{|e| <= eig_tol} (None with Lanczos)
-    orbit_dim: int | None = None
-    hessian_method: str | None = None
-    e2e_rank: int = 0
-    layer_rank: int = 0
-    layer_ranks: list = field(default_factory=list)
-    balance: float = 0.0                  # relative balancedness residual (RankState.balance)
-    in_B: int | None = None               # r such that the point lies in B_r (its layer rank), or None
-    theta_sq: float = 0.0
-    identity_bound: float = 0.0           # H sum_i s_i(A)^(2/H)
-    identity_residual: float = 0.0        # (theta_sq - bound) / theta_sq
-    identity_holds: bool = False          # |identity_residual| <= LabelTolerances.identity_rtol
-    singular_values: list = field(default_factory=list)
-    modes: list | None = None             # mode_table rows (fully observed completion only)
-    tolerances: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        s = f"{self.label} ({self.reason})"
-        if self.near_boundary:
-            s += "; near boundary: " + "; ".join(self.near_boundary)
-        return s
-
-
-def _near(value: float, tol: float, margin: float) -> bool:
-    return tol / margin <= abs(value) <= tol * margin
-
-
-def _task_modes(task, ridge: float, H: int, A: torch.Tensor, tol: LabelTolerances):
-    if task is None or not getattr(task, "fully_observed", False) or not hasattr(task, "observed_matrix"):
-        return None
-    a = 1.0 / task.n_samples  # the lab's completion loss: mean over the N observed entries
-    return mode_table(task.observed_matrix(), ridge, a, H, A, tol.ranks.a_tol, tol.state_rtol, tol.shallow_rtol)
-
-
-def classify(weights: Sequence[Any], task=None, ridge: float = 0.0, *, loss_fn: LossFn | None = None,
-             symmetry: str | None = None, tol: LabelTolerances | None = None,
-             method: str = "auto", modes: bool = True) -> RidgePoint:
-    """Label one network [W_1..W_H] (2-D tensors) on task.loss + ridge * ||theta||^2, or on any
-    `loss_fn(weights) -> scalar`.
-
-    symmetry: the group whose orbit is quotiented out ("orthogonal", "general" or "none"); default
-    "orthogonal" when ridge > 0, "general" when ridge == 0 (a loss of the product alone). With a custom
-    loss_fn that is not a function of the product plus a ridge term, pass the right one.
-    method: "auto" | "full" | "lanczos" (auto: full Hessian up to tol.full_max_params parameters).
-    """
-    tol = tol or LabelTolerances()
-    ws = [torch.as_tensor(w).detach().to(F64).clone() for w in weights]
-    if ws[0].ndim != 2:
-        raise ValueError("classify labels one network: weights must be 2-D (use classify_members)")
-    if loss_fn is None:
-        if task is None:
-            raise ValueError("classify needs a task or a loss_fn")
-        loss_fn = ridge_loss_fn(task.to(F64) if hasattr(task, "to") else task, ridge)
-    symmetry = symmetry or ("orthogonal" if ridge > 0 else "general")
-    H = len(ws)
-    wg = [w.clone().requires_grad_(True) for w in ws]
-    with torch.enable_grad():
-        value = loss_fn(wg)
-        grads = torch.autograd.grad(value, wg)
-    gn = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
-    rs = rank_state(ws, tol.ranks)
-    th, bound, resid = balanced_identity(ws, tol.identity_roundoff)
-    A = end_to_end(ws)
-    pt = RidgePoint(label="", reason="", near_boundary=[], loss=float(value.detach()), grad_norm=gn,
-                    e2e_rank=int(rs.e2e_rank), layer_rank=int(rs.layer_rank),
-                    layer_ranks=[int(r) for r in rs.layer_ranks], balance=float(rs.balance),
-                    in_B=int(rs.layer_rank) if bool(rs.in_B) else None, theta_sq=th, identity_bound=bound,
-                    identity_residual=resid, identity_holds=bool(abs(resid) <= tol.identity_rtol),
-                    singular_values=rs.sv_e2e.tolist(),
-                    modes=_task_modes(task, ridge, H, A, tol) if modes else None,
-                    tolerances={**asdict(tol), "ridge": ridge, "symmetry": symmetry})
-    # Ranks near their thresholds
-    rt, rm = tol.ranks, tol.rank_margin
-    for name, svals, t in [("A-rank", [rs.sv_e2e], rt.a_tol), ("layer rank", rs.sv_layers, rt.layer_tol)]:
-        for s in svals:
-            thr = t * float(s[0]) if rt.mode == "relative" else t
-            close = [float(v) for v in s if thr / rm <= float(v) <= rm * thr]
-            if close:
-                pt.near_boundary.append(f"{name}: singular value(s) {', '.join(f'{v:.3g}' for v in close)} "
-                                        f"within a factor {rm:g} of the threshold {thr:.3g}")
-                break
-    if _near(gn, tol.grad_tol, tol.margin):
-        pt.near_boundary.append(f"||grad|| = {gn:.3g} within a factor {tol.margin:g} of grad_tol = {tol.grad_tol:g}")
-    if gn > tol.grad_tol:
-        pt.label, pt.reason = "not_critical", f"||grad|| = {gn:.3g} > grad_tol = {tol.grad_tol:g}"
-        return pt
-    _second_order(pt, loss_fn, ws, symmetry, tol, method)
-    return pt
-
-
-def _second_order(pt: RidgePoint, loss_fn: LossFn, ws: list, symmetry: str, tol: LabelTolerances,
-                  method: str) -> None:
-    from dlnlab import hessian
-
-    n = sum(w.numel() for w in ws)
-    B = orbit_basis(ws, symmetry, tol.orbit_rtol) if symmetry != "none" else torch.zeros(n, 0, dtype=F64)
-    t = B.shape[1]
-    pt.orbit_dim = t
-    if method == "auto":
-        method = "full" if n <= tol.full_max_params else "lanczos"
-    pt.hessian_method = method
-    if method == "full":
-        Hm = hessian.full_hessian(loss_fn, ws)
-        ev = torch.linalg.eigvalsh(Hm)
-        rho = float(ev.abs().max())
-        eig_tol = max(tol.eig_rtol * rho, tol.eig_atol)
-        Q, _ = torch.linalg.qr(torch.cat([B, torch.eye(n, dtype=F64)], 1))  # first t columns span B
-        N = Q[:, t:n]
-        ev_n = torch.linalg.eigvalsh(N.T @ Hm @ N) if n > t else torch.zeros(1, dtype=F64)
-        pt.min_eig, pt.min_eig_normal = float(ev[0]), float(ev_n[0])
-        pt.nullity = int((ev.abs() <= eig_tol).sum())
-        flat_normal = int((ev_n.abs() <= eig_tol).sum())
-    elif method == "lanczos":
-        res = hessian.min_eigenvalue(loss_fn, ws, method="lanczos")
-        rho = res.scale
-        eig_tol = max(tol.eig_rtol * rho, tol.eig_atol)
-        theta0 = torch.cat([w.reshape(-1) for w in ws])
-        mu = max(rho, 1.0)
-
-        def penalised(wl):  # + mu ||B^T (theta - theta0)||^2: lifts the orbit directions to 2 mu
-            d = B.T @ (torch.cat([w.reshape(-1) for w in wl]) - theta0)
-            return loss_fn(wl) + mu * d.pow(2).sum()
-
-        res_n = hessian.min_eigenvalue(penalised, ws, method="lanczos") if t else res
-        pt.min_eig, pt.min_eig_normal = res.value, res_n.value
-        flat_normal = int(abs(res_n.value) <= eig_tol)
-    else:
-        raise ValueError(f"method={method!r}: allowed 'auto' | 'full' | 'lanczos'")
-    pt.eig_scale, pt.eig_tol = rho, eig_tol
-    m = tol.margin
-    if pt.min_eig < -eig_tol:
-        pt.label = "strict_saddle"
-        pt.reason = f"lambda_min(Hessian) = {pt.min_eig:.4g} < -eig_tol = {-eig_tol:.3g}"
-        if _near(pt.min_eig, eig_tol, m):
-            pt.near_boundary.append(f"lambda_min = {pt.min_eig:.3g} within a factor {m:g} of -eig_tol")
-        return
-    if pt.min_eig_normal > eig_tol:
-        pt.label = "local_min"
-        pt.reason = (f"PSD; positive definite (lambda_min = {pt.min_eig_normal:.4g} > eig_tol = {eig_tol:.3g}) "
-                     f"on the complement of the {symmetry} symmetry orbit (dimension {t}): a strict "
-                     "minimum modulo the symmetry")
-        if _near(pt.min_eig_normal, eig_tol, m):
-            pt.near_boundary.append(f"lambda_min off the orbit = {pt.min_eig_normal:.3g} within a factor "
-                                    f"{m:g} of eig_tol = {eig_tol:.3g}")
-        return
-    pt.label = "degenerate"
-    why = [f"PSD (lambda_min = {pt.min_eig:.3g} >= -eig_tol = {-eig_tol:.3g}) but singular beyond the "
-           f"{symmetry} symmetry orbit (dimension {t}): "
-           f"{flat_normal if method == 'full' else '>= 1'} flat direction(s) on its complement "
-           f"(lambda_min there = {pt.min_eig_normal:.3g})"]
-    if pt.tolerances.get("ridge", None) == 0:
-        why.append("ridge = 0: nothing holds the zero modes to second order (the data term is flat to order H-1)")
-    if pt.modes:
-        at_thr = [r["mode"] for r in pt.modes if r.get("state") in ("on", "barrier")
-                  and r["threshold"] > 0 and abs(r["y"] - r["threshold"]) <= tol.threshold_rtol * r["threshold"]]
-        if at_thr:
-            why.append(f"mode(s) {at_thr} sit at the threshold y* (on-state and barrier merge)")
-    pt.reason = "; ".join(why)
-    if _near(pt.min_eig_normal, eig_tol, m) or (pt.min_eig < 0 and _near(pt.min_eig, eig_tol, m)):
-        pt.near_boundary.append(f"lambda_min off the orbit = {pt.min_eig_normal:.3g}, lambda_min = "
-                                f"{pt.min_eig:.3g}: within a factor {m:g} of eig_tol = {eig_tol:.3g}")
-
-
-def classify_members(weights: Sequence[torch.Tensor], task=None, ridge: float = 0.0,
-                     members: Sequence[int] | None = None, **kw) -> list[RidgePoint]:
-    """`classify` for members of an ensemble (weights (E, d_h, d_{h-1})); all members by default."""
-    E = weights[0].shape[0]
-    return [classify([w[k] for w in weights], task, ridge, **kw) for k in (members or range(E))]

@@ -6,13 +6,14 @@ Unknown keys and wrong types fail at compose time (OmegaConf); `validate` adds t
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
 from dlnlab.model import INITS
+from dlnlab.theory.classify import TRAINING_TOLERANCES
+from dlnlab.theory.ridge_modes import LabelTolerances, RankTolerances
 
 
 class ConfigError(ValueError):
@@ -21,8 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class InitConfig:
-    kind: str = "gaussian"  # gaussian | orthogonal | zero | small | balanced
-    scale: float = 1.0
+    kind: str = "small"  # gaussian | orthogonal | zero | small | balanced
+    scale: float = 0.03  # entries N(0, scale^2): the saddle-to-saddle regime
     # balanced only: factorise `scale * T` where T is the task's least-squares map ("task")
     # or a matrix with these singular values and random singular vectors.
     target_spectrum: List[float] = field(default_factory=list)
@@ -31,7 +32,7 @@ class InitConfig:
 @dataclass
 class ModelConfig:
     depth: int = 4  # H, the number of weight matrices
-    width: int = 8  # d_h of every hidden layer h = 1..H-1
+    width: int = 6  # d_h of every hidden layer h = 1..H-1
     widths: List[int] = field(default_factory=list)  # explicit hidden widths (overrides width)
     ensemble: int = 1  # E independent networks trained together
     init: InitConfig = field(default_factory=InitConfig)
@@ -47,9 +48,10 @@ class TaskConfig:
 class RegressionConfig(TaskConfig):
     kind: str = "regression"
     m: int = 64
-    d_x: int = 8
-    d_y: int = 5
-    spectrum: List[float] = field(default_factory=list)  # teacher singular values (default d_y..1)
+    d_x: int = 6  # d_0, input width
+    d_y: int = 4  # d_H, output width
+    # teacher singular values ([] : d_y..1); plateaus of the lab loss at sum_{i>r} s_i^2
+    spectrum: List[float] = field(default_factory=lambda: [8.0, 4.0, 2.0, 1.0])
     noise: float = 0.0
     whiten: bool = True
     eig_gap_rtol: float = 1e-6
@@ -67,13 +69,13 @@ class RegressionFileConfig(TaskConfig):
 @dataclass
 class CompletionConfig(TaskConfig):
     kind: str = "matrix_completion"
-    n1: int = 10
-    n2: int = 10
+    n1: int = 10  # rows of the target = d_H
+    n2: int = 10  # columns of the target = d_0
     rank: int = 1
-    singular_values: List[float] = field(default_factory=list)
-    noise: float = 0.0
-    observed_fraction: float = 1.0
-    observed_count: Optional[int] = None
+    singular_values: List[float] = field(default_factory=lambda: [10.0])
+    noise: float = 0.35
+    observed_fraction: float = 1.0  # 1.0: the fully observed noisy variant (docs/theory.md §7)
+    observed_count: Optional[int] = None  # overrides observed_fraction
 
 
 TASK_KINDS = ("regression", "regression_file", "matrix_completion")
@@ -82,8 +84,8 @@ TASK_KINDS = ("regression", "regression_file", "matrix_completion")
 @dataclass
 class OptimConfig:
     name: str = "gd"  # gd (full batch) | sgd (minibatch)
-    lr: float = 0.05
-    steps: int = 3000
+    lr: float = 0.008
+    steps: int = 12000
     ridge: float = 0.0  # lambda of the objective loss + lambda * sum_h ||W_h||_F^2
     batch_size: int = 1  # sgd only: samples (or observed entries) per step, with replacement
     # Piecewise-constant schedules: phase k covers [milestones[k-1], milestones[k]); lr_values and
@@ -124,7 +126,7 @@ class WarmupConfig:
 
 @dataclass
 class JumpsConfig:
-    """Rank jumps (dlnlab.jumps, rank_jumps.md): phases and the rank tracker's tolerances."""
+    """Rank jumps (dlnlab.recording.jumps, docs/theory.md §7): phases and the rank tracker's tolerances."""
     # true: run the phases warm-up (GD) -> main (optim, every member from the warm-up end point)
     # -> GD reference, each a run folder under the output folder, plus jumps_summary.json
     enabled: bool = False
@@ -134,19 +136,19 @@ class JumpsConfig:
     layer_tol: float = 0.1  # layer rank: max_l #{s_i(W_l) > layer_tol} (the B_r test)
     tol_mode: str = "absolute"  # absolute | relative (tolerance times s_1 of the same matrix)
     # B_r: max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol ||theta||^2 / H (the ratio is <= H;
-    # SGD members of R1 measure 0.13-1.51: see dlnlab.ridge.RankTolerances)
+    # SGD members of R1 measure 0.13-1.51: see dlnlab.theory.ridge_modes.RankTolerances)
     bal_rtol: float = 2.0
     norm_bound: Optional[float] = None  # B_r: ||theta||^2 <= norm_bound (null: no bound)
     gd_every: Optional[int] = None  # record cadence of the GD reference phase (null: record.every)
-    # Labels (dlnlab.ridge.classify) in the tracked tables (column ridge_label): every label_every-th
+    # Labels (dlnlab.theory.ridge_labels.classify) in the tracked tables (column ridge_label): every label_every-th
     # record (0: none) of every phase. A label costs ~1 ms per member off criticality, ~50 ms per
     # critical member (full Hessian, R1 size), so label_every = 1 on a GD phase adds ~50 ms a record.
     label_every: int = 0
     # label the last record of every phase (all members), and the warm-up and GD end points in
     # jumps_summary.json (with the A.3 mode table)
     label_final: bool = True
-    # Label tolerances (dlnlab.ridge.LabelTolerances, same names and defaults; all plumbed by
-    # dlnlab.jumps.label_tolerances):
+    # Label tolerances (dlnlab.theory.ridge_modes.LabelTolerances, same names and defaults; all plumbed by
+    # dlnlab.experiments.config.label_tolerances):
     grad_tol: float = 1.0e-7  # ||grad|| <= grad_tol is critical
     eig_rtol: float = 1.0e-6  # Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0
     eig_atol: float = 1.0e-12
@@ -162,19 +164,19 @@ class JumpsConfig:
     polish_steps: int = 0  # > 0: GD-polish the main phase's end points this long, then label them
     polish_lr: Optional[float] = None  # null: warmup.lr
     polish_members: int = 16  # label at most this many members (the first ones; a label costs ~50 ms)
-    phase: str = ""  # set by dlnlab.jumps in each phase folder's config (warmup | sgd | gd)
+    phase: str = ""  # set by dlnlab.recording.jumps in each phase folder's config (warmup | sgd | gd)
 
 
 @dataclass
 class ClassifyConfig:
-    """Labels of every checkpoint (dlnlab.classify_hook). Training iterates are only approximately
-    critical, hence looser tolerances than dlnlab.classify's defaults for exact points."""
+    """Labels of every checkpoint (dlnlab.recording.classifier). Training iterates are only approximately
+    critical, hence looser tolerances than dlnlab.theory.classify's defaults for exact points."""
     enabled: bool = True
     every_records: int = 1  # Theorem 7 labels every n-th record (about 1 ms per member)
-    grad_rtol: float = 1.0e-2  # critical iff ||grad L|| <= grad_rtol * tr(Syy) (paper loss)
-    rank_rtol: float = 1.0e-2  # relative numerical-rank threshold of products and pivot blocks
-    rank_band: float = 10.0  # singular values within a factor rank_band of the threshold: "ambiguous"
-    gamma_tol: float = 0.25  # S is read from Gamma when its entries are within this of 0 or 1
+    grad_rtol: float = TRAINING_TOLERANCES.grad_rtol  # critical iff ||grad L|| <= grad_rtol * tr(Syy) (paper loss)
+    rank_rtol: float = TRAINING_TOLERANCES.rank_rtol  # relative numerical-rank threshold of products and pivot blocks
+    rank_band: float = TRAINING_TOLERANCES.rank_band  # singular values within a factor rank_band of the threshold: "ambiguous"
+    gamma_tol: float = TRAINING_TOLERANCES.gamma_tol  # S is read from Gamma when its entries are within this of 0 or 1
     ridge_every: int = 0  # lambda > 0 or partial completion: Hessian labels every n-th record (0: last only)
     ridge_members: int = 16  # ... of at most this many members (a Hessian label costs ~50 ms)
 
@@ -277,8 +279,6 @@ def validate(cfg) -> None:
     if j is not None:
         _validate_jumps(j)
         if j.enabled:
-            from dlnlab.jumps import check_options
-
             check_options(cfg)
     if t.kind in ("regression", "regression_file"):
         _need(0 < t.eig_gap_rtol < 1, "task.eig_gap_rtol", "a tolerance in (0, 1)", t.eig_gap_rtol)
@@ -310,3 +310,36 @@ def validate_against_task(cfg, task) -> None:
     if o.name == "sgd":
         _need(o.batch_size <= task.n_samples, "optim.batch_size",
               f"1..{task.n_samples} (the task's samples or observed entries)", o.batch_size)
+
+
+def rank_tolerances(cfg) -> RankTolerances:
+    j = cfg.jumps
+    return RankTolerances(a_tol=j.a_tol, layer_tol=j.layer_tol, mode=j.tol_mode, bal_rtol=j.bal_rtol,
+                            norm_bound=j.norm_bound)
+
+
+def check_options(cfg) -> None:
+    """The jumps.* options that dlnlab.experiments.config.validate does not check (ConfigError naming the option)."""
+    j = cfg.jumps
+    if not (isinstance(j.label_every, int) and j.label_every >= 0):
+        raise ConfigError(f"jumps.label_every={j.label_every!r} is invalid: allowed an integer >= 0")
+    if j.gd_every is not None and not (isinstance(j.gd_every, int) and j.gd_every >= 1):
+        raise ConfigError(f"jumps.gd_every={j.gd_every!r} is invalid: allowed null or an integer >= 1")
+    label_tolerances(cfg)
+
+
+# Every LabelTolerances field but `ranks` has a jumps.* option of the same name (tests check it).
+LABEL_TOL_FIELDS = ("grad_tol", "eig_rtol", "eig_atol", "orbit_rtol", "identity_rtol", "identity_roundoff",
+                    "state_rtol", "shallow_rtol", "threshold_rtol", "rank_margin", "margin", "full_max_params")
+
+
+def label_tolerances(cfg) -> LabelTolerances:
+    """The jumps.* label tolerances as a LabelTolerances; a bad value raises ConfigError naming its
+    option (dlnlab.experiments.config.validate does not know the newer ones)."""
+    j = cfg.jumps
+    values = {k: getattr(j, k) for k in LABEL_TOL_FIELDS}
+    try:
+        return LabelTolerances(**values, ranks=rank_tolerances(cfg))
+    except ValueError as e:
+        key = str(e).split("=", 1)[0]
+        raise ConfigError(f"jumps.{str(e)}" if key in values else str(e)) from None

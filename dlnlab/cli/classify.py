@@ -14,9 +14,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from dlnlab.experiments.build import build_task
+from dlnlab.recording.classifier import tolerances_from_config
+from dlnlab.theory.classify import classify
+from dlnlab.theory.ridge_labels import classify as ridge_classify
+from dlnlab.train import Schedule
+
 # Classification fields that are losses (or their gradient), printed in paper and lab units
 _LOSS_FIELDS = ("loss", "critical_value", "nearest_value", "grad_norm", "grad_tol")
-# mode-table columns shown for ridge / partial-completion labels (dlnlab.ridge.mode_table)
+# mode-table columns shown for ridge / partial-completion labels (dlnlab.theory.ridge_modes.mode_table)
 _MODE_COLUMNS = ("mode", "y", "threshold", "s", "s_on", "s_barrier", "barrier_height", "state", "could_switch_off")
 
 
@@ -38,7 +44,6 @@ def _load(path: Path):
 
 
 def _ridge_schedule(cfg):
-    from dlnlab.train import Schedule
 
     o = cfg.optim
     return Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle)
@@ -94,9 +99,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     path, ck, cfg = _load(Path(args.path))
 
-    from dlnlab.classify import classify
-    from dlnlab.classify_hook import tolerances_from_config
-    from dlnlab.experiment import build_task
 
     task = build_task(cfg.task)
     weights = ck["weights"]
@@ -124,7 +126,6 @@ def main(argv=None) -> None:
             print(f"member {k}: {res['label']}  S = {res['S'] or res['nearest_S'] + ' (nearest)'}")
             _print_theorem7(res, scale)
         else:
-            from dlnlab.ridge import classify as ridge_classify
 
             p = ridge_classify([w.double() for w in ws], task, ridge)
             why = "partially observed completion" if data is None else f"ridge lambda = {ridge:g}"

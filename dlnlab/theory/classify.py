@@ -1,6 +1,6 @@
-"""Exact second-order classification of the critical points of the square loss (Theorem 7; spec §5).
+"""Exact second-order classification of the critical points of the square loss (Theorem 7; docs/theory.md §5).
 
-    from dlnlab.classify import classify, Classifier
+    from dlnlab.theory import classify, Classifier
     c = classify([W1, W2, W3], X, Y)            # samples as rows; c.label, c.S, c.critical_value, ...
     clf = Classifier(X, Y)                      # precomputes LandscapeData once
     clf.classify(weights)                       # per checkpoint (an ensemble (E, d_h, d_{h-1}) -> a list)
@@ -12,7 +12,7 @@ pivot (i, j), 1 <= j < i <= H = a pair of layers; its complementary blocks are t
 W_H...W_1 Sxy avoiding W_i and W_j:  B1(i,j) = W_{j-1}..W_1 Sxy W_H..W_{i+1},  B2(i,j) = W_{i-1}..W_{j+1}.
 A pivot is tightened iff rk B1 = r or rk B2 = r; a point is tightened iff every pivot is.
 
-Algorithm (spec §5): (1) ||grad L|| > tol -> not_critical; (2) r = numerical rank of the product;
+Algorithm (docs/theory.md §5): (1) ||grad L|| > tol -> not_critical; (2) r = numerical rank of the product;
 (3) S = {i : Gamma_ii > 1/2}, Gamma = U^T P Sxy U diag(1/lam) (= U^T P A^+ U; a 0/1 diagonal at critical
 points), checked |S| = r and Gamma ~ diagonal 0/1; (4) critical value tr Syy - sum_S lam_i;
 (5) r = r_max: global_min iff S = {1..r_max}, else strict; r < r_max and S != {1..r}: strict;
@@ -28,12 +28,12 @@ s_1 replaced by max(s_1, sqrt(lam_1)). A singular value in (thr/rank_band, thr*r
 gap": a decision that depends on it gives the label "ambiguous" (`ambiguous_values` says which).
 
 Data outside Assumption 1 (repeated eigenvalues of Sigma, singular Sxx, rank-deficient Sxy, d_x > m;
-spec §8.8): Theorem 7 does not apply (with repeated eigenvalues S is not even unique: which eigenvector
+docs/theory.md §9): Theorem 7 does not apply (with repeated eigenvalues S is not even unique: which eigenvector
 the SVD returns decides it). "not_critical" is still decided (first order needs no assumption); every
 other point gets "ambiguous" with the failed part of Assumption 1 in `reason`.
 
-Also exported here (the issue's API): critical_values, plateau_values (dlnlab.landscape),
-hessian_min_eig (dlnlab.hessian) and the generators random_global_min, saddle_family,
+Also exported here (the issue's API): critical_values, plateau_values (dlnlab.theory),
+hessian_min_eig (dlnlab.theory.hessian) and the generators random_global_min, saddle_family,
 random_normal_form_point, enumeration_points, escape_path.
 """
 from __future__ import annotations
@@ -45,14 +45,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dlnlab.hessian import hessian_min_eig
-from dlnlab.landscape import (LandscapeData, as_weights, critical_values, dims_of, enumeration_points,
-                              escape_path, format_S, plateau_values, random_global_min,
-                              random_normal_form_point, saddle_family)
+from dlnlab.linalg import partial_products
+from dlnlab.theory.data import LandscapeData, as_weights, dims_of, format_S
+from dlnlab.theory.hessian import hessian_min_eig
 
-__all__ = ["Tolerances", "Classification", "Classifier", "classify", "critical_values", "plateau_values",
-           "hessian_min_eig", "random_global_min", "saddle_family", "random_normal_form_point",
-           "enumeration_points", "escape_path"]
+__all__ = ["Tolerances", "TRAINING_TOLERANCES", "Classification", "Classifier", "classify"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class Tolerances:
     grad_rtol, grad_atol: the point is not critical iff ||grad L||_F > grad_atol + g * tr(Syy),
         g = max(grad_rtol, grad_eps * eps(input dtype)) (grad over all parameters, paper loss;
         tr(Syy) = the loss at W = 0). Exact float64 points give ~1e-13 * tr(Syy); for training
-        checkpoints use ~1e-2 (spec §5 "training checkpoints").
+        checkpoints use ~1e-2 (docs/theory.md §5 "training checkpoints").
     grad_eps: the gradient floor in units of the input dtype's machine epsilon: exact critical points
         rounded to float32 have ||grad L|| up to ~10 eps * tr(Syy) (measured on gauged H = 4 global
         minima), above grad_rtol's 1e-6. No effect for float64 input (100 * 2.2e-16 << 1e-6).
@@ -111,6 +108,11 @@ class Tolerances:
     def with_(self, **overrides) -> "Tolerances":
         """A copy with some fields replaced (unknown names raise TypeError)."""
         return replace(self, **overrides) if overrides else self
+
+
+# Training iterates are only approximately critical: looser tolerances than the defaults for exact
+# points (docs/theory.md §5). The one source of the `classify.*` config defaults.
+TRAINING_TOLERANCES = Tolerances(grad_rtol=1.0e-2, rank_rtol=1.0e-2, rank_band=10.0, gamma_tol=0.25)
 
 
 @dataclass
@@ -264,14 +266,7 @@ class Classifier:
                                   loose_pivots=None, reason="non-finite weights", nearest_S=(), nearest_value=math.nan,
                                   gamma_diag=(), assumptions_ok=d.assumptions.ok,
                                   warnings=self._data_warnings + ("non-finite weights",))
-        # sub-chains W_b...W_a (1 <= a <= b <= H) by prefix reuse: H(H-1)/2 matmuls
-        ch: dict[tuple[int, int], torch.Tensor] = {}
-        for a in range(1, H + 1):
-            p = ws[a - 1]
-            ch[(a, a)] = p
-            for b in range(a + 1, H + 1):
-                p = ws[b - 1] @ p
-                ch[(b, a)] = p
+        ch = partial_products(ws)  # {(b, a): W_b ... W_a}
         P = ch[(H, 1)]
         # loss and gradient norm (closed form): dL/dW_h = S_h^T G Q_h^T, G = 2 (P - A) Sxx
         E = P - d.A

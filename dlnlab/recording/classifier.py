@@ -1,11 +1,11 @@
 """The classifier in training runs: a hook that labels every checkpoint of every member.
 
 Square loss with lambda = 0 (regression, or fully observed completion): Theorem 7 through
-`dlnlab.classify.Classifier`, with the tolerances of `classify.*` (training iterates are only
+`dlnlab.theory.classify.Classifier`, with the tolerances of `classify.*` (training iterates are only
 approximately critical, hence looser defaults than for exact points), plus the nearest plateau
 ("on the plateau of S = {1,2}") read from the product even where the gradient is not small.
 Ridge lambda > 0 or a partially observed completion: Theorem 7 does not apply, so the point is
-labelled by first and second order (`dlnlab.ridge.classify`: Hessian-vector products, costly), at
+labelled by first and second order (`dlnlab.theory.ridge_labels.classify`: Hessian-vector products, costly), at
 the last record and every `ridge_every` records.
 
 Units: the classifier works in the landscape paper's units (loss = SUM over samples, or over the N
@@ -16,7 +16,7 @@ nearest_value (LAB loss units: paper value / task.paper_scale, on the same scale
 nearest_S, classify_grad_norm (PAPER units: the gradient of the summed loss that the classifier's
 grad_rtol * tr(Syy) threshold is compared with).
 
-TensorBoard (through TensorBoardHook.extra): loss/critical_value and loss/nearest_plateau on the loss
+TensorBoard (declared in tb_tags): loss/critical_value and loss/nearest_plateau on the loss
 chart, label_code as a step chart, classify/r and classify/grad_norm; the labels as text whenever a
 member's (label, S) changes (S: the Theorem-7 S, else the nearest plateau's).
 """
@@ -27,15 +27,16 @@ import logging
 
 import torch
 
-from dlnlab.classify import Classifier, Tolerances
-from dlnlab.hooks import Hook, Record, TensorBoardHook
+from dlnlab.recording.base import Hook, Record
+from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
+from dlnlab.theory.ridge_labels import classify as ridge_classify
 
 log = logging.getLogger(__name__)
 
 LABEL_CODES = {"ambiguous": -1, "not_critical": 0, "strict_saddle": 1, "nonstrict_saddle": 2,
                "global_min": 3, "degenerate": 4, "local_min": 5}
 
-# metric column -> TensorBoard tag (TensorBoardHook.extra)
+# metric column -> TensorBoard tag (declared as tb_tags)
 TB_TAGS = {"critical_value": "loss/critical_value", "nearest_value": "loss/nearest_plateau",
            "label_code": "label_code", "r": "classify/r", "classify_grad_norm": "classify/grad_norm"}
 
@@ -43,11 +44,10 @@ TB_TAGS = {"critical_value": "loss/critical_value", "nearest_value": "loss/neare
 def tolerances_from_config(c) -> Tolerances:
     """Tolerances from a run's `classify` config section: every key that is also a Tolerances field
     (grad_rtol, rank_rtol, rank_band, gamma_tol in ClassifyConfig); missing keys (configs of older
-    runs) fall back to ClassifyConfig's defaults, then to Tolerances'."""
-    from dlnlab.config import ClassifyConfig
+    runs) fall back to TRAINING_TOLERANCES."""
 
     names = {f.name for f in dataclasses.fields(Tolerances)}
-    defaults = {f.name: f.default for f in dataclasses.fields(ClassifyConfig) if f.name in names}
+    defaults = {n: getattr(TRAINING_TOLERANCES, n) for n in names}
     given = {} if c is None else {k: c.get(k) for k in names if c.get(k) is not None}
     return Tolerances(**{**defaults, **given})
 
@@ -57,12 +57,14 @@ def _fmt_S(S) -> str:
 
 
 class ClassifierHook(Hook):
+    tb_tags = TB_TAGS
+
     def __init__(self, tolerances: Tolerances | None = None, every_records: int = 1,
-                 ridge_every: int = 0, ridge_members: int = 16):
+                 ridge_every: int = 0, ridge_members: int = 16, text_members: int = 8):
         self.tol = tolerances or tolerances_from_config(None)
         self.every, self.ridge_every, self.ridge_members = every_records, ridge_every, ridge_members
         self.clf, self.n, self.mode = None, 0, None
-        self.writer = None
+        self.text_members = text_members  # members whose labels go into the TensorBoard text
         self._last_text: list = []   # per member (label, S) at the last text written
         self.latest: list = []  # per member: "label" or "label, S = {..}" at the latest labelled record
 
@@ -76,10 +78,6 @@ class ClassifierHook(Hook):
                             "ambiguous (Theorem 7 does not apply)", "; ".join(self.clf.data.assumptions.failures))
         else:
             self.mode = "ridge"
-        for h in trainer.hooks:
-            if isinstance(h, TensorBoardHook):
-                self.writer = h
-                h.extra.update(TB_TAGS)
 
     def on_record(self, trainer, rec: Record) -> None:
         self.n += 1
@@ -110,7 +108,6 @@ class ClassifierHook(Hook):
                                      for S, nS in zip(m["S"], m["nearest_S"])])
 
     def _ridge(self, trainer, rec: Record) -> None:
-        from dlnlab.ridge import classify as ridge_classify
 
         E = rec.active.shape[0]
         k_max = min(E, self.ridge_members)
@@ -128,12 +125,10 @@ class ClassifierHook(Hook):
     def _text(self, rec: Record, labels, sets) -> None:
         """Labels as TensorBoard text, written when some shown member's (label, S) changes: a move from
         a strict saddle on {1} to one on {1,2} is news even though the label stays the same."""
-        if self.writer is None or self.writer.writer is None:
-            return
-        shown = self.writer.members
+        shown = self.text_members
         key = [(lab, sets[k] if sets else None) for k, lab in enumerate(labels[:shown])]
         if key == self._last_text:
             return
         self._last_text = key
         rows = [f"member {k}: **{lab}**" + (f" ({S})" if S is not None else "") for k, (lab, S) in enumerate(key)]
-        self.writer.writer.add_text("label", "  \n".join(rows), rec.step)
+        rec.texts["label"] = "  \n".join(rows)

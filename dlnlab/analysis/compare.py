@@ -1,0 +1,180 @@
+"""Compare runs: tables grouped by config keys, curves per group, and the `dlnlab-compare` CLI.
+
+    dlnlab-compare runs/multirun/2025-01-01/12-00-00_sweep --by optim.lr,task.noise --metric loss
+    dlnlab-compare ROOT --by optim.lr --metric rank --plot rank.png --csv rank.csv
+
+From Python, on a run table from `dlnlab.analysis.runs.load_runs`:
+
+    df = load_runs(root)
+    compare(df, by=["optim.lr"], metric="loss")      # mean, std, count of the final loss per lr
+    curves(df, by=["optim.lr"], metric="rank")       # median and quartiles per lr and step
+
+Statistics are across seeds and ensemble members: every (run, member) contributes one value, its
+value at its last record (`at_step=None`) or at its last record at or before `at_step`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dlnlab.analysis.summary import config_columns, final_rows
+from dlnlab.recording.folder import RUN_COLUMNS
+
+NON_METRICS = {"run", "step", "member", "member_status", *RUN_COLUMNS}
+
+
+class CompareError(ValueError):
+    """A user error of dlnlab-compare (unknown key or metric, no runs); the message says what."""
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The recorded columns of a run table (loss, rank, sv_4_1_1, label, ...)."""
+    cfg = set(config_columns(df))
+    return [c for c in df.columns if c not in NON_METRICS and c not in cfg]
+
+
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """The config keys whose value differs between runs, seeds excluded (`seed`, `*.seed`)."""
+    cfg = [c for c in config_columns(df) if c != "seed" and not c.endswith(".seed") and c != "out_dir"]
+    if not cfg:
+        return []
+    per_run = df.groupby("run", observed=True, sort=False)[cfg].first()
+    return [c for c in cfg if per_run[c].astype(object).nunique(dropna=False) > 1]
+
+
+_FAMILIES = (("rank_J_I", r"rank_\d+_\d+"), ("sv_J_I_K", r"sv_\d+_\d+_\d+"), ("balance_H", r"balance_\d+"))
+
+
+def _compact(names: list[str]) -> list[str]:
+    """Names with the per-product families folded: 'sv_J_I_K (sv_1_1_1 .. sv_4_4_3, 40 columns)'."""
+    import re
+
+    out, seen = [], set()
+    for n in names:
+        for label, pattern in _FAMILIES:
+            if re.fullmatch(pattern, n):
+                if label not in seen:
+                    seen.add(label)
+                    fam = [m for m in names if re.fullmatch(pattern, m)]
+                    out.append(f"{label} ({fam[0]} .. {fam[-1]}, {len(fam)} columns)" if len(fam) > 2
+                               else ", ".join(fam))
+                break
+        else:
+            out.append(n)
+    return out
+
+
+def unknown(what: str, name: str, allowed: list[str]) -> CompareError:
+    """The error for an unknown key or metric, with the closest allowed name and the list."""
+    import difflib
+
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return CompareError(f"unknown {what} {name!r}{hint}; allowed: {', '.join(_compact(list(allowed)))}")
+
+
+def _check(df: pd.DataFrame, by: list[str], metric: str) -> None:
+    cfg = config_columns(df)
+    for key in by:
+        if key not in df.columns or key not in cfg:
+            raise unknown("--by key", key, cfg)
+    if metric not in df.columns:
+        raise unknown("--metric", metric, metric_columns(df))
+
+
+def final_values(df: pd.DataFrame, at_step: int | None = None) -> pd.DataFrame:
+    """One row per (run, member): its row at its last record, or at its last record at or before
+    `at_step` (members whose first record comes later are left out)."""
+    if at_step is not None:
+        df = df[df["step"] <= at_step]
+    return final_rows(df)
+
+
+def _group(df: pd.DataFrame, by: list[str]):
+    return df.groupby(by or (lambda _: "all"), observed=True, dropna=False, sort=True)
+
+
+def compare(df: pd.DataFrame, by=None, metric: str = "loss", at_step: int | None = None) -> pd.DataFrame:
+    """A table indexed by the `by` config keys (default: the swept keys) of the final value of
+    `metric` per (run, member): mean, std, count (of non-NaN values), runs, and diverged (members
+    whose status was "diverged" at that record) when the table has member statuses. A
+    non-numeric metric (e.g. the classifier's `label`) gives the count of each value instead."""
+    by = swept_keys(df) if by is None else ([by] if isinstance(by, str) else list(by))
+    _check(df, by, metric)
+    last = final_values(df, at_step)
+    g = _group(last, by)
+    col = last[metric]
+    if col.dtype.kind in "biuf":
+        out = g[metric].agg(["mean", "std", "count"])
+    else:  # counts of each value (missing values not counted)
+        counts = g[metric].value_counts()
+        out = counts.unstack(fill_value=0) if len(counts) else pd.DataFrame(index=g.size().index)
+        out = out.reindex(g.size().index, fill_value=0)
+        out.columns = [f"n_{c}" for c in out.columns]
+        out["count"] = out.sum(axis=1)
+    out["runs"] = g["run"].nunique()
+    if "member_status" in last.columns:
+        out["diverged"] = (last["member_status"].astype(object) == "diverged").groupby(
+            [last[k] for k in by] if by else (lambda _: "all"), observed=True, dropna=False).sum()
+    if not by:
+        out.index.name = "group"
+    return out
+
+
+def curves(df: pd.DataFrame, by=None, metric: str = "loss", quantiles=(0.25, 0.5, 0.75)) -> pd.DataFrame:
+    """Per group of the `by` keys and per recorded step: the quantiles of `metric` across runs
+    (seeds) and members (columns q25, q50, q75) and the number of values."""
+    by = swept_keys(df) if by is None else ([by] if isinstance(by, str) else list(by))
+    _check(df, by, metric)
+    if df[metric].dtype.kind not in "biuf":
+        raise CompareError(f"--metric {metric!r} is not numeric: no curves to draw")
+    g = df.groupby([*by, "step"], observed=True, dropna=False, sort=True)[metric]
+    out = g.quantile(list(quantiles)).unstack()
+    out.columns = [f"q{round(100 * q)}" for q in quantiles]
+    out["count"] = g.count()
+    return out
+
+
+def _label(by: list[str], key) -> str:
+    key = key if isinstance(key, tuple) else (key,)
+    return ", ".join(f"{k}={v}" for k, v in zip(by, key)) or "all runs"
+
+
+def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool | None = None,
+                title: str | None = None) -> None:
+    """Draw `curves(...)` output: the median per group against step, with its quartile band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise CompareError("--plot needs matplotlib: pip install 'dlnlab[plots]' "
+                           f"(or pip install matplotlib) ({e})") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = cv.groupby(level=list(range(len(by))), observed=True, sort=True) if by else [((), cv)]
+    for key, part in groups:
+        steps = part.index.get_level_values("step")
+        line, = ax.plot(steps, part["q50"], label=_label(by, key), lw=1.5)
+        ax.fill_between(steps, part["q25"], part["q75"], color=line.get_color(), alpha=0.2, lw=0)
+    values = cv[["q25", "q50", "q75"]].to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    if logy is None:
+        logy = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 100
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric}: median and quartiles across seeds and members")
+    if by:
+        ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as e:
+        raise CompareError(f"cannot write the plot {path}: {e}") from None
+    finally:
+        plt.close(fig)
+
+

@@ -1,0 +1,137 @@
+"""Build a run from a config and run it: the library code behind `dlnlab-train`.
+
+From a notebook:
+
+    from dlnlab import compose, run
+    cfg = compose(["optim.steps=500", "model.ensemble=4"])
+    summary = run(cfg, out_dir="runs/notebook")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from dlnlab.experiments.config import (
+    TASK_KINDS,
+    ConfigError,
+    register,
+    validate,
+    validate_against_task,
+)
+from dlnlab.model import DeepLinearNet
+from dlnlab.recording.base import Cadence, Hook
+from dlnlab.recording.checkpoint import CheckpointHook
+from dlnlab.recording.classifier import ClassifierHook, tolerances_from_config
+from dlnlab.recording.metrics import MetricsHook
+from dlnlab.recording.progress import ProgressHook
+from dlnlab.recording.table import TableHook
+from dlnlab.recording.tensorboard import TensorBoardHook
+from dlnlab.tasks import load_regression, make_completion, make_regression
+from dlnlab.train import Schedule, Trainer
+
+
+def conf_dir() -> str:
+    """The folder of Hydra configs, shipped inside the package as `dlnlab.conf` (the top-level
+    conf/ folder of a source checkout when the package is imported from there uninstalled)."""
+    from importlib.resources import files
+
+    try:
+        return str(files("dlnlab.conf"))
+    except ModuleNotFoundError:
+        return str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config"):
+    """The composed, typed config for `overrides` (what `dlnlab-train OVERRIDES` would run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def build_task(tc):
+    """The task of a task config (see conf/task/)."""
+    if tc.kind == "regression":
+        return make_regression(tc.m, tc.d_x, tc.d_y, list(tc.spectrum), tc.noise, tc.whiten,
+                                     tc.seed, tc.eig_gap_rtol)
+    if tc.kind == "regression_file":
+        return load_regression(tc.path, tc.x_path, tc.y_path, tc.eig_gap_rtol)
+    if tc.kind == "matrix_completion":
+        return make_completion(tc.n1, tc.n2, tc.rank, list(tc.singular_values), tc.noise,
+                                     tc.observed_fraction, tc.observed_count, tc.seed)
+    raise ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(TASK_KINDS)}")
+
+
+def layer_dims(cfg, task) -> list[int]:
+    """[d_0, ..., d_H]: the task fixes d_0 and d_H, the model the hidden widths."""
+    hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
+    return [task.d_in, *hidden, task.d_out]
+
+
+def build_net(cfg, task) -> DeepLinearNet:
+    dtype = getattr(torch, cfg.precision)
+    dims = layer_dims(cfg, task)
+    init = cfg.model.init
+    target = None
+    if init.kind == "balanced":
+        if len(init.target_spectrum):
+            gen = torch.Generator().manual_seed(cfg.seed + 10**6)
+            U, _ = torch.linalg.qr(torch.randn(dims[-1], dims[-1], generator=gen, dtype=torch.float64))
+            V, _ = torch.linalg.qr(torch.randn(dims[0], dims[0], generator=gen, dtype=torch.float64))
+            s = torch.zeros(min(dims[0], dims[-1]), dtype=torch.float64)
+            vals = torch.tensor(list(init.target_spectrum), dtype=torch.float64)[: s.numel()]
+            s[: vals.numel()] = vals
+            target = U[:, : s.numel()] @ torch.diag(s) @ V[:, : s.numel()].T
+        else:
+            target = task.target()
+    return DeepLinearNet(dims, ensemble=cfg.model.ensemble, init=init.kind, scale=init.scale,
+                         seed=cfg.seed, dtype=dtype, target=target)
+
+
+def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
+    """Producers first (metrics, then the classifier and `extra`), so that their columns reach the
+    sinks (table, TensorBoard, progress, checkpoints). The TensorBoard sink is handed the producers
+    whose declared `tb_tags` and histograms it writes."""
+    r = cfg.record
+    hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor)]
+    c = getattr(cfg, "classify", None)
+    if c is not None and c.enabled:
+        hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
+                                    text_members=r.tb_members))
+    hooks += list(extra)
+    producers = list(hooks)
+    if out_dir is not None:
+        hooks.append(TableHook(out_dir, r.flush_every))
+        if r.tensorboard:
+            hooks.append(TensorBoardHook(out_dir, r.tb_members, r.tb_singular_values, r.tb_every,
+                                         sources=producers))
+    if r.progress != "off":
+        hooks.append(ProgressHook(enabled=True if r.progress == "on" else None))
+    if out_dir is not None:
+        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", r.checkpoint_every))
+    return hooks
+
+
+def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
+    o = cfg.optim
+    return Trainer(net, task, optim=o.name, lr=o.lr, steps=o.steps, ridge=o.ridge,
+                   batch_size=o.batch_size,
+                   lr_schedule=Schedule(o.lr, o.milestones, o.lr_values, o.cycle),
+                   ridge_schedule=Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle),
+                   seed=cfg.seed, hooks=hooks,
+                   cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
+                   config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
+                   out_dir=out_dir)
+
+
+def prepare(cfg):
+    """Validate a config and build its task (errors name the option, before any training)."""
+    validate(cfg)
+    task = build_task(cfg.task).to(getattr(torch, cfg.precision))
+    validate_against_task(cfg, task)
+    return task

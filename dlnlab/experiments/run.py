@@ -1,0 +1,99 @@
+"""Run an experiment from its config: the library call behind `dlnlab-train`.
+
+From a notebook:
+
+    from dlnlab import compose, run
+    cfg = compose(["optim.steps=500", "model.ensemble=4"])
+    summary = run(cfg, out_dir="runs/notebook")
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
+from dlnlab.experiments.jumps import run_experiment
+from dlnlab.linalg import numerical_rank
+from dlnlab.recording.base import Hook
+from dlnlab.recording.folder import write_status
+
+
+@dataclass
+class RunSummary:
+    out_dir: str | None
+    status: str
+    steps: int
+    wall_time: float
+    final_loss: list
+    final_rank: list
+    diverged_at: list
+    labels: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        loss = ", ".join(f"{v:.6g}" for v in self.final_loss[:8])
+        rank = ", ".join(str(v) for v in self.final_rank[:8])
+        more = " ..." if len(self.final_loss) > 8 else ""
+        lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s",
+                 f"final loss  {loss}{more}", f"final rank  {rank}{more}"]
+        if self.labels:
+            lines.append(f"final label {', '.join(self.labels[:8])}{more}")
+        div = [k for k, d in enumerate(self.diverged_at) if d is not None]
+        if div:
+            lines.append(f"diverged    members {div}")
+        if self.out_dir:
+            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
+        return "\n".join(lines)
+
+
+
+def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:
+    """Validate `cfg`, build task, network and hooks, train, and return a summary.
+
+    With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
+    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = task or prepare(cfg)
+    jumps = getattr(cfg, "jumps", None)
+    if jumps is not None and jumps.enabled:
+
+        return run_experiment(cfg, out_dir, extra_hooks, task)
+    net = build_net(cfg, task)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    hooks = build_hooks(cfg, out_dir, extra_hooks)
+    trainer = build_trainer(cfg, task, net, hooks, out_dir)
+    t0 = time.perf_counter()
+    result = trainer.run()
+    loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
+    return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
+                      time.perf_counter() - t0, loss, ranks,
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
+
+
+def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:
+    """Per member: the loss and end-to-end rank of the final weights; NaN and None for a member
+    that diverged (frozen, or a non-finite product or loss), which the SVD must never see."""
+    with torch.no_grad():
+        loss = task.loss(list(net.weights)).double()
+        A = net.end_to_end().double()
+    ok = torch.isfinite(A).flatten(1).all(1) & torch.isfinite(loss)
+    if active is not None:
+        ok &= active
+    s = torch.linalg.svdvals(torch.where(ok.view(-1, 1, 1), A, 0.0))
+    floor = cfg.record.rank_floor
+    if floor is None:
+        floor = float(torch.linalg.matrix_norm(task.target(), ord=2))
+    ranks = numerical_rank(s, cfg.record.rank_rtol, floor).tolist()
+    return ([float(v) if k else float("nan") for v, k in zip(loss.tolist(), ok.tolist())],
+            [r if k else None for r, k in zip(ranks, ok.tolist())])
+
+
+def mark_failed(out_dir, message: str) -> None:
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_status(out_dir, status="failed", message=message, ended=time.time())

@@ -1,0 +1,120 @@
+"""Recording hooks: the public interface between the training loop and everything it records.
+
+A hook is any object with a `cadence` (or None: the trainer's record cadence) and three methods:
+
+    on_start(trainer)          once, before step 0
+    on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
+    on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
+
+`rec` is a `Record`: the step, the detached weights [W_1..W_H] (each (E, d_h, d_{h-1})), the mask of
+members still training, lr and lambda, and `rec.metrics`, a dict of per-member columns that the hooks
+fill in order (the metrics hook first, sinks such as the run table and TensorBoard last), so a hook
+of your own placed before the sinks gets its columns written:
+
+    class TraceNorm(Hook):
+        def on_record(self, trainer, rec):
+            rec.metrics["trace"] = torch.diagonal(rec.weights[0], dim1=-2, dim2=-1).sum(-1)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Cadence:
+    """When a hook fires: every `every` steps (step 0 included; every=0: never on the way), plus
+    `log_spaced` log-spaced steps per decade, plus the last step of the run (`last`, set by the
+    trainer)."""
+
+    def __init__(self, every: int = 100, log_spaced: int = 0, last: int | None = None):
+        if every < 0:
+            raise ValueError(f"cadence every={every}: allowed an integer >= 0")
+        self.every, self.log_spaced, self._last = int(every), int(log_spaced), None
+        self._log: set = set()
+        self.last = last
+
+    @property
+    def last(self):
+        return self._last
+
+    @last.setter
+    def last(self, value):
+        self._last = value
+        if value is not None and self.log_spaced:
+            self._log = {min(value, int(round(10 ** (k / self.log_spaced))))
+                         for k in range(int(math.ceil(math.log10(max(value, 1)) * self.log_spaced)) + 1)}
+
+    def due(self, step: int) -> bool:
+        return (self.every and step % self.every == 0) or step == self._last or step in self._log
+
+    def next_due(self, step: int) -> int | None:
+        """The first step after `step` at which the cadence fires (None: never again)."""
+        cands = [s for s in self._log if s > step]
+        if self.every:
+            cands.append((step // self.every + 1) * self.every)
+        if self._last is not None:  # nothing fires after the last step
+            cands = [c for c in cands if c < self._last] + ([self._last] if self._last > step else [])
+        return min(cands) if cands else None
+
+
+@dataclass
+class Spectra:
+    """What the metrics hook publishes on each record (docs/columns.md, "Ranks"): every partial
+    product W_j ... W_i in float64, its singular values and numerical rank, ||theta||^2, the
+    balancedness, and which members are finite. Other hooks read these instead of recomputing."""
+    products: dict          # (j, i) -> (E, d_j, d_{i-1})
+    singular_values: dict   # (j, i) -> (E, k) descending; NaN rows for non-finite members
+    ranks: dict             # (j, i) -> (E,) float64 (NaN for non-finite members)
+    theta_sq: torch.Tensor  # (E,)
+    balances: list          # h = 1..H-1 -> (E,)
+    finite: torch.Tensor    # (E,) bool: the member's products are finite
+
+
+@dataclass
+class Record:
+    """One checkpoint as the hooks see it. Hooks communicate only through its declared fields:
+    producers (metrics, classifier, tracker) fill `metrics`, `spectra`, `scalars` and `texts`;
+    sinks (table, TensorBoard, progress, checkpoints) read them."""
+    step: int
+    weights: list           # [W_1..W_H], each (E, d_h, d_{h-1}), detached
+    active: torch.Tensor    # (E,) bool: members still training
+    lr: float
+    ridge: float            # lambda of this step
+    final: bool = False
+    metrics: dict = field(default_factory=dict)  # column -> (E,) or (E, k) tensor, or E strings
+    spectra: Spectra | None = None               # set by the metrics hook
+    scalars: dict = field(default_factory=dict)  # run-level TensorBoard tag -> float
+    texts: dict = field(default_factory=dict)    # TensorBoard text tag -> markdown
+
+
+class Hook:
+    """Base class with no-op methods; subclass and override what you need.
+
+    Declared data: `tb_tags` maps the per-member columns a hook writes into `rec.metrics` to the
+    TensorBoard tags they are charted under; `tb_histograms()` gives histograms to write at the
+    end of the run. The builder hands the producers to the TensorBoard sink, which reads these."""
+
+    cadence: Cadence | None = None
+    tb_tags: dict = {}
+
+    def on_start(self, trainer) -> None:
+        pass
+
+    def on_record(self, trainer, rec: Record) -> None:
+        pass
+
+    def on_end(self, trainer, status: str) -> None:
+        pass
+
+    def tb_histograms(self) -> dict:
+        """{tag: 1-D array} to write as TensorBoard histograms at the end of the run."""
+        return {}
+
+
+def product_key(j: int, i: int) -> str:
+    """Column suffix of the partial product W_j ... W_i."""
+    return f"{j}_{i}"
+
+

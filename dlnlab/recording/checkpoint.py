@@ -1,0 +1,91 @@
+"""Checkpoints: weights, optimiser, sampler and member status, written atomically.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from dlnlab.recording.base import Hook, Record
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointHook(Hook):
+    """Saves weights, optimizer state, step, RNG state, member status and the resolved config at its
+    cadence and at the end (`last.pt`), each file written atomically and loadable with
+    `torch.load(path, weights_only=True)`.
+
+    It sees every record (the trainer's cadence) and writes `step_*.pt` at the records whose step
+    is a multiple of `every` (0: only `last.pt`). `last.pt` holds the last good state of every
+    member: a member whose weights or loss stopped being finite (diverged) is saved as it was at
+    its last record with finite weights and loss (`good_step`, per member), so a diverged run leaves
+    loadable, meaningful weights behind."""
+
+    def __init__(self, directory, every: int = 0):
+        if every < 0:
+            raise ValueError(f"checkpoint every={every}: allowed an integer >= 0")
+        self.dir = str(directory)
+        self.every = int(every)
+        self._good: list | None = None  # per layer (E, d_h, d_{h-1}): each member's last good weights
+        self._good_step: torch.Tensor | None = None  # (E,) the step of those weights, -1: none yet
+
+    def state(self, trainer, step: int, weights, good_step=None) -> dict:
+        return {
+            "step": step,
+            "dims": list(trainer.net.dims),
+            "weights": [w.detach().clone() for w in weights],
+            "good_step": (good_step if good_step is not None
+                          else torch.full((trainer.net.E,), step, dtype=torch.long)),
+            "optimizer": trainer.optimizer.state_dict(),
+            "sampler": trainer.sampler.state_dict() if trainer.sampler is not None else None,
+            "seed": trainer.seed,
+            "active": trainer.active.clone(),
+            "diverged_at": [-1 if d is None else int(d) for d in trainer.diverged_at],
+            "config": copy.deepcopy(trainer.config),
+        }
+
+    def on_start(self, trainer) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+
+    def _remember(self, rec: Record) -> None:
+        if "loss" in rec.metrics:  # NaN/inf layers or an overflowing product: the loss tells
+            ok = torch.isfinite(rec.metrics["loss"])
+        else:
+            ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+        self._ok = ok
+        if self._good is None:
+            self._good = [w.clone() for w in rec.weights]
+            self._good_step = torch.where(ok, rec.step, -1)
+        elif bool(ok.all()):  # the usual case: one plain copy per layer
+            for g, w in zip(self._good, rec.weights):
+                g.copy_(w)
+            self._good_step.fill_(rec.step)
+        elif bool(ok.any()):
+            for g, w in zip(self._good, rec.weights):
+                g[ok] = w[ok]
+            self._good_step[ok] = rec.step
+
+    def on_record(self, trainer, rec: Record) -> None:
+        self._remember(rec)
+        if self.every and rec.step % self.every == 0 and not rec.final:
+            good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
+            _atomic_save(self.state(trainer, rec.step, rec.weights, good),
+                         os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
+
+    def on_end(self, trainer, status: str) -> None:
+        if self._good is None:
+            return
+        have = self._good_step >= 0
+        if not bool(have.any()):
+            return
+        weights = [torch.where(have.view(-1, 1, 1), g, w) for g, w in zip(self._good, trainer.weights)]
+        step = int(self._good_step.max())
+        _atomic_save(self.state(trainer, step, weights, self._good_step.clone()),
+                     os.path.join(self.dir, "last.pt"))
+

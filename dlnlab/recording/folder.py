@@ -1,0 +1,83 @@
+"""The run folder's format, and reading runs into pandas.
+
+A run folder holds:
+  config.yaml             the resolved config
+  status.json             status (running, finished, diverged, interrupted, failed), step, wall time
+  metrics/part-*.parquet  the run table: one row per (step, member), written in parts as the run
+                          goes, each part atomically, so an unfinished or killed run stays readable;
+  metrics/table.parquet   the same parts compacted into one file when the run ends
+  events.out.tfevents.*   TensorBoard (`tensorboard --logdir runs`)
+  checkpoints/            step_*.pt and last.pt
+  .hydra/                 Hydra's own record of the job (overrides.yaml) when launched by the CLI
+
+`load_run(path)` and `load_runs(root)` are the one way to read run tables.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+STATUS_FILE, CONFIG_FILE, METRICS_DIR = "status.json", "config.yaml", "metrics"
+TABLE_FILE = "table.parquet"  # the compacted table of a run that ended
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_status(run_dir, **fields) -> None:
+    path = Path(run_dir) / STATUS_FILE
+    old = read_status(run_dir) if path.exists() else {}
+    old.update(fields)
+    _atomic_write_text(path, json.dumps(old, indent=1))
+
+
+def read_status(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+# threads, only the columns asked for (`columns=`), and concatenated once; per-run values (run,
+# status, overrides, string config values) become categorical columns built from codes, numbers
+# plain numeric columns, all added in one concat.
+
+EVENTS_FILE = "events.parquet"
+# The rank tracker's jump events (dlnlab.recording.jumps), one row per event; load_events reads these
+# columns first. in_B: the point at the event record also meets B's balance and norm conditions
+# (ridge.RankTolerances.bal_rtol, norm_bound), so "entered" means it entered B_{to_rank} itself,
+# not just the layer-rank stratum.
+EVENT_COLUMNS = {"member": "int64", "step": "int64", "from_rank": "int64", "to_rank": "int64",
+                 "kind": "str", "rank_type": "str", "in_B": "bool"}
+RUN_COLUMNS = ("status", "wall_time", "overrides")  # per-run columns added after the metrics
+
+try:  # libyaml parses a config ~10x faster than the pure-Python loader
+    YAML_LOADER = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    YAML_LOADER = yaml.SafeLoader
+
+
+
+def swept_keys_of(run_dir) -> list[str]:
+    """The config keys (or groups) that the Hydra multirun of a job's run folder sweeps, read from
+    multirun.yaml in the sweep folder above it (the overrides with a sweep: a,b / range() /
+    choice() ...); [] for a single run."""
+    run_dir = Path(run_dir)
+    path = run_dir.parent / "multirun.yaml"
+    if not path.exists() or not (run_dir / ".hydra").is_dir():
+        return []
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        task = yaml.load(path.read_text(), Loader=YAML_LOADER)["hydra"]["overrides"]["task"]
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in task or []])
+        return [o.key_or_group for o in overrides if o.is_sweep_override()]
+    except Exception:  # noqa: BLE001 - only a presentation hint for TensorBoard
+        return []
+
+

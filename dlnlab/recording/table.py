@@ -1,0 +1,145 @@
+"""The run-table sink: one row per (step, member), written in parquet parts as the run goes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from dlnlab.recording.base import Hook, Record
+from dlnlab.recording.folder import (
+    CONFIG_FILE,
+    METRICS_DIR,
+    STATUS_FILE,
+    TABLE_FILE,
+    _atomic_write_text,
+    write_status,
+)
+
+
+class TableHook(Hook):
+    """Writes `rec.metrics` as rows (step, member, member_status, ...) to metrics/part-NNNNN.parquet,
+    plus status.json and config.yaml. A part is written every `flush_every` records or
+    `flush_seconds` seconds, whichever comes first (a part costs tens of ms, so not every record);
+    at the end the parts are compacted into metrics/table.parquet."""
+
+    def __init__(self, run_dir, flush_every: int = 200, flush_seconds: float = 10.0):
+        self.dir = Path(run_dir)
+        self.flush_every, self.flush_seconds = int(flush_every), float(flush_seconds)
+        self.last_flush = time.monotonic()
+        self.names: list | None = None
+        self.object_names: list = []
+        self.layout = None  # the metric keys and shapes of the buffered records
+        self._members = None  # the member column, (E, 1)
+        self.blocks: list = []
+        self.objects: list = []
+        self.part = 0
+        self.t0 = time.time()
+
+    def on_start(self, trainer) -> None:
+        (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
+        # A reused folder must not show an earlier run's table, message or end time as this one's.
+        for old in (self.dir / METRICS_DIR).glob("*.parquet"):
+            old.unlink()
+        info = getattr(trainer.task, "info", {}) or {}
+        status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
+                      ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
+                      assumption1_failures=list(info.get("assumption1_failures", [])))
+        _atomic_write_text(self.dir / STATUS_FILE, json.dumps(status, indent=1))
+
+    def on_record(self, trainer, rec: Record) -> None:
+        # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
+        # strings (labels) are kept as object columns beside it.
+        # One torch op per metric at most: a record has dozens of them and this runs at every one.
+        E = rec.active.shape[0]
+        if self._members is None or self._members.shape[0] != E:
+            self._members = torch.arange(E, dtype=torch.float64).unsqueeze(1)
+        blocks = [torch.full((E, 1), float(rec.step), dtype=torch.float64), self._members]
+        objects = {"member_status": np.where(rec.active.numpy(), "training", "diverged").astype(object)}
+        layout = []
+        for key, v in rec.metrics.items():
+            if isinstance(v, torch.Tensor):
+                layout.append((key, tuple(v.shape)))
+                blocks.append(v if v.dim() == 2 else v.reshape(E, -1))
+            else:
+                objects[key] = np.asarray(v, dtype=object)
+        layout = (tuple(layout), tuple(objects))
+        if layout != self.layout:
+            if self.layout is not None:
+                self.flush(trainer)  # the set of columns changed: start a new part
+            self.layout = layout
+            # (E,) -> one column `key`; (E, k) -> columns key_1..key_k (a spectrum)
+            self.names = ["step", "member"] + [
+                name for key, shape in layout[0]
+                for name in ([key] if len(shape) == 1 else [f"{key}_{n + 1}" for n in range(shape[1])])]
+            self.object_names = list(objects)
+        self.blocks.append(torch.cat(blocks, dim=1).detach().to(torch.float64).numpy())  # cat promotes
+        self.objects.append(objects)
+        if (len(self.blocks) >= self.flush_every or rec.final
+                or time.monotonic() - self.last_flush > self.flush_seconds):
+            self.flush(trainer)
+
+    def flush(self, trainer=None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.blocks:
+            return
+        # straight to arrow: a pandas DataFrame of ~400 columns costs more than the write itself
+        block = np.asfortranarray(np.concatenate(self.blocks))  # contiguous columns: zero-copy arrays
+        cols = [pa.array(block[:, 0].astype(np.int64)), pa.array(block[:, 1].astype(np.int64))]
+        cols += [pa.array(block[:, k]) for k in range(2, block.shape[1])]
+        cols += [pa.array([None if v is None else str(v) for o in self.objects for v in o[k]], type=pa.string())
+                 for k in self.object_names]
+        table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
+        path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        # dictionary pages only for the text columns: on floats they cost time and save nothing
+        pq.write_table(table, tmp, use_dictionary=list(self.object_names))
+        os.replace(tmp, path)
+        self.part += 1
+        self.blocks, self.objects = [], []
+        self.last_flush = time.monotonic()
+        if trainer is not None:
+            # a heartbeat: a run killed with no chance to write its status (kill -9, power loss)
+            # still tells how far it got and for how long it ran
+            now = time.time()
+            write_status(self.dir, status="running", step=trainer.step, updated=now, wall_time=now - self.t0)
+
+    def compact(self) -> None:
+        """One file per run reads much faster than many parts (load_runs over big sweeps)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = sorted((self.dir / METRICS_DIR).glob("part-*.parquet"))
+        if not parts:
+            return
+        if len(parts) == 1:
+            os.replace(parts[0], self.dir / METRICS_DIR / TABLE_FILE)
+            return
+        # parts written before and after a hook added a column differ: permissive fills the gaps
+        table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+        tmp = self.dir / METRICS_DIR / f"{TABLE_FILE}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.dir / METRICS_DIR / TABLE_FILE)
+        for p in parts:
+            p.unlink()
+
+    def on_end(self, trainer, status: str) -> None:
+        try:
+            self.flush(trainer)
+            self.compact()
+        finally:
+            write_status(self.dir, status=status, step=trainer.step, ended=time.time(),
+                         wall_time=time.time() - self.t0,
+                         diverged_members={str(k): d for k, d in enumerate(trainer.diverged_at)
+                                           if d is not None})
+
+

@@ -1,0 +1,168 @@
+"""TensorBoard sink: scalars of the columns the hooks declare, a custom-scalar layout, the config and
+hparams (docs/columns.md, "TensorBoard tags").
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from dlnlab.recording.base import Hook, Record, product_key
+from dlnlab.recording.folder import swept_keys_of
+
+
+class TensorBoardHook(Hook):
+    """Scalars for the losses, ranks, end-to-end singular values and balancedness, laid out with
+    custom-scalar charts (all partial-product ranks on one chart, the end-to-end spectrum on one);
+    the config as text at the start and hparams at the end, all in the run directory itself.
+
+    Only every `every_records`-th record and the first `members` members are written: TensorBoard
+    is for looking, the run table keeps everything.
+    """
+
+    def __init__(self, log_dir, members: int = 8, singular_values: int = 8, every_records: int = 1,
+                 sources: Sequence[Hook] = ()):
+        self.log_dir, self.members, self.n_sv = str(log_dir), members, singular_values
+        self.every_records, self._n, self.writer = every_records, 0, None
+        self._last: dict = {}
+        # the hooks whose declared columns (tb_tags) and end-of-run histograms this sink writes
+        self.sources = list(sources)
+        self.tags: dict[str, str] = {k: v for h in self.sources for k, v in h.tb_tags.items()}
+
+    def _prefix(self, k: int, E: int) -> str:
+        return "" if E == 1 else f"m{k}/"
+
+    def on_start(self, trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=self.log_dir)
+        H, E = trainer.net.H, trainer.net.E
+        layout = {}
+        shown = range(min(E, self.members))
+        for k in shown:
+            p = self._prefix(k, E)
+            layout[f"member {k}" if E > 1 else "dlnlab"] = {
+                "losses": ["Multiline", [rf"{p}loss/.*"]],
+                "ranks of all partial products W_j...W_i": ["Multiline", [rf"{p}rank/.*"]],
+                "end-to-end singular values": ["Multiline", [rf"{p}sv/.*"]],
+                "balancedness": ["Multiline", [rf"{p}balance/.*"]],
+            }
+        if E > 1:
+            layout["ensemble"] = {
+                "end-to-end rank, all members": ["Multiline", [rf"m\d+/rank/{H}_1"]],
+                "loss, all members": ["Multiline", [r"m\d+/loss/train"]],
+            }
+        self.writer.add_custom_scalars(layout)
+        if trainer.config:
+            import yaml
+
+            text = yaml.safe_dump(trainer.config, sort_keys=False)
+            self.writer.add_text("config", "```\n" + text + "\n```", 0)
+
+    def on_record(self, trainer, rec: Record) -> None:
+        m = rec.metrics
+        if "loss" not in m:
+            return
+        for tag, text in rec.texts.items():  # texts are news: written whatever the cadence
+            self.writer.add_text(tag, text, rec.step)
+        self._n += 1
+        if not (rec.final or (self._n - 1) % self.every_records == 0):
+            return
+        E, H = trainer.net.E, len(rec.weights)
+        values = []
+        for k in range(min(E, self.members)):
+            if trainer.diverged_at[k] is not None and trainer.diverged_at[k] < rec.step:
+                continue
+            p = self._prefix(k, E)
+            for key, tag in (("loss", "loss/train"), ("reg_loss", "loss/regularised"),
+                             ("grad_norm", "grad_norm"), ("theta_sq", "theta_sq")):
+                values.append((p + tag, m[key][k]))
+            for key, v in m.items():
+                if key.startswith(("rank_", "balance_")):
+                    group, _, name = key.partition("_")
+                    values.append((f"{p}{group}/{name}", v[k]))
+                elif key in self.tags:  # columns other hooks declared for TensorBoard
+                    values.append((p + self.tags[key], v[k]))
+            for n, s in enumerate(m[f"sv_{product_key(H, 1)}"][k][: self.n_sv], start=1):
+                values.append((f"{p}sv/{n}", s))
+        values += list(rec.scalars.items())
+        # One event with many values costs far less than one add_scalar per tag.
+        summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in values])
+        self.writer.file_writer.add_summary(summary, rec.step)
+        self._last = {key: m[key] for key in ("loss", "reg_loss", "grad_norm", "rank") if key in m}
+        if rec.final:
+            self.writer.flush()
+
+    def on_end(self, trainer, status: str) -> None:
+        if self.writer is None:
+            return
+        try:
+            metrics = {f"final/{k}": _finite_mean(v) for k, v in self._last.items()}
+            metrics["final/diverged_members"] = float(sum(d is not None for d in trainer.diverged_at))
+            # One HParams session per run folder, written by the run's own writer (like
+            # add_hparams(..., run_name=".")). The hparams a sweep varies are marked `differs`:
+            # TensorBoard lists those first and shows them by default (it shows the first 5).
+            from torch.utils.tensorboard.summary import hparams
+
+
+            hp = hparam_dict(trainer.config, status)
+            exp, ssi, sei = hparams(hp, metrics)
+            mark_differs(exp, swept_keys_of(self.log_dir), hp)
+            writer = self.writer.file_writer
+            for summary in (exp, ssi, sei):
+                writer.add_summary(summary)
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v)
+            for h in self.sources:
+                for tag, values in h.tb_histograms().items():
+                    self.writer.add_histogram(tag, values, global_step=trainer.step)
+        finally:
+            self.writer.close()
+
+
+def _finite_mean(v: torch.Tensor) -> float:
+    """Mean over the members with a finite value (NaN when every member diverged)."""
+    v = v.double()
+    v = v[torch.isfinite(v)]
+    return float(v.mean()) if v.numel() else float("nan")
+
+
+def hparam_dict(config: dict, status: str) -> dict:
+    """The scalar leaves of a nested config as {dotted.name: value} (what HParams can show)."""
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, name + ".")
+            elif isinstance(v, (bool, int, float, str)):
+                flat[name] = v
+            elif isinstance(v, (list, tuple)):
+                flat[name] = str(list(v))
+    walk(config or {}, "")
+    flat["status"] = status
+    return flat
+
+
+def mark_differs(exp, keys, hp: dict) -> None:
+    """Mark the hparams named by `keys` (config keys, or groups such as `optim` -> optim.name,
+    `task` -> task.kind, `experiment` -> name) as `differs` in the experiment summary `exp`."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    names = set()
+    for k in keys:
+        for name in (k, f"{k}.name", f"{k}.kind", "name" if k == "experiment" else None):
+            if name in hp:
+                names.add(name)
+                break
+    if not names:
+        return
+    meta = exp.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(meta.content)
+    for info in data.experiment.hparam_infos:
+        if info.name in names:
+            info.differs = True
+    meta.content = data.SerializeToString()
+

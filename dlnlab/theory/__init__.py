@@ -1,0 +1,91 @@
+"""The theory layer: everything dlnlab knows about the landscape, in float64 (docs/theory.md).
+
+Square loss (Achour, Malgouyres & Gerchinovitz, JMLR 2024): `data` (statistics, Assumption 1),
+`critical` (critical and plateau values, closed-form loss and gradient), `points` (generators of
+labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `classify`
+(Theorem 7 labels). Ridge (Wang & Jacot, ICLR 2024): `ridge_modes` (closed forms, rank states),
+`ridge_labels` (second-order labels modulo the symmetry orbit).
+"""
+from dlnlab.theory.classify import (
+                                    TRAINING_TOLERANCES,
+                                    Classification,
+                                    Classifier,
+                                    Tolerances,
+                                    classify,
+)
+from dlnlab.theory.critical import (
+                                    CriticalValue,
+                                    PlateauValue,
+                                    critical_values,
+                                    grad_norm,
+                                    labels_for,
+                                    loss,
+                                    loss_and_grad,
+                                    plateau_values,
+)
+from dlnlab.theory.data import (
+                                    AssumptionReport,
+                                    LandscapeData,
+                                    as_data,
+                                    as_f64,
+                                    as_weights,
+                                    dims_of,
+                                    format_S,
+)
+from dlnlab.theory.hessian import (
+                                    MinEig,
+                                    full_hessian,
+                                    hessian_min_eig,
+                                    hvp,
+                                    hvp_operator,
+                                    min_eigenvalue,
+                                    square_loss_fn,
+)
+from dlnlab.theory.points import (
+                                    EscapePath,
+                                    LabelledPoint,
+                                    apply_gauge,
+                                    enumeration_points,
+                                    escape_path,
+                                    normal_form,
+                                    normal_form_critical,
+                                    random_global_min,
+                                    random_invertible,
+                                    random_normal_form_point,
+                                    saddle_family,
+)
+from dlnlab.theory.ridge_labels import RidgePoint, orbit_basis, ridge_loss_fn
+from dlnlab.theory.ridge_labels import classify as ridge_classify
+from dlnlab.theory.ridge_labels import classify_members as ridge_classify_members
+from dlnlab.theory.ridge_modes import (
+                                    LabelTolerances,
+                                    RankState,
+                                    RankTolerances,
+                                    balanced_identity,
+                                    balanced_mode_point,
+                                    mode_curvature,
+                                    mode_energy,
+                                    mode_roots,
+                                    mode_table,
+                                    mode_threshold,
+                                    rank_state,
+                                    tie_value,
+)
+
+__all__ = [
+    # square-loss data and critical values
+    "LandscapeData", "AssumptionReport", "as_data", "as_f64", "as_weights", "dims_of", "format_S",
+    "CriticalValue", "PlateauValue", "critical_values", "plateau_values", "labels_for",
+    "loss", "loss_and_grad", "loss_of_product", "grad_norm",
+    # Theorem 7 labels
+    "Tolerances", "TRAINING_TOLERANCES", "Classification", "Classifier", "classify",
+    # Hessian
+    "MinEig", "hvp", "hvp_operator", "full_hessian", "min_eigenvalue", "hessian_min_eig", "square_loss_fn",
+    # generators of labelled points
+    "LabelledPoint", "EscapePath", "random_invertible", "apply_gauge", "normal_form", "normal_form_critical",
+    "random_global_min", "saddle_family", "random_normal_form_point", "enumeration_points", "escape_path",
+    # ridge: closed forms, rank states, labels
+    "RankTolerances", "LabelTolerances", "RankState", "rank_state", "balanced_identity", "mode_threshold",
+    "mode_roots", "mode_energy", "mode_curvature", "tie_value", "mode_table", "balanced_mode_point",
+    "RidgePoint", "ridge_classify", "ridge_classify_members", "ridge_loss_fn", "orbit_basis",
+]
