@@ -1,10 +1,9 @@
-"""Build a run from a config and run it: the library code behind `dlnlab-train`.
+"""From a config to objects: the composed config, its task, network, hooks and trainer.
 
-From a notebook:
-
-    from dlnlab import compose, run
-    cfg = compose(["optim.steps=500", "model.ensemble=4"])
-    summary = run(cfg, out_dir="runs/notebook")
+    from dlnlab import compose, prepare, build_net
+    cfg = compose(["model.depth=3"])
+    task = prepare(cfg)               # validated config -> task (errors name the option)
+    net = build_net(cfg, task)
 """
 from __future__ import annotations
 

@@ -193,7 +193,6 @@ class Config:
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
     name: str = "run"
-    out_dir: Optional[str] = None  # set by the Hydra app to its output folder
 
 
 def register() -> None:

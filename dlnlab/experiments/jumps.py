@@ -1,5 +1,19 @@
-"""The rank-jump experiment (docs/theory.md §7): a GD warm-up, the main SGD phase and a GD reference,
-each a tracked run folder.
+"""The rank-jump experiments (docs/theory.md §7, recipes R1-R4 and the controls).
+
+`run_experiment(cfg, out_dir)`: a GD warm-up from `model.init` to a (rank-overestimating) minimum,
+then the main phase (`cfg.optim`, every member starting from the warm-up end point) and a GD
+reference from the same point, each a regular run folder tracked by `RankJumpHook`:
+`<out>/warmup`, `<out>/sgd` (named after optim.name), `<out>/gd`, and `<out>/jumps_summary.json`.
+The output folder itself holds no status.json, so `load_runs(out)` / `load_events(out)` read the
+phases as three runs. Optionally (`jumps.polish_steps`) the main phase's end points are GD-polished
+and labelled (at most `jumps.polish_members` of them). `dlnlab.run` dispatches here when
+`jumps.enabled=true` (conf/experiment: one_way_jumps, rank_staircase, annealed, depth2_control,
+no_ridge_control).
+
+    from dlnlab import compose
+    from dlnlab.experiments.jumps import run_experiment
+    s = run_experiment(compose(["experiment=one_way_jumps"]), out_dir="runs/r1")
+    print(s); s.headline["fraction_jumped"]
 """
 from __future__ import annotations
 
@@ -12,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.config import check_options, label_tolerances, rank_tolerances
@@ -29,13 +44,11 @@ log = logging.getLogger(__name__)
 # Configs of the phases
 
 def _container(cfg) -> dict:
-    from omegaconf import OmegaConf
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else copy.deepcopy(dict(cfg))
 
 
 def phase_config(cfg, phase: str, **changes):
     """A copy of `cfg` (a DictConfig) with dotted `changes` ({"optim.name": "gd"}) and jumps.phase set."""
-    from omegaconf import OmegaConf
     d = _container(cfg)
     for key, v in {**changes, "jumps.phase": phase}.items():
         node = d

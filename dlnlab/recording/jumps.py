@@ -1,34 +1,14 @@
-"""One-way rank jumps (Wang & Jacot 2024; docs/theory.md §7): track SGD from high to low rank.
+"""The rank-jump tracker (Wang & Jacot 2024; docs/theory.md §7): follow SGD from high to low rank.
 
-Three pieces:
-
-* `RankJumpHook`, a recording hook that follows every ensemble member: at each record its A-rank
-  (end-to-end) and layer rank (`ridge.RankTolerances`), the set B_r it lies in, its second-order
-  label (`ridge.classify`, every `jumps.label_every` records and at the last one), and the events
-  "member k entered B_r' from B_r at step t" (first passage; `in_B` says whether the point also
-  meets B's balance and norm conditions) and "rank increase" (for H >= 3 under GD/SGD there must be
-  none: an increase is logged as a warning, kept as an event and listed as a FINDING in the run
-  summary, never hidden). Events go to `<run_dir>/events.parquet` (read with
-  `dlnlab.analysis.runs.load_events`), curves to TensorBoard.
-* `run_experiment(cfg, out_dir)`, the phases of recipe R1 (docs/theory.md §7): a GD warm-up from
-  `model.init` to a (rank-overestimating) minimum, then the main phase (`cfg.optim`, every member
-  starting from the warm-up end point) and a GD reference from the same point, each a regular run
-  folder, each tracked: `<out>/warmup`, `<out>/sgd` (named after optim.name), `<out>/gd`;
-  `<out>/jumps_summary.json`. The output folder itself holds no status.json, so
-  `dlnlab.analysis.runs.load_runs(out)` / `load_events(out)` read the phases as three runs. Optionally
-  (`jumps.polish_steps`) the main phase's end points are GD-polished and labelled by
-  `dlnlab.theory.ridge_labels.classify` (at most `jumps.polish_members` of them).
-  It runs when `jumps.enabled=true` (the conf/experiment files one_way_jumps, rank_staircase,
-  annealed, depth2_control, no_ridge_control); `dlnlab.run` dispatches to it.
-* `report_table`, `report_figure` (scripts/jumps_report.py) and the benchmarks `bench_r1`,
-  `bench_tracker` (scripts/bench.py).
-
-From a notebook:
-
-    from dlnlab import compose
-    from dlnlab.recording.jumps import run_experiment
-    s = run_experiment(compose(["experiment=one_way_jumps"]), out_dir="runs/r1")
-    print(s); s.headline["fraction_jumped"]
+`RankJumpHook` follows every ensemble member: at each record its A-rank (end-to-end) and layer rank
+(`RankTolerances`), the set B_r it lies in, its second-order label (`ridge_labels.classify`, every
+`jumps.label_every` records and at the last one), and the events "member k entered B_r' from B_r at
+step t" (first passage; `in_B` says whether the point also meets B's balance and norm conditions)
+and "rank increase" (for H >= 3 under GD/SGD there must be none: an increase is logged as a
+warning, kept as an event and listed as a FINDING in the run summary, never hidden). Events go to
+`<run_dir>/events.parquet` (read with `dlnlab.load_events`); curves to TensorBoard through the
+record's declared scalars and `tb_tags`. The phases of the jump experiments live in
+`dlnlab.experiments.jumps`, the report in `dlnlab.analysis.jumps_report`.
 """
 from __future__ import annotations
 

@@ -31,10 +31,6 @@ Data outside Assumption 1 (repeated eigenvalues of Sigma, singular Sxx, rank-def
 docs/theory.md §9): Theorem 7 does not apply (with repeated eigenvalues S is not even unique: which eigenvector
 the SVD returns decides it). "not_critical" is still decided (first order needs no assumption); every
 other point gets "ambiguous" with the failed part of Assumption 1 in `reason`.
-
-Also exported here (the issue's API): critical_values, plateau_values (dlnlab.theory),
-hessian_min_eig (dlnlab.theory.hessian) and the generators random_global_min, saddle_family,
-random_normal_form_point, enumeration_points, escape_path.
 """
 from __future__ import annotations
 
