@@ -20,8 +20,10 @@ import sys
 import tempfile
 import time
 
+import runs_fixture
 import torch
 from bench_jumps import bench_r1, bench_tracker
+from bench_landscape import bench_classify as bench_landscape
 
 from dlnlab.experiments.build import (
     build_hooks,
@@ -30,7 +32,6 @@ from dlnlab.experiments.build import (
     compose,
     prepare,
 )
-from dlnlab.experiments.run import run
 
 BENCH_OVERRIDES = ["optim=sgd", "optim.lr=1e-4", "optim.batch_size=1", "model.depth=4",
                    "model.width=32", "model.init.kind=gaussian", "model.init.scale=1.0",
@@ -85,8 +86,7 @@ def bench_train() -> None:
 
 
 def bench_classify() -> None:
-
-    r = run()
+    r = bench_landscape()
     print("classify  H=4 width=32 m=64, one checkpoint, no Hessian (target < 5 ms)")
     for kind, ms in r["classify_ms"].items():
         print(f"        {kind:18s} {ms:7.2f} ms")
@@ -96,7 +96,6 @@ def bench_classify() -> None:
 
 
 def bench_jumps() -> None:
-
     r = bench_r1(members=256, threads=2)
     print(f"jumps   R1 with {r['members']} SGD members, {r['threads']} threads: {r['wall_time']:.1f} s "
           f"(target < 60 s); phases {({k: round(v, 1) for k, v in r['phases'].items()})}")
@@ -109,8 +108,7 @@ def bench_jumps() -> None:
 
 
 def bench_load() -> None:
-
-    r = run(runs=1000, records=1000)
+    r = runs_fixture.bench_load(runs=1000, records=1000)
     print(f"load    load_runs: {r['runs']} runs, {r['rows']} rows x {r['columns']} columns in "
           f"{r['seconds']:.1f} s (target < 10 s; {r['cpus']} cpus; fixture written in {r['fixture_seconds']:.1f} s)")
 

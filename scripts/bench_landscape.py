@@ -1,6 +1,6 @@
 """Timings of the landscape classifier and of the Hessian's smallest eigenvalue (for scripts/bench.py).
 
-    from dlnlab.bench_landscape import bench_classify
+    from bench_landscape import bench_classify   # run from scripts/
     t = bench_classify()        # {"classify_ms": {...}, "hessian_s": {...}, ...}
 
 Targets: one checkpoint classified (no Hessian) in < 5 ms for H = 4, width 32, m = 64;
