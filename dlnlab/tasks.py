@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -26,6 +26,32 @@ from dlnlab.theory.data import LandscapeData
 
 class DataError(ValueError):
     """Bad task data or task options; the message names the option or file."""
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the trainer, the hooks and the classifier use of a task. A task of your own implements
+    these; `batch_arrays` may return None (the trainer then steps with autograd on `batch_loss`)."""
+
+    name: str
+    info: dict              # free-form facts written into status.json (e.g. the teacher's spectrum)
+    loss_of_product: bool   # True: `loss([P])` is the loss at end-to-end product P (cheap gradients)
+
+    @property
+    def d_in(self) -> int: ...          # d_0
+    @property
+    def d_out(self) -> int: ...         # d_H
+    @property
+    def n_samples(self) -> int: ...     # what SGD samples from (samples or observed entries)
+    @property
+    def paper_scale(self) -> float: ... # paper loss = paper_scale * lab loss (docs/theory.md §1)
+
+    def to(self, dtype: torch.dtype) -> "Task": ...
+    def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor: ...  # (E,) full-batch lab loss
+    def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor: ...
+    def batch_arrays(self, idx: torch.Tensor | None): ...  # (x, y) rows of a batch for the factored step
+    def target(self) -> torch.Tensor: ...  # the matrix whose scale sets rank floors
+    def landscape_data(self): ...  # (X, Y) of the square-loss landscape, or None
 
 
 @dataclass

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dlnlab.model import DeepLinearNet
-from dlnlab.tasks import DataError, load_regression, make_completion, make_regression
+from dlnlab.tasks import DataError, Task, load_regression, make_completion, make_regression
 
 
 def test_whitened_regression_has_the_teacher_spectrum_as_plateaus():
@@ -77,3 +77,9 @@ def test_completion_options_are_checked():
         make_completion(3, 3, rank=4)
     with pytest.raises(DataError, match="observed"):
         make_completion(3, 3, rank=1, observed_count=10)
+
+
+def test_the_built_in_tasks_implement_the_task_protocol():
+    assert isinstance(make_regression(16, 4, 3), Task)
+    assert isinstance(make_completion(5, 4, 1), Task)
+    assert not isinstance(object(), Task)
