@@ -31,7 +31,9 @@ class DataError(ValueError):
 @runtime_checkable
 class Task(Protocol):
     """What the trainer, the hooks and the classifier use of a task. A task of your own implements
-    these; `batch_arrays` may return None (the trainer then steps with autograd on `batch_loss`)."""
+    these; three are optional there: `info` (default {}), `loss_of_product` (default False: the
+    metrics use autograd through the layers) and `batch_arrays` (default: absent, the trainer then
+    steps with autograd on `batch_loss`)."""
 
     name: str
     info: dict              # free-form facts written into status.json (e.g. the teacher's spectrum)

@@ -260,7 +260,7 @@ class Trainer:
         arrays (`batch_arrays`), the gradient comes in factored form for the optimizer (no autograd);
         otherwise autograd fills `p.grad` through the task's loss."""
         idx = None if self.sampler is None else self.sampler.next()
-        arrays = self.task.batch_arrays
+        arrays = getattr(self.task, "batch_arrays", None)  # optional in Task
         batch = arrays(idx) if arrays is not None else None
         if batch is not None:
             with torch.no_grad():

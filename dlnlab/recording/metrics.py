@@ -81,7 +81,7 @@ def _loss_and_grad_sq(task, weights: list, prods: dict, ridge: float):
     partial products, at hand for the spectra, gives dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T. Any
     other task gets autograd through the layers."""
     H = len(weights)
-    if not task.loss_of_product:
+    if not getattr(task, "loss_of_product", False):  # optional in Task
         ws = [w.clone().requires_grad_(True) for w in weights]
         with torch.enable_grad():
             loss = task.loss(ws)

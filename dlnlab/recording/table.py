@@ -48,7 +48,7 @@ class TableHook(Hook):
         # A reused folder must not show an earlier run's table, message or end time as this one's.
         for old in (self.dir / METRICS_DIR).glob("*.parquet"):
             old.unlink()
-        info = trainer.task.info or {}
+        info = getattr(trainer.task, "info", {}) or {}  # optional in Task
         status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
                       ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
                       assumption1_failures=list(info.get("assumption1_failures", [])))
