@@ -159,3 +159,39 @@ def test_a_diverging_member_leaves_the_run_finished_with_the_others(tmp_path):
     df = load_run(tmp_path)
     last = df[df.step == df.step.max()].set_index("member")
     assert last.loc[1, "member_status"] == "diverged" and (last.drop(1)["member_status"] == "training").all()
+
+
+def test_help_version_module_and_license(tmp_path):
+    import dlnlab
+    from dlnlab.experiments.config import Config
+    from dlnlab.experiments.options import option_rows
+
+    p = train("--help", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "_schema" not in p.stdout and "optim              gd, sgd" in p.stdout
+    assert "model.depth                  [4]  H, the number of weight matrices" in p.stdout
+    # every option has a one-line description, read from the comments in experiments/config.py
+    rows = option_rows(Config)
+    assert len(rows) > 50 and [name for name, _, note in rows if not note and name != "task"] == []
+    assert "task.observed_fraction" in p.stdout and max(map(len, p.stdout.splitlines())) < 160
+    assert not list(tmp_path.iterdir())  # --help runs nothing
+    v = train("--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"dlnlab {dlnlab.__version__}"
+    m = subprocess.run([sys.executable, "-m", "dlnlab", "--version"], capture_output=True, text=True, timeout=60)
+    assert m.returncode == 0 and m.stdout.strip() == f"dlnlab {dlnlab.__version__}"
+    assert "MIT License" in (Path(__file__).parents[1] / "LICENSE").read_text()
+
+
+def test_an_internal_schema_is_not_a_choice(tmp_path):
+    out = tmp_path / "run"
+    p = train("optim=optim_schema", *SHORT, f"hydra.run.dir={out}")
+    assert p.returncode == 2 and "optim='optim_schema' is invalid" in p.stderr and "Traceback" not in p.stderr
+    assert not (out / "metrics").exists()
+
+
+def test_python_m_dlnlab_trains(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "dlnlab", *SHORT, f"hydra.run.dir={out}"], capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert load_run(out)["step"].max() == 300

@@ -43,6 +43,17 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[np.sort(idx.to_numpy())]
 
 
+def last_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Each run's and each member's final record: one row per (run, member) of a run table from
+    `load_runs`, at that member's own last step.
+
+        last_records(load_runs("runs")).groupby("optim.lr")[["loss", "rank"]].mean()
+
+    Unlike `df[df.step == df.step.max()]`, runs of different lengths (a GD run next to a longer
+    SGD run, a run stopped early) all keep their final row."""
+    return final_rows(df)
+
+
 def _jump_columns(events: pd.DataFrame, keys: pd.DataFrame, tracked: set | None,
                   rank_type: str | None) -> pd.DataFrame:
     """For every (run, member) row of `keys`, from the events of `rank_type`: jumped, jumps,
