@@ -113,7 +113,10 @@ class RecordConfig:
     tb_members: int = 8  # ensemble members shown in TensorBoard
     tb_singular_values: int = 8  # end-to-end singular values shown in TensorBoard
     flush_every: int = 200  # records per table part (a part is also written every 10 s)
-    progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
+    # auto: a bar with ETA when stderr is a terminal, else a status line with ETA every
+    # progress_seconds (log files, SLURM) | on: the bar, even without a terminal | off: nothing
+    progress: str = "auto"
+    progress_seconds: float = 10.0  # seconds between status lines when stderr is not a terminal (> 0)
 
 
 @dataclass
@@ -257,6 +260,8 @@ def validate(cfg) -> None:
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)
     _need(r.progress in ("auto", "on", "off"), "record.progress", "auto | on | off", r.progress)
+    _need(0 < r.progress_seconds < math.inf, "record.progress_seconds", "a number of seconds > 0",
+          r.progress_seconds)
     c = cfg.classify
     _need(c.every_records >= 1, "classify.every_records", "an integer >= 1", c.every_records)
     _need(c.ridge_every >= 0, "classify.ridge_every", "an integer >= 0", c.ridge_every)
