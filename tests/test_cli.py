@@ -64,6 +64,13 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path):
     assert "optim.lr=-1.0 is invalid" in p.stderr
     runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.isdigit())
     assert [read_status(r)["status"] for r in runs] == ["finished", "failed"]
+    # the sweep ends with a per-job table and the command that compares the jobs
+    table = p.stdout[p.stdout.index(f"sweep {tmp_path}: 2 jobs (1 finished, 1 failed)"):].splitlines()
+    assert table[1].split() == ["job", "overrides", "status", "members", "final_loss"]
+    assert table[2].split()[-3:-1] == ["finished", "1"] and 84 < float(table[2].split()[-1]) <= 85
+    assert "optim.lr=0.002" in table[2]
+    assert table[3].split()[-3:] == ["failed", "0", "nan"] and "optim.lr=-1" in table[3]
+    assert table[-1] == f"compare     dlnlab-compare {tmp_path}"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dlnlab.analysis.folders import _Run
-from dlnlab.analysis.runs import _empty_events, _events_frame, _read_events
+from dlnlab.analysis.runs import _empty_events, _events_frame, _read_events, list_runs, load_runs
 from dlnlab.experiments.config import Config
 from dlnlab.recording.folder import RUN_COLUMNS
 
@@ -152,3 +152,26 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
         info["run"] = info["run"].astype(str)
         res = res.merge(info, on="run", how="left")
     return res
+
+
+def sweep_table(root) -> pd.DataFrame:
+    """One row per job of a sweep folder, in job order: `job` (the run folder's path relative to
+    `root`), `overrides`, `status`, `members`, `final_loss` (the median over the members of each
+    member's last recorded loss; NaN when nothing was recorded)."""
+    root = Path(root)
+    runs = list_runs(root, config=False)
+    if runs.empty:
+        return pd.DataFrame(columns=["job", "overrides", "status", "members", "final_loss"])
+    df = load_runs(root, columns=["loss"], config=False)
+    last = final_rows(df) if not df.empty else df
+    g = last.assign(run=last["run"].astype(str)).groupby("run", sort=False)["loss"] if not df.empty else None
+    med = g.median() if g is not None else pd.Series(dtype=float)
+    size = g.size() if g is not None else pd.Series(dtype=int)
+    paths = runs["run"].astype(str)
+    return pd.DataFrame({
+        "job": [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p for p in paths],
+        "overrides": runs["overrides"].astype(object).fillna("").to_numpy(),
+        "status": runs["status"].astype(str).to_numpy(),
+        "members": size.reindex(paths).fillna(0).astype(int).to_numpy(),
+        "final_loss": med.reindex(paths).to_numpy(dtype=float),
+    })
