@@ -62,7 +62,7 @@ def test_sweep_with_the_joblib_launcher(tmp_path):
 def test_a_failing_job_leaves_the_others_intact(tmp_path):
     p = train("-m", *SHORT, "optim.lr=0.002,-1", f"hydra.sweep.dir={tmp_path}")
     assert "optim.lr=-1.0 is invalid" in p.stderr
-    runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.isdigit())
+    runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.split("_")[0].isdigit())
     assert [read_status(r)["status"] for r in runs] == ["finished", "failed"]
     # the sweep ends with a per-job table and the command that compares the jobs
     table = p.stdout[p.stdout.index(f"sweep {tmp_path}: 2 jobs (1 finished, 1 failed)"):].splitlines()

@@ -155,8 +155,8 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
 
 
 def sweep_table(root) -> pd.DataFrame:
-    """One row per job of a sweep folder, in job order: `job` (the run folder's path relative to
-    `root`), `overrides`, `status`, `members`, `final_loss` (the median over the members of each
+    """One row per job of a sweep folder, in job order: `job` (the job number, the leading number of
+    a run folder `<num>_<overrides>`; else the folder's path relative to `root`), `overrides`, `status`, `members`, `final_loss` (the median over the members of each
     member's last recorded loss; NaN when nothing was recorded)."""
     root = Path(root)
     runs = list_runs(root, config=False)
@@ -169,9 +169,15 @@ def sweep_table(root) -> pd.DataFrame:
     size = g.size() if g is not None else pd.Series(dtype=int)
     paths = runs["run"].astype(str)
     return pd.DataFrame({
-        "job": [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p for p in paths],
+        "job": [_job(root, p) for p in paths],
         "overrides": runs["overrides"].astype(object).fillna("").to_numpy(),
         "status": runs["status"].astype(str).to_numpy(),
         "members": size.reindex(paths).fillna(0).astype(int).to_numpy(),
         "final_loss": med.reindex(paths).to_numpy(dtype=float),
     })
+
+
+def _job(root: Path, path: str) -> str:
+    rel = str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+    num, sep, _ = rel.partition("_")
+    return num if num.isdigit() and "/" not in rel else rel
