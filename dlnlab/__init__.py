@@ -9,7 +9,7 @@ The layers and what each owns: docs/architecture.md. The theory: docs/theory.md.
 from importlib.metadata import PackageNotFoundError, version
 
 from dlnlab.analysis.runs import list_runs, load_events, load_run, load_runs
-from dlnlab.analysis.summary import final_rows, summarize
+from dlnlab.analysis.summary import final_rows, last_records, summarize
 from dlnlab.experiments.build import build_net, build_task, compose, prepare
 from dlnlab.experiments.config import Config, ConfigError
 from dlnlab.experiments.run import RunSummary, run
@@ -34,6 +34,6 @@ __all__ = [
     # theory: Theorem 7 labels and critical values
     "classify", "Classifier", "Tolerances", "critical_values", "plateau_values",
     # analysis of run folders
-    "load_run", "load_runs", "list_runs", "load_events", "summarize", "final_rows",
+    "load_run", "load_runs", "list_runs", "load_events", "summarize", "final_rows", "last_records",
     "__version__",
 ]

@@ -62,8 +62,15 @@ def test_sweep_with_the_joblib_launcher(tmp_path):
 def test_a_failing_job_leaves_the_others_intact(tmp_path):
     p = train("-m", *SHORT, "optim.lr=0.002,-1", f"hydra.sweep.dir={tmp_path}")
     assert "optim.lr=-1.0 is invalid" in p.stderr
-    runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.isdigit())
+    runs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and d.name.split("_")[0].isdigit())
     assert [read_status(r)["status"] for r in runs] == ["finished", "failed"]
+    # the sweep ends with a per-job table and the command that compares the jobs
+    table = p.stdout[p.stdout.index(f"sweep {tmp_path}: 2 jobs (1 finished, 1 failed)"):].splitlines()
+    assert table[1].split() == ["job", "overrides", "status", "members", "final_loss"]
+    assert table[2].split()[-3:-1] == ["finished", "1"] and 84 < float(table[2].split()[-1]) <= 85
+    assert "optim.lr=0.002" in table[2]
+    assert table[3].split()[-3:] == ["failed", "0", "nan"] and "optim.lr=-1" in table[3]
+    assert table[-1] == f"compare     dlnlab-compare {tmp_path}"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -159,3 +166,39 @@ def test_a_diverging_member_leaves_the_run_finished_with_the_others(tmp_path):
     df = load_run(tmp_path)
     last = df[df.step == df.step.max()].set_index("member")
     assert last.loc[1, "member_status"] == "diverged" and (last.drop(1)["member_status"] == "training").all()
+
+
+def test_help_version_module_and_license(tmp_path):
+    import dlnlab
+    from dlnlab.experiments.config import Config
+    from dlnlab.experiments.options import option_rows
+
+    p = train("--help", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "_schema" not in p.stdout and "optim              gd, sgd" in p.stdout
+    assert "model.depth                  [4]  H, the number of weight matrices" in p.stdout
+    # every option has a one-line description, read from the comments in experiments/config.py
+    rows = option_rows(Config)
+    assert len(rows) > 50 and [name for name, _, note in rows if not note and name != "task"] == []
+    assert "task.observed_fraction" in p.stdout and max(map(len, p.stdout.splitlines())) < 160
+    assert not list(tmp_path.iterdir())  # --help runs nothing
+    v = train("--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"dlnlab {dlnlab.__version__}"
+    m = subprocess.run([sys.executable, "-m", "dlnlab", "--version"], capture_output=True, text=True, timeout=60)
+    assert m.returncode == 0 and m.stdout.strip() == f"dlnlab {dlnlab.__version__}"
+    assert "MIT License" in (Path(__file__).parents[1] / "LICENSE").read_text()
+
+
+def test_an_internal_schema_is_not_a_choice(tmp_path):
+    out = tmp_path / "run"
+    p = train("optim=optim_schema", *SHORT, f"hydra.run.dir={out}")
+    assert p.returncode == 2 and "optim='optim_schema' is invalid" in p.stderr and "Traceback" not in p.stderr
+    assert not (out / "metrics").exists()
+
+
+def test_python_m_dlnlab_trains(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "dlnlab", *SHORT, f"hydra.run.dir={out}"], capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert load_run(out)["step"].max() == 300

@@ -514,14 +514,13 @@ def test_r1_every_phase_has_labels_at_its_last_record_and_events_know_B(r1_run):
 
 
 def test_r1_report_script_and_tensorboard(r1_run, capsys):
-    import runpy
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _ = r1_run
-    report = runpy.run_path(str(ROOT / "scripts" / "jumps_report.py"))  # not as __main__: no exit
+    from dlnlab.cli.report import run_cli as report  # `dlnlab-report RUN`
+
     for _ in range(2):  # re-running replaces the TensorBoard image instead of adding one
-        assert report["main"]([str(out)]) == 0
+        assert report([str(out)]) == 0
     printed = capsys.readouterr().out
     assert "first_passage_layer_median" in printed and "sgd" in printed and "FINDING" not in printed
     assert (out / "jumps_report.png").stat().st_size > 10_000
@@ -598,7 +597,6 @@ def test_a_layer_rank_increase_in_the_warm_up_is_a_finding(tmp_path, capsys):
     a minimum), but the tracker cannot know that, so it must be reported: a FINDING line in the
     summary's text, a findings list in jumps_summary.json, and the report prints it. The increase is
     checked independently from the run table's layer singular values."""
-    import runpy
 
 
     s = run_experiment(compose(["experiment=one_way_jumps", "record.progress=off", "model.init.kind=small",
@@ -614,9 +612,10 @@ def test_a_layer_rank_increase_in_the_warm_up_is_a_finding(tmp_path, capsys):
     assert len(s.findings) == 1 and s.findings[0].startswith("warmup: ") and "lambda 0" in s.findings[0]
     assert [ln for ln in str(s).splitlines() if ln.startswith("FINDING:")] == [f"FINDING: {s.findings[0]}"]
     assert json.loads((tmp_path / "jumps_summary.json").read_text())["findings"] == s.findings
-    report = runpy.run_path(str(ROOT / "scripts" / "jumps_report.py"))
+    from dlnlab.cli.report import run_cli as report
+
     capsys.readouterr()
-    assert report["main"]([str(tmp_path), "--no-tensorboard"]) == 0
+    assert report([str(tmp_path), "--no-tensorboard"]) == 0
     assert f"FINDING: {s.findings[0]}" in capsys.readouterr().out.splitlines()
 
 
@@ -629,6 +628,16 @@ def test_cli_runs_a_shortened_jumps_experiment(tmp_path):
                        text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert p.returncode == 0, p.stderr
     assert "warm-up" in p.stdout and "3 members" in p.stdout and str(out) in p.stdout
+    assert f"dlnlab-report {out}" in p.stdout and "scripts/" not in p.stdout  # the installed command
+    # the report as the installed command, from outside the repository
+    r = subprocess.run([str(Path(sys.executable).parent / "dlnlab-report"), str(out), "--no-tensorboard"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "first_passage_layer_median" in r.stdout and (out / "jumps_report.png").exists()
+    # the events of the swept (SGD) phase only: the GD warm-up's lr is not among them
+    ev = load_events(out, where={"jumps.phase": "sgd"})
+    assert set(ev["optim.lr"]) == {0.1} and set(ev["optim.name"].astype(str)) == {"sgd"}
+    assert 0.3 in set(load_events(out)["optim.lr"])  # the warm-up's lr, without the phase filter
     s = json.loads((out / "jumps_summary.json").read_text())
     assert set(s["phases"]) == {"warmup", "sgd", "gd"} and s["status"] == "finished"
     df = load_runs(out)

@@ -296,3 +296,21 @@ def test_a_reused_run_folder_shows_only_the_new_run(tmp_path):
     run(compose(["optim.steps=100", "record.progress=off", "seed=3"]), out_dir=tmp_path)
     df = load_run(tmp_path)
     assert df["step"].max() == 100 and set(df["seed"]) == {3}
+
+
+def test_last_records_keeps_every_run_and_member_at_its_own_last_step(tmp_path):
+    # a short GD run next to a longer 2-member SGD run: `df.step == df.step.max()` would drop the GD run
+    write_run(tmp_path / "gd", parts=[part([0, 10], loss=[3.0, 0.5], rank=[0, 1])],
+              config={"optim": {"name": "gd", "lr": 0.1}, "seed": 0})
+    write_run(tmp_path / "sgd", parts=[part([0, 10, 20], members=2, loss=[5.0, 6.0, 2.0, 7.0, 1.0, 4.0],
+                                            rank=[0, 0, 1, 0, 2, 1])],
+              config={"optim": {"name": "sgd", "lr": 0.2}, "seed": 0})
+    from dlnlab import last_records
+
+    df = load_runs(tmp_path)
+    last = last_records(df)
+    assert len(last) == 3
+    assert sorted(zip(last["optim.name"], last["member"], last["step"], last["loss"])) == [
+        ("gd", 0, 10, 0.5), ("sgd", 0, 20, 1.0), ("sgd", 1, 20, 4.0)]
+    assert last.groupby("optim.lr")["loss"].mean().to_dict() == {0.1: 0.5, 0.2: 2.5}
+    assert len(df[df.step == df.step.max()]) == 2  # what the README used to do: the GD run is lost

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dlnlab.analysis.folders import _Run
-from dlnlab.analysis.runs import _empty_events, _events_frame, _read_events
+from dlnlab.analysis.runs import _empty_events, _events_frame, _read_events, list_runs, load_runs
 from dlnlab.experiments.config import Config
 from dlnlab.recording.folder import RUN_COLUMNS
 
@@ -41,6 +41,17 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
         return df
     idx = df.groupby(["run", "member"], observed=True, sort=False)["step"].idxmax()
     return df.loc[np.sort(idx.to_numpy())]
+
+
+def last_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Each run's and each member's final record: one row per (run, member) of a run table from
+    `load_runs`, at that member's own last step.
+
+        last_records(load_runs("runs")).groupby("optim.lr")[["loss", "rank"]].mean()
+
+    Unlike `df[df.step == df.step.max()]`, runs of different lengths (a GD run next to a longer
+    SGD run, a run stopped early) all keep their final row."""
+    return final_rows(df)
 
 
 def _jump_columns(events: pd.DataFrame, keys: pd.DataFrame, tracked: set | None,
@@ -141,3 +152,32 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
         info["run"] = info["run"].astype(str)
         res = res.merge(info, on="run", how="left")
     return res
+
+
+def sweep_table(root) -> pd.DataFrame:
+    """One row per job of a sweep folder, in job order: `job` (the job number, the leading number of
+    a run folder `<num>_<overrides>`; else the folder's path relative to `root`), `overrides`, `status`, `members`, `final_loss` (the median over the members of each
+    member's last recorded loss; NaN when nothing was recorded)."""
+    root = Path(root)
+    runs = list_runs(root, config=False)
+    if runs.empty:
+        return pd.DataFrame(columns=["job", "overrides", "status", "members", "final_loss"])
+    df = load_runs(root, columns=["loss"], config=False)
+    last = final_rows(df) if not df.empty else df
+    g = last.assign(run=last["run"].astype(str)).groupby("run", sort=False)["loss"] if not df.empty else None
+    med = g.median() if g is not None else pd.Series(dtype=float)
+    size = g.size() if g is not None else pd.Series(dtype=int)
+    paths = runs["run"].astype(str)
+    return pd.DataFrame({
+        "job": [_job(root, p) for p in paths],
+        "overrides": runs["overrides"].astype(object).fillna("").to_numpy(),
+        "status": runs["status"].astype(str).to_numpy(),
+        "members": size.reindex(paths).fillna(0).astype(int).to_numpy(),
+        "final_loss": med.reindex(paths).to_numpy(dtype=float),
+    })
+
+
+def _job(root: Path, path: str) -> str:
+    rel = str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+    num, sep, _ = rel.partition("_")
+    return num if num.isdigit() and "/" not in rel else rel

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 import sys
 import warnings
 
@@ -11,6 +12,7 @@ from hydra.types import RunMode
 
 from dlnlab.experiments.build import conf_dir, prepare
 from dlnlab.experiments.config import ConfigError, register
+from dlnlab.experiments.options import check_choices, help_text
 from dlnlab.experiments.run import mark_failed, run
 from dlnlab.tasks import DataError
 
@@ -26,6 +28,7 @@ def _train(cfg) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                check_choices(dict(hc.runtime.choices))
                 task = prepare(cfg)
             finally:  # e.g. a data file outside Assumption 1: one line, not a source listing
                 for w in caught:
@@ -44,8 +47,24 @@ def _train(cfg) -> None:
         sys.exit(130)
 
 
+def _version() -> str:
+    """dlnlab's version (the same as dlnlab.__version__)."""
+    try:
+        return version("dlnlab")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def train() -> None:
-    """`dlnlab-train [OVERRIDES]`: the Hydra app (see README)."""
+    """`dlnlab-train [OVERRIDES]`: the Hydra app (see README); `--help` and `--version` are dlnlab's
+    (Hydra's own help: `--hydra-help`)."""
+    args = sys.argv[1:]
+    if "--version" in args:
+        print(f"dlnlab {_version()}")
+        return
+    if "--help" in args or "-h" in args:
+        print(help_text(conf_dir(), _version()))
+        return
     _train()
 
 

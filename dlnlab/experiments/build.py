@@ -110,7 +110,7 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
             hooks.append(TensorBoardHook(out_dir, r.tb_members, r.tb_singular_values, r.tb_every,
                                          sources=producers))
     if r.progress != "off":
-        hooks.append(ProgressHook(enabled=True if r.progress == "on" else None))
+        hooks.append(ProgressHook(mode="bar" if r.progress == "on" else None, every_seconds=r.progress_seconds))
     if out_dir is not None:
         hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", r.checkpoint_every))
     return hooks

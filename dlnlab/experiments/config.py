@@ -40,40 +40,40 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    kind: str = MISSING
+    kind: str = MISSING  # regression | regression_file | matrix_completion (set by task=...)
     seed: int = 0  # seeds the data, independently of the training seed
 
 
 @dataclass
 class RegressionConfig(TaskConfig):
-    kind: str = "regression"
-    m: int = 64
+    kind: str = "regression"  # the task's kind (set by task=regression)
+    m: int = 64  # samples (rows of X)
     d_x: int = 6  # d_0, input width
     d_y: int = 4  # d_H, output width
     # teacher singular values ([] : d_y..1); plateaus of the lab loss at sum_{i>r} s_i^2
     spectrum: List[float] = field(default_factory=lambda: [8.0, 4.0, 2.0, 1.0])
-    noise: float = 0.0
-    whiten: bool = True
-    eig_gap_rtol: float = 1e-6
+    noise: float = 0.0  # std of the Gaussian label noise added to the teacher's outputs
+    whiten: bool = True  # whiten the inputs (Sigma_XX = I)
+    eig_gap_rtol: float = 1e-6  # Assumption 1: distinct eigenvalues of Sigma within this relative gap
 
 
 @dataclass
 class RegressionFileConfig(TaskConfig):
-    kind: str = "regression_file"
+    kind: str = "regression_file"  # the task's kind (set by task=regression_file)
     path: Optional[str] = None  # .npz with arrays X and Y (samples as rows)
     x_path: Optional[str] = None  # or two CSV files
-    y_path: Optional[str] = None
-    eig_gap_rtol: float = 1e-6
+    y_path: Optional[str] = None  # the CSV file of Y (with x_path)
+    eig_gap_rtol: float = 1e-6  # Assumption 1: distinct eigenvalues of Sigma within this relative gap
 
 
 @dataclass
 class CompletionConfig(TaskConfig):
-    kind: str = "matrix_completion"
+    kind: str = "matrix_completion"  # the task's kind (set by task=matrix_completion)
     n1: int = 10  # rows of the target = d_H
     n2: int = 10  # columns of the target = d_0
-    rank: int = 1
-    singular_values: List[float] = field(default_factory=lambda: [10.0])
-    noise: float = 0.35
+    rank: int = 1  # rank of the target before noise
+    singular_values: List[float] = field(default_factory=lambda: [10.0])  # the target's singular values
+    noise: float = 0.35  # std of the Gaussian noise added to every entry
     observed_fraction: float = 1.0  # 1.0: the fully observed noisy variant (docs/theory.md §7)
     observed_count: Optional[int] = None  # overrides observed_fraction
 
@@ -84,15 +84,15 @@ TASK_KINDS = ("regression", "regression_file", "matrix_completion")
 @dataclass
 class OptimConfig:
     name: str = "gd"  # gd (full batch) | sgd (minibatch)
-    lr: float = 0.008
-    steps: int = 12000
+    lr: float = 0.008  # learning rate (constant unless lr_values is set)
+    steps: int = 12000  # training steps
     ridge: float = 0.0  # lambda of the objective loss + lambda * sum_h ||W_h||_F^2
     batch_size: int = 1  # sgd only: samples (or observed entries) per step, with replacement
     # Piecewise-constant schedules: phase k covers [milestones[k-1], milestones[k]); lr_values and
     # ridge_values give one value per phase (len(milestones) + 1), or stay empty for constant lr/ridge.
     milestones: List[int] = field(default_factory=list)
-    lr_values: List[float] = field(default_factory=list)
-    ridge_values: List[float] = field(default_factory=list)
+    lr_values: List[float] = field(default_factory=list)  # lr of each phase of the schedule
+    ridge_values: List[float] = field(default_factory=list)  # lambda of each phase of the schedule
     cycle: int = 0  # > 0: the schedule repeats with this period (periodic learning rates)
 
 
@@ -108,18 +108,21 @@ class RecordConfig:
     # (the top singular value of its least-squares map), so a tiny initialisation has rank 0.
     rank_floor: Optional[float] = None
     checkpoint_every: int = 0  # in steps; 0 = only at the end (and on interrupt)
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events (tb/)
     tb_every: int = 1  # write every n-th record to TensorBoard (the table gets all)
     tb_members: int = 8  # ensemble members shown in TensorBoard
     tb_singular_values: int = 8  # end-to-end singular values shown in TensorBoard
     flush_every: int = 200  # records per table part (a part is also written every 10 s)
-    progress: str = "auto"  # auto (a bar when stderr is a terminal) | on | off
+    # auto: a bar with ETA when stderr is a terminal, else a status line with ETA every
+    # progress_seconds (log files, SLURM) | on: the bar, even without a terminal | off: nothing
+    progress: str = "auto"
+    progress_seconds: float = 10.0  # seconds between status lines when stderr is not a terminal (> 0)
 
 
 @dataclass
 class WarmupConfig:
     steps: int = 0  # GD steps from model.init before the main phase (0: members start from model.init)
-    lr: float = 0.3
+    lr: float = 0.3  # learning rate of the warm-up
     ridge: Optional[float] = None  # null: the main phase's lambda at step 0
     every: int = 500  # record cadence of the warm-up run
 
@@ -151,7 +154,7 @@ class JumpsConfig:
     # dlnlab.experiments.config.label_tolerances):
     grad_tol: float = 1.0e-7  # ||grad|| <= grad_tol is critical
     eig_rtol: float = 1.0e-6  # Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0
-    eig_atol: float = 1.0e-12
+    eig_atol: float = 1.0e-12  # absolute floor of that tolerance
     orbit_rtol: float = 1.0e-7  # symmetry-orbit tangents: singular values > orbit_rtol * the largest
     identity_rtol: float = 1.0e-6  # ||theta||^2 = H sum s_i^(2/H) holds within this relative residual
     identity_roundoff: float = 1.0  # that sum skips s_i <= identity_roundoff * max(n1, n2) * eps * s_1
@@ -171,7 +174,7 @@ class JumpsConfig:
 class ClassifyConfig:
     """Labels of every checkpoint (dlnlab.recording.classifier). Training iterates are only approximately
     critical, hence looser tolerances than dlnlab.theory.classify's defaults for exact points."""
-    enabled: bool = True
+    enabled: bool = True  # label the records (Theorem 7; ridge labels off the square loss)
     every_records: int = 1  # Theorem 7 labels every n-th record (about 1 ms per member)
     grad_rtol: float = TRAINING_TOLERANCES.grad_rtol  # critical iff ||grad L|| <= grad_rtol * tr(Syy) (paper loss)
     rank_rtol: float = TRAINING_TOLERANCES.rank_rtol  # relative numerical-rank threshold of products and pivot blocks
@@ -192,7 +195,7 @@ class Config:
     seed: int = 0  # member k of an ensemble uses seed + k (init and SGD samples)
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
-    name: str = "run"
+    name: str = "run"  # the run's name: the end of its folder name (default task kind + optimizer)
 
 
 def register() -> None:
@@ -256,6 +259,8 @@ def validate(cfg) -> None:
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)
     _need(r.progress in ("auto", "on", "off"), "record.progress", "auto | on | off", r.progress)
+    _need(0 < r.progress_seconds < math.inf, "record.progress_seconds", "a number of seconds > 0",
+          r.progress_seconds)
     c = cfg.classify
     _need(c.every_records >= 1, "classify.every_records", "an integer >= 1", c.every_records)
     _need(c.ridge_every >= 0, "classify.ridge_every", "an integer >= 0", c.ridge_every)

@@ -113,7 +113,7 @@ class JumpsSummary:
             p = h["polish"]
             lines.append(f"polished    labels {p['labels']}, layer ranks {p['layer_ranks']}")
         if self.out_dir:
-            lines.append(f"outputs     {self.out_dir}  (python scripts/jumps_report.py {self.out_dir}; "
+            lines.append(f"outputs     {self.out_dir}  (dlnlab-report {self.out_dir}; "
                          f"tensorboard --logdir {self.out_dir})")
         return "\n".join(lines)
 

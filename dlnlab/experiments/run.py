@@ -9,10 +9,12 @@ From a notebook:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
@@ -34,20 +36,44 @@ class RunSummary:
     labels: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        loss = ", ".join(f"{v:.6g}" for v in self.final_loss[:8])
-        rank = ", ".join(str(v) for v in self.final_rank[:8])
-        more = " ..." if len(self.final_loss) > 8 else ""
-        lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s",
-                 f"final loss  {loss}{more}", f"final rank  {rank}{more}"]
-        if self.labels:
-            lines.append(f"final label {', '.join(self.labels[:8])}{more}")
+        lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s"]
+        if len(self.final_loss) <= 1:
+            lines += [f"final loss  {', '.join(f'{v:.6g}' for v in self.final_loss)}",
+                      f"final rank  {', '.join(str(v) for v in self.final_rank)}"]
+            if self.labels:
+                lines.append(f"final label {', '.join(self.labels)}")
+        else:
+            lines += _ensemble_lines(self.final_loss, self.final_rank, self.labels)
         div = [k for k, d in enumerate(self.diverged_at) if d is not None]
         if div:
-            lines.append(f"diverged    members {div}")
+            shown = ", ".join(map(str, div[:10])) + (", ..." if len(div) > 10 else "")
+            lines.append(f"diverged    {len(div)} of {len(self.diverged_at)} members ({shown})")
         if self.out_dir:
             lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
         return "\n".join(lines)
 
+
+def _quartiles(values) -> str:
+    q1, q2, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+    return f"median {q2:.6g}  quartiles [{q1:.6g}, {q3:.6g}]  range [{min(values):.6g}, {max(values):.6g}]"
+
+
+def _ensemble_lines(loss: list, rank: list, labels: list) -> list[str]:
+    """An ensemble's final values: counts, median and quartiles, label counts (not every member)."""
+    E = len(loss)
+    ok = [float(v) for v in loss if v == v]  # NaN: diverged
+    lines = [f"members     {E} ({E - len(ok)} diverged)" if len(ok) < E else f"members     {E}",
+             f"final loss  {_quartiles(ok)}" if ok else "final loss  (every member diverged)"]
+    ranks = [r for r in rank if r is not None]
+    if ranks:
+        counts = Counter(ranks)
+        q1, q2, q3 = (int(q) for q in np.quantile(ranks, [0.25, 0.5, 0.75], method="lower"))
+        lines.append(f"final rank  median {q2}  quartiles [{q1}, {q3}]  counts "
+                     + ", ".join(f"{r}: {counts[r]}" for r in sorted(counts)))
+    if labels:
+        counts = Counter(str(x).split(" (")[0] for x in labels)
+        lines.append("final label " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    return lines
 
 
 def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:

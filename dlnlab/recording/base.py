@@ -93,11 +93,13 @@ class Hook:
     """Base class with no-op methods; subclass and override what you need.
 
     Declared data: `tb_tags` maps the per-member columns a hook writes into `rec.metrics` to the
-    TensorBoard tags they are charted under; `tb_histograms()` gives histograms to write at the
+    TensorBoard tags they are charted under, `tb_descriptions` maps columns to the one-line
+    descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms to write at the
     end of the run. The builder hands the producers to the TensorBoard sink, which reads these."""
 
     cadence: Cadence | None = None
     tb_tags: dict = {}
+    tb_descriptions: dict = {}
 
     def on_start(self, trainer) -> None:
         pass

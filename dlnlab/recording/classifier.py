@@ -39,6 +39,13 @@ LABEL_CODES = {"ambiguous": -1, "not_critical": 0, "strict_saddle": 1, "nonstric
 # metric column -> TensorBoard tag (declared as tb_tags)
 TB_TAGS = {"critical_value": "loss/critical_value", "nearest_value": "loss/nearest_plateau",
            "label_code": "label_code", "r": "classify/r", "classify_grad_norm": "classify/grad_norm"}
+LABEL_LEGEND = ", ".join(f"{code} {label}" for label, code in sorted(LABEL_CODES.items(), key=lambda kv: kv[1]))
+# metric column -> description of its TensorBoard tag (tb_descriptions)
+TB_DESCRIPTIONS = {"label_code": LABEL_LEGEND,
+                   "critical_value": "critical value of the point's S (lab units); empty off criticality",
+                   "nearest_value": "plateau value of the S read from the product (lab units)",
+                   "r": "numerical rank of the product (Theorem 7 classifier)",
+                   "classify_grad_norm": "gradient norm of the paper's loss (sum over samples)"}
 
 
 def tolerances_from_config(c) -> Tolerances:
@@ -58,6 +65,7 @@ def _fmt_S(S) -> str:
 
 class ClassifierHook(Hook):
     tb_tags = TB_TAGS
+    tb_descriptions = TB_DESCRIPTIONS
 
     def __init__(self, tolerances: Tolerances | None = None, every_records: int = 1,
                  ridge_every: int = 0, ridge_members: int = 16, text_members: int = 8):

@@ -5,11 +5,40 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from dlnlab.recording.base import Hook, Record, product_key
 from dlnlab.recording.folder import swept_keys_of
+
+
+# descriptions of the fixed tags (shown by TensorBoard next to a chart); hooks add theirs for the
+# columns they declare (`tb_descriptions`); docs/columns.md lists them all
+DESCRIPTIONS = {
+    "loss/train": "training loss (lab units: mean over samples of the squared error, no ridge)",
+    "loss/regularised": "loss + lambda * sum_h ||W_h||_F^2 (the objective)",
+    "grad_norm": "norm of the full-batch gradient of the objective",
+    "theta_sq": "sum_h ||W_h||_F^2",
+    "sv": "singular values of the end-to-end product W_H...W_1, largest first",
+    "rank": "numerical rank of the partial product W_j...W_i (rank/j_i)",
+    "balance": "||W_{h+1}^T W_{h+1} - W_h W_h^T||_F (balance/h)",
+    "ensemble/loss": "quantiles over all members of the training loss (q25, median q50, q75)",
+    "ensemble/rank": "quantiles over all members of the end-to-end rank (lower quantiles: integers)",
+}
+QUANTILES = (("q25", 0.25), ("q50", 0.5), ("q75", 0.75))
+
+
+def describe(tag: str, extra: dict) -> str:
+    """The description of a tag (member prefix m<k>/ and indices dropped), or ""."""
+    base = tag.split("/", 1)[1] if tag.startswith("m") and tag.split("/", 1)[0][1:].isdigit() else tag
+    for key in (base, base.rsplit("_", 1)[0], base.split("/", 1)[0]):
+        if key in extra:
+            return extra[key]
+        if key in DESCRIPTIONS:
+            return DESCRIPTIONS[key]
+    return ""
 
 
 class TensorBoardHook(Hook):
@@ -29,6 +58,10 @@ class TensorBoardHook(Hook):
         # the hooks whose declared columns (tb_tags) and end-of-run histograms this sink writes
         self.sources = list(sources)
         self.tags: dict[str, str] = {k: v for h in self.sources for k, v in h.tb_tags.items()}
+        # tag -> description, declared by the hooks for their tags
+        self.descriptions: dict[str, str] = {self.tags.get(k, k): v for h in self.sources
+                                             for k, v in getattr(h, "tb_descriptions", {}).items()}
+        self._described: set = set()
 
     def _prefix(self, k: int, E: int) -> str:
         return "" if E == 1 else f"m{k}/"
@@ -42,16 +75,24 @@ class TensorBoardHook(Hook):
         shown = range(min(E, self.members))
         for k in shown:
             p = self._prefix(k, E)
-            layout[f"member {k}" if E > 1 else "dlnlab"] = {
+            charts = {
                 "losses": ["Multiline", [rf"{p}loss/.*"]],
                 "ranks of all partial products W_j...W_i": ["Multiline", [rf"{p}rank/.*"]],
                 "end-to-end singular values": ["Multiline", [rf"{p}sv/.*"]],
                 "balancedness": ["Multiline", [rf"{p}balance/.*"]],
             }
+            if "label_code" in self.tags.values():  # its legend in the chart's title
+                charts[f"label_code: {self.descriptions.get('label_code', 'label')}"] = \
+                    ["Multiline", [rf"{p}label_code$"]]
+            layout[f"member {k}" if E > 1 else "dlnlab"] = charts
         if E > 1:
             layout["ensemble"] = {
-                "end-to-end rank, all members": ["Multiline", [rf"m\d+/rank/{H}_1"]],
-                "loss, all members": ["Multiline", [r"m\d+/loss/train"]],
+                "loss over all members: median and quartiles": [
+                    "Margin", ["ensemble/loss_q50", "ensemble/loss_q25", "ensemble/loss_q75"]],
+                "end-to-end rank over all members: median and quartiles": [
+                    "Margin", ["ensemble/rank_q50", "ensemble/rank_q25", "ensemble/rank_q75"]],
+                "end-to-end rank, shown members": ["Multiline", [rf"m\d+/rank/{H}_1"]],
+                "loss, shown members": ["Multiline", [r"m\d+/loss/train"]],
             }
         self.writer.add_custom_scalars(layout)
         if trainer.config:
@@ -86,13 +127,24 @@ class TensorBoardHook(Hook):
                     values.append((p + self.tags[key], v[k]))
             for n, s in enumerate(m[f"sv_{product_key(H, 1)}"][k][: self.n_sv], start=1):
                 values.append((f"{p}sv/{n}", s))
+        if E > 1:
+            values += ensemble_quantiles(m, rec.active)
         values += list(rec.scalars.items())
         # One event with many values costs far less than one add_scalar per tag.
-        summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in values])
+        summary = Summary(value=[self._value(t, v) for t, v in values])
         self.writer.file_writer.add_summary(summary, rec.step)
         self._last = {key: m[key] for key in ("loss", "reg_loss", "grad_norm", "rank") if key in m}
         if rec.final:
             self.writer.flush()
+
+    def _value(self, tag: str, v) -> Summary.Value:
+        """A scalar; the first of each tag carries its description (TensorBoard reads the first)."""
+        if tag in self._described:
+            return Summary.Value(tag=tag, simple_value=float(v))
+        self._described.add(tag)
+        text = describe(tag, self.descriptions)
+        meta = scalar_metadata.create_summary_metadata(display_name=tag, description=text) if text else None
+        return Summary.Value(tag=tag, simple_value=float(v), metadata=meta)
 
     def on_end(self, trainer, status: str) -> None:
         if self.writer is None:
@@ -119,6 +171,25 @@ class TensorBoardHook(Hook):
                     self.writer.add_histogram(tag, values, global_step=trainer.step)
         finally:
             self.writer.close()
+
+
+def ensemble_quantiles(m: dict, active=None) -> list[tuple[str, float]]:
+    """(tag, value) of the quartiles of the loss and the end-to-end rank over all members that are
+    still training (active, with a finite loss); ranks use lower quantiles, so they stay integers."""
+    if "loss" not in m:
+        return []
+    ok = torch.isfinite(m["loss"].double())
+    if active is not None:
+        ok &= torch.as_tensor(active, dtype=torch.bool)
+    out = []
+    for key in ("loss", "rank"):
+        if key not in m or not bool(ok.any()):
+            continue
+        v = m[key].double()[ok].numpy()
+        method = "lower" if key == "rank" else "linear"
+        for name, q in QUANTILES:
+            out.append((f"ensemble/{key}_{name}", float(np.quantile(v, q, method=method))))
+    return out
 
 
 def _finite_mean(v: torch.Tensor) -> float:

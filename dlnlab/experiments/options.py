@@ -1,0 +1,123 @@
+"""What `dlnlab-train --help` prints: the config groups and every option with its one-line description.
+
+The descriptions are the comments of the dataclass fields in dlnlab/experiments/config.py (the one
+place they are written), read from its source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+from dlnlab.experiments import config as _config
+
+_FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
+
+
+def field_comments(cls) -> dict[str, str]:
+    """{field: description} of a config dataclass: the field's inline comment, else the comment lines
+    just above it."""
+    out: dict[str, str] = {}
+    block: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        s = line.strip()
+        if s.startswith("#"):
+            block.append(s.lstrip("# ").strip())
+            continue
+        m = _FIELD.match(line) if s and not s.startswith(('"""', "def ", "@")) else None
+        if m and m.group(1) not in out:
+            text = (m.group(3) or "").strip() or " ".join(block)
+            out[m.group(1)] = _one_line(text)
+        block = []
+    return out
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    """The first sentence of a comment, cut to `width` characters."""
+    text = re.split(r"(?<=[.:;])\s+(?=[A-Z(])", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= width else text[:width - 3].rstrip() + "..."
+
+
+def _walk(cls, prefix: str, rows: list) -> None:
+    notes = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            notes.update(field_comments(klass))
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        sub = getattr(_config, str(f.type), None) if isinstance(f.type, str) else f.type
+        if dataclasses.is_dataclass(sub):
+            _walk(sub, name + ".", rows)
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "???"
+        rows.append((name, _fmt(default), notes.get(f.name, "")))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def option_rows(cls=None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted option, default, description) of every leaf option of a config dataclass."""
+    rows: list = []
+    _walk(cls or _config.Config, prefix, rows)
+    return rows
+
+
+TASK_SCHEMAS = {"regression": _config.RegressionConfig, "regression_file": _config.RegressionFileConfig,
+                "matrix_completion": _config.CompletionConfig}
+
+
+def config_groups(conf_dir: str) -> dict[str, list[str]]:
+    """{group: [choices]} of the shipped configs (the internal *_schema entries are not choices)."""
+    root = Path(conf_dir)
+    groups: dict[str, list[str]] = {}
+    for d in sorted(p for p in root.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))):
+        names = sorted(f.stem for f in d.glob("*.yaml") if not f.stem.endswith("_schema"))
+        groups[str(d.relative_to(root))] = names
+    return groups
+
+
+def help_text(conf_dir: str, version: str) -> str:
+    """The text of `dlnlab-train --help`."""
+    lines = [f"dlnlab-train {version}: train deep linear networks (GD, SGD, ridge; ensembles); every record",
+             "labelled from theory. Usage: dlnlab-train [-m] [GROUP=CHOICE ...] [OPTION=VALUE ...]",
+             "",
+             "  dlnlab-train optim=sgd optim.lr=0.01 model.ensemble=64",
+             "  dlnlab-train -m optim.lr=0.002,0.005 'seed=range(0,3)'    # a sweep (multirun)",
+             "  dlnlab-train --version | --cfg job (print the composed config) | --hydra-help",
+             "",
+             "Config groups (GROUP=CHOICE):"]
+    for g, names in config_groups(conf_dir).items():
+        if g == "hydra/launcher":  # the plugins' stock launchers come too
+            names = [*names, "basic", "joblib", "submitit_local", "submitit_slurm"]
+        lines.append(f"  {g:18s} {', '.join(names)}")
+    lines.append("")
+    lines.append("Options (OPTION=VALUE; default in brackets):")
+    for name, default, note in option_rows():
+        if name != "task":
+            lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
+    for kind, cls in TASK_SCHEMAS.items():
+        lines += ["", f"Options of task={kind}:"]
+        for name, default, note in option_rows(cls, "task."):
+            lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
+    lines += ["", "Docs: README.md; every run-table column and TensorBoard tag: docs/columns.md."]
+    return "\n".join(lines)
+
+
+def check_choices(choices: dict) -> None:
+    """Raise ConfigError when a config group was set to an internal schema (`optim=optim_schema`)."""
+    for group, choice in choices.items():
+        if isinstance(choice, str) and choice.endswith("_schema"):
+            raise _config.ConfigError(f"{group}={choice!r} is invalid: {choice} is an internal schema, "
+                                      f"not a choice (see dlnlab-train --help for the {group} choices)")
