@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from dlnlab.classify import classify
-from dlnlab.landscape import LandscapeData, random_global_min, saddle_family
+from dlnlab.theory.classify import classify
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.points import random_global_min, saddle_family
 from dlnlab.linalg import product
 from dlnlab.losses import make_loss
 from dlnlab.theory.convex import (ConvexLabeller, ConvexTolerances, convex_reference, label_convex,

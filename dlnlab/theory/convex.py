@@ -24,12 +24,12 @@ from typing import Sequence
 
 import torch
 
-from dlnlab.hessian import min_eigenvalue
 from dlnlab.linalg import generator_of, product
 from dlnlab.losses import Loss, product_value_grad
 from dlnlab.theory.convex_certificate import Certificate, descent_certificate, perturb_and_retrain
 from dlnlab.theory.convex_reference import (ConvexReference, ConvexTolerances, WidthReport, convex_reference,
                                             width_condition)
+from dlnlab.theory.hessian import min_eigenvalue
 
 F64 = torch.float64
 LABELS = ("not_critical", "global_min", "strict_saddle", "nonstrict_saddle", "local_min", "undetermined",
