@@ -207,7 +207,7 @@ class CrossEntropy(Loss):
         if Y.ndim == 2 and Y.shape[1] > 1:
             if not ((Y == 0) | (Y == 1)).all() or not (Y.sum(-1) == 1).all():
                 i = int((~(((Y == 0) | (Y == 1)).all(-1) & (Y.sum(-1) == 1))).nonzero()[0, 0])
-                raise LossError(f"loss=cross_entropy needs class indices (m,) or one-hot rows: Y row {i} is "
+                raise LossError(f"loss=cross_entropy needs class targets (indices (m,) or one-hot rows): Y row {i} is "
                                 f"not one-hot")
             return Y
         c = Y.reshape(-1)

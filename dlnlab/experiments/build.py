@@ -29,7 +29,8 @@ from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
 from dlnlab.recording.tensorboard import TensorBoardHook
-from dlnlab.tasks import load_regression, make_completion, make_regression
+from dlnlab.losses import LossError, make_loss
+from dlnlab.tasks import load_regression, make_completion, make_regression, with_loss
 from dlnlab.train import Schedule, Trainer
 
 
@@ -65,6 +66,17 @@ def build_task(tc):
         return make_completion(tc.n1, tc.n2, tc.rank, list(tc.singular_values), tc.noise,
                                      tc.observed_fraction, tc.observed_count, tc.seed)
     raise ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(TASK_KINDS)}")
+
+
+def build_loss(lc):
+    """The Loss of a `loss` config (None: the square loss of today, also for configs without `loss`)."""
+    if lc is None or (lc.name == "square" and not lc.product_ridge):
+        return None
+    try:
+        probe = make_loss(lc.name)
+        return make_loss(lc.name, **{k: getattr(lc, k) for k in probe.params})
+    except LossError as e:
+        raise ConfigError(str(e)) from None
 
 
 def layer_dims(cfg, task) -> list[int]:
@@ -133,5 +145,7 @@ def prepare(cfg):
     """Validate a config and build its task (errors name the option, before any training)."""
     validate(cfg)
     task = build_task(cfg.task).to(getattr(torch, cfg.precision))
+    lc = getattr(cfg, "loss", None)
+    task = with_loss(task, build_loss(lc), lc.product_ridge if lc is not None else 0.0)
     validate_against_task(cfg, task)
     return task
