@@ -261,8 +261,12 @@ def check_assumption1(X: torch.Tensor, Y: torch.Tensor, gap_rtol: float = 1e-6) 
 
 def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None = None,
                     noise: float = 0.0, whiten: bool = True, seed: int = 0,
-                    gap_rtol: float = 1e-6) -> RegressionTask:
+                    gap_rtol: float = 1e-6, targets: str = "real") -> RegressionTask:
     """Synthetic teacher regression Y = X W*^T + noise, seeded, meeting Assumption 1.
+
+    targets="classes": Y is the one-hot row of argmax_k (X W*^T + noise)_k (d_y classes), for
+    loss=cross_entropy; Assumption 1 is then only reported (info["assumption1_failures"]). Without
+    noise the classes are linearly separable: cross-entropy has no minimiser (docs/losses.md).
 
     W* = U diag(spectrum) V^T with Haar U, V. With `whiten`, X^T X = m I exactly, so that the
     eigenvalues of Sigma are lambda_i = m * spectrum_i^2 (+ noise) and the saddle-to-saddle
@@ -288,6 +292,12 @@ def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None
     s[: len(spectrum)] = torch.tensor(spectrum, dtype=torch.float64)
     W_star = random_orthogonal(d_y, k, gen) @ torch.diag(s) @ random_orthogonal(d_x, k, gen).T
     Y = X @ W_star.T + noise * torch.randn(m, d_y, generator=gen, dtype=torch.float64)
+    if targets not in ("real", "classes"):
+        raise DataError(f"task.targets={targets!r} is invalid: allowed real | classes")
+    if targets == "classes":
+        Y = torch.nn.functional.one_hot(Y.argmax(-1), d_y).to(torch.float64)
+        return RegressionTask(X, Y, info={"teacher_singular_values": spectrum, "targets": "classes",
+                                          "assumption1_failures": check_assumption1(X, Y, gap_rtol)})
     failures = check_assumption1(X, Y, gap_rtol)
     if failures:
         raise DataError("task=regression does not meet Assumption 1 (docs/theory.md §1): "

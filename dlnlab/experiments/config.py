@@ -56,6 +56,7 @@ class RegressionConfig(TaskConfig):
     noise: float = 0.0
     whiten: bool = True
     eig_gap_rtol: float = 1e-6
+    targets: str = "real"  # real | classes (one-hot of argmax of the teacher output + noise: loss=cross_entropy)
 
 
 @dataclass
@@ -284,6 +285,8 @@ def validate(cfg) -> None:
     _need(cfg.precision in ("float32", "float64"), "precision", "float32 | float64", cfg.precision)
     _need(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)", cfg.threads)
     _need(cfg.seed >= 0, "seed", "an integer >= 0 (member k of an ensemble uses seed + k)", cfg.seed)
+    if t.kind == "regression":
+        _need(t.targets in ("real", "classes"), "task.targets", "real | classes", t.targets)
     if t.kind in ("regression", "matrix_completion"):
         _need(0 <= t.noise < math.inf, "task.noise", "a finite number >= 0", t.noise)
     if t.kind == "matrix_completion":
