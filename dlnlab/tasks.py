@@ -9,9 +9,15 @@ Ridge adds lambda * sum_h ||W_h||_F^2 to either. A minibatch loss is the mean ov
 samples (or observed entries) drawn uniformly with replacement, so its expectation is the full loss.
 
 Losses are pure functions of the weights [W_1, ..., W_H], each (E, d_h, d_{h-1}); they return (E,).
+
+Other convex losses (dlnlab.losses, docs/losses.md): `with_loss(task, loss, product_ridge)` gives a task
+whose `objective` is that loss (targets checked once, canonical in `targets`) plus mu ||W_H...W_1||_F^2.
+Such a task has no factored step (`batch_arrays` is None: the trainer uses autograd) and
+`square_loss` False; the loss is still a function of the product (`loss_of_product`).
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from dlnlab.linalg import forward, product, random_orthogonal
+from dlnlab.losses import Loss
 from dlnlab.theory.data import LandscapeData
 
 
@@ -64,7 +71,19 @@ class RegressionTask:
     Y: torch.Tensor
     name: str = "regression"
     info: dict = field(default_factory=dict)
+    objective: Loss | None = None  # None: the square loss (today's exact expressions)
+    product_ridge: float = 0.0  # mu of + mu ||W_H...W_1||_F^2 (with `objective` only)
+    targets: torch.Tensor | None = None  # Y canonical for `objective` (Loss.check_targets)
     loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
+
+    @property
+    def square_loss(self) -> bool:
+        """The square loss of the landscape theory (no product ridge): factored steps, Theorem 7."""
+        return self.objective is None
+
+    @property
+    def loss_name(self) -> str:
+        return "square" if self.objective is None else self.objective.name
 
     @property
     def d_in(self) -> int:
@@ -85,18 +104,28 @@ class RegressionTask:
         return float(self.n_samples)
 
     def to(self, dtype: torch.dtype) -> "RegressionTask":
-        return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info)
+        T = None if self.targets is None else self.targets.to(dtype)
+        return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info, self.objective,
+                              self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
+        if self.objective is None:
+            return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
+        return _with_ridge(self.objective.value(forward(weights, self.X), self.targets), weights, self.product_ridge)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) sample indices, one row per ensemble member."""
-        return (forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
+        if self.objective is None:
+            return (forward(weights, self.X[idx]) - self.Y[idx]).pow(2).sum(-1).mean(-1)
+        out = self.objective.value(forward(weights, self.X[idx]), self.targets[idx])
+        return _with_ridge(out, weights, self.product_ridge)
 
     def batch_arrays(self, idx: torch.Tensor | None):
         """(x, y, None) for `train.dln_batch_factors`: the samples `idx` (E, B) of each member, or
-        all of them (idx None: full batch, the same (m, d_x) inputs for every member)."""
+        all of them (idx None: full batch, the same (m, d_x) inputs for every member). None (autograd)
+        under another loss than the square loss."""
+        if self.objective is not None:
+            return None
         if idx is None:
             return self.X, self.Y, None
         return self.X[idx], self.Y[idx], None
@@ -108,6 +137,10 @@ class RegressionTask:
     def landscape_data(self):
         """(X, Y) for the square-loss classifier."""
         return self.X, self.Y
+
+    def convex_data(self):
+        """(X, canonical targets) of the convex reference ell* (dlnlab.theory.convex_reference)."""
+        return self.X, (self.Y if self.targets is None else self.targets)
 
 
 @dataclass
@@ -125,7 +158,18 @@ class CompletionTask:
     truth: torch.Tensor  # the noiseless low-rank matrix A*
     name: str = "matrix_completion"
     info: dict = field(default_factory=dict)
+    objective: Loss | None = None  # None: the square loss; else each observed entry is a sample (d_out 1)
+    product_ridge: float = 0.0
+    targets: torch.Tensor | None = None  # (N, 1) canonical values for `objective`
     loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
+
+    @property
+    def square_loss(self) -> bool:
+        return self.objective is None
+
+    @property
+    def loss_name(self) -> str:
+        return "square" if self.objective is None else self.objective.name
 
     @property
     def d_in(self) -> int:
@@ -154,12 +198,16 @@ class CompletionTask:
         return float(self.n_samples)
 
     def to(self, dtype: torch.dtype) -> "CompletionTask":
+        T = None if self.targets is None else self.targets.to(dtype)
         return CompletionTask(self.n1, self.n2, self.rows, self.cols, self.values.to(dtype),
-                              self.truth.to(dtype), self.name, self.info)
+                              self.truth.to(dtype), self.name, self.info, self.objective, self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         A = product(weights)
-        return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
+        if self.objective is None:
+            return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
+        out = self.objective.value(A[..., self.rows, self.cols].unsqueeze(-1), self.targets)
+        return _with_ridge(out, [A], self.product_ridge)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) indices of observed entries; costs O(B H d^2), never the full product."""
@@ -170,13 +218,15 @@ class CompletionTask:
         for w in weights[1:-1]:
             v = v @ w.transpose(-1, -2)
         out = (v * weights[-1][members, r]).sum(-1)              # rows of W_H
-        return (out - self.values[idx]).pow(2).mean(-1)
+        if self.objective is None:
+            return (out - self.values[idx]).pow(2).mean(-1)
+        return _with_ridge(self.objective.value(out.unsqueeze(-1), self.targets[idx]), weights, self.product_ridge)
 
     def batch_arrays(self, idx: torch.Tensor | None):
         """(one-hot columns (E, B, n2), values (E, B), rows (E, B)) of the observed entries `idx`
         for `train.dln_batch_factors`; None for the full batch (its loss reads the product, which
         autograd handles as well)."""
-        if idx is None:
+        if idx is None or self.objective is not None:
             return None
         x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype)
         x.scatter_(-1, self.cols[idx].unsqueeze(-1), 1.0)
@@ -197,6 +247,32 @@ class CompletionTask:
             return None
         return torch.eye(self.n2, dtype=torch.float64), self.observed_matrix().double().T
 
+    def convex_data(self):
+        """None: the convex reference is written for regression data (X, Y)."""
+        return None
+
+
+def _with_ridge(value: torch.Tensor, weights: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
+    """value + mu ||W_H...W_1||_F^2 (the product ridge, inside Laurent & von Brecht's theorem)."""
+    if not mu:
+        return value
+    return value + mu * product(weights).pow(2).sum((-1, -2))
+
+
+def with_loss(task, loss: Loss | None, product_ridge: float = 0.0):
+    """`task` under `loss` (+ mu ||A||_F^2): its targets checked once (LossError, one line, naming the
+    problem); the square loss without product ridge returns `task` itself (bit for bit today's)."""
+    if loss is None or (loss.name == "square" and not product_ridge):
+        return task
+    Y = task.Y if isinstance(task, RegressionTask) else task.values
+    try:
+        T = loss.check_targets(Y, task.d_out if isinstance(task, RegressionTask) else None)
+    except ValueError as e:
+        raise DataError(f"{e} (task={task.name})") from None
+    if isinstance(task, CompletionTask) and T.shape[-1] != 1:
+        raise DataError(f"loss={loss.name} does not fit task={task.name}: an observed entry is one real value")
+    return dataclasses.replace(task, objective=loss, product_ridge=float(product_ridge), targets=T)
+
 
 # ---------------------------------------------------------------------------------------------
 # Builders
@@ -213,8 +289,12 @@ def check_assumption1(X: torch.Tensor, Y: torch.Tensor, gap_rtol: float = 1e-6) 
 
 def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None = None,
                     noise: float = 0.0, whiten: bool = True, seed: int = 0,
-                    gap_rtol: float = 1e-6) -> RegressionTask:
+                    gap_rtol: float = 1e-6, targets: str = "real") -> RegressionTask:
     """Synthetic teacher regression Y = X W*^T + noise, seeded, meeting Assumption 1.
+
+    targets="classes": Y is the one-hot row of argmax_k (X W*^T + noise)_k (d_y classes), for
+    loss=cross_entropy; Assumption 1 is then only reported (info["assumption1_failures"]). Without
+    noise the classes are linearly separable: cross-entropy has no minimiser (docs/losses.md).
 
     W* = U diag(spectrum) V^T with Haar U, V. With `whiten`, X^T X = m I exactly, so that the
     eigenvalues of Sigma are lambda_i = m * spectrum_i^2 (+ noise) and the saddle-to-saddle
@@ -240,6 +320,12 @@ def make_regression(m: int, d_x: int, d_y: int, spectrum: Sequence[float] | None
     s[: len(spectrum)] = torch.tensor(spectrum, dtype=torch.float64)
     W_star = random_orthogonal(d_y, k, gen) @ torch.diag(s) @ random_orthogonal(d_x, k, gen).T
     Y = X @ W_star.T + noise * torch.randn(m, d_y, generator=gen, dtype=torch.float64)
+    if targets not in ("real", "classes"):
+        raise DataError(f"task.targets={targets!r} is invalid: allowed real | classes")
+    if targets == "classes":
+        Y = torch.nn.functional.one_hot(Y.argmax(-1), d_y).to(torch.float64)
+        return RegressionTask(X, Y, info={"teacher_singular_values": spectrum, "targets": "classes",
+                                          "assumption1_failures": check_assumption1(X, Y, gap_rtol)})
     failures = check_assumption1(X, Y, gap_rtol)
     if failures:
         raise DataError("task=regression does not meet Assumption 1 (docs/theory.md §1): "

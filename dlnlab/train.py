@@ -173,14 +173,15 @@ class Trainer:
     """Runs `steps` optimizer steps of GD (`optim="gd"`) or SGD on `task` and drives `hooks`.
 
     Hooks see the trainer itself as their context: `net`, `task`, `optimizer`, `step`, `steps`,
-    `lr`, `ridge`, `active` (members still training), `config`, `out_dir`.
+    `lr`, `ridge`, `active` (members still training), `config`, `out_dir`, `info` (facts about the
+    run that status.json and the hparams carry, e.g. the width condition).
     """
 
     def __init__(self, net: DeepLinearNet, task, *, optim: str = "gd", lr: float = 0.05,
                  steps: int = 1000, ridge: float = 0.0, batch_size: int = 1,
                  lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
-                 config: dict | None = None, out_dir=None):
+                 config: dict | None = None, out_dir=None, info: dict | None = None):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
         self.net, self.task, self.optim_name = net, task, optim
@@ -193,6 +194,7 @@ class Trainer:
             if getattr(h, "cadence", None) is None:
                 h.cadence = self.cadence
         self.config, self.out_dir = config or {}, out_dir
+        self.info = dict(info or {})  # facts about the run (width condition...) for status.json and hparams
         self.sampler = IndexSampler(task.n_samples, batch_size, seed, net.E) if optim == "sgd" else None
         self.optimizer = RidgeSGD(net.parameters(), lr=self.lr_at(0), ridge=self.ridge_at(0))
         self.step = 0

@@ -47,6 +47,25 @@ def test_default_experiment_shortened(tmp_path):
     assert ranks == df["rank_4_1"].tolist()
 
 
+def test_cross_entropy_tour_line(tmp_path):
+    out = tmp_path / "run"
+    p = train("loss=cross_entropy", "task.targets=classes", "task.noise=3", "optim.lr=0.05",
+              "model.init.scale=0.3", *SHORT, f"hydra.run.dir={out}")
+    assert p.returncode == 0, p.stderr
+    assert "dlnlab-train: width condition holds" in p.stderr and "status      finished" in p.stdout
+    st = read_status(out)
+    assert st["loss"] == "cross_entropy" and st["width_condition"] is True and st["no_minimiser"] is False
+    df = load_run(out)
+    assert {"convex_gap", "grad_l_norm", "convex_label"} <= set(df.columns) and "label" not in df.columns
+    assert (df["convex_gap"].diff().dropna() < 0).all()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert {"convex/gap", "convex/grad_l_norm", "convex/label_code"} <= set(acc.Tags()["scalars"])
+
+
 def test_sweep_with_the_joblib_launcher(tmp_path):
     p = train("-m", *SHORT, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
               "optim.lr=0.002,0.004", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
@@ -79,6 +98,9 @@ def test_a_failing_job_leaves_the_others_intact(tmp_path):
     (["model.widht=3"], "Key 'widht' not in 'ModelConfig'"),
     (["task=regression_file", "task.path=/no/such.npz"], "task data file not found: /no/such.npz"),
     (["optim=adam"], "Could not find 'optim/adam'"),
+    (["loss=foo"], "Could not find 'loss/foo'"),
+    (["loss=cross_entropy"], "loss=cross_entropy needs class targets"),
+    (["loss=lp", "loss.p=3"], "loss.p=3.0 is invalid: allowed a number in (1, 2]"),
 ])
 def test_user_errors_are_one_clear_message(tmp_path, args, message):
     p = train(*args, f"hydra.run.dir={tmp_path / 'run'}")

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from dlnlab.experiments.build import conf_dir, prepare
+from dlnlab.experiments.build import conf_dir, prepare, width_report
 from dlnlab.experiments.config import ConfigError, register
 from dlnlab.experiments.options import check_choices, help_text
 from dlnlab.experiments.run import mark_failed, run
@@ -40,6 +40,7 @@ def _train(cfg) -> None:
         if hc.mode == RunMode.RUN:
             sys.exit(2)
         return
+    print(f"dlnlab-train: {width_report(cfg, task).message}", file=sys.stderr)
     print(f"dlnlab-train: writing to {out_dir}", file=sys.stderr)
     summary = run(cfg, out_dir=out_dir, task=task)
     print(summary)

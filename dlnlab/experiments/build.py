@@ -20,15 +20,18 @@ from dlnlab.experiments.config import (
     validate,
     validate_against_task,
 )
+from dlnlab.losses import LossError, make_loss
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
 from dlnlab.recording.checkpoint import CheckpointHook
 from dlnlab.recording.classifier import ClassifierHook, tolerances_from_config
+from dlnlab.recording.convex import ConvexHook
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
 from dlnlab.recording.tensorboard import TensorBoardHook
-from dlnlab.tasks import load_regression, make_completion, make_regression
+from dlnlab.tasks import load_regression, make_completion, make_regression, with_loss
+from dlnlab.theory.convex_reference import WidthReport, width_condition
 from dlnlab.train import Schedule, Trainer
 
 
@@ -57,7 +60,7 @@ def build_task(tc):
     """The task of a task config (see conf/task/)."""
     if tc.kind == "regression":
         return make_regression(tc.m, tc.d_x, tc.d_y, list(tc.spectrum), tc.noise, tc.whiten,
-                                     tc.seed, tc.eig_gap_rtol)
+                                     tc.seed, tc.eig_gap_rtol, getattr(tc, "targets", "real"))
     if tc.kind == "regression_file":
         return load_regression(tc.path, tc.x_path, tc.y_path, tc.eig_gap_rtol)
     if tc.kind == "matrix_completion":
@@ -66,10 +69,34 @@ def build_task(tc):
     raise ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(TASK_KINDS)}")
 
 
+def build_loss(lc):
+    """The Loss of a `loss` config (None: the square loss of today, also for configs without `loss`)."""
+    if lc is None or (lc.name == "square" and not lc.product_ridge):
+        return None
+    try:
+        probe = make_loss(lc.name)
+        return make_loss(lc.name, **{k: getattr(lc, k) for k in probe.params})
+    except LossError as e:
+        raise ConfigError(str(e)) from None
+
+
 def layer_dims(cfg, task) -> list[int]:
     """[d_0, ..., d_H]: the task fixes d_0 and d_H, the model the hidden widths."""
     hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
     return [task.d_in, *hidden, task.d_out]
+
+
+def width_report(cfg, task) -> WidthReport:
+    """Laurent & von Brecht's width condition for this network (docs/theory.md §8)."""
+    return width_condition(layer_dims(cfg, task))
+
+
+def run_info(cfg, task) -> dict:
+    """Facts about the run for status.json and the hparams: the loss and the width condition
+    (`bottlenecks`: [[h, d_h], ...] hidden layers narrower than min(d_0, d_H))."""
+    w = width_report(cfg, task)
+    return {"loss": getattr(task, "loss_name", "square"), "width_condition": w.holds,
+            "bottlenecks": [list(b) for b in w.bottlenecks], "width_message": w.message}
 
 
 def build_net(cfg, task) -> DeepLinearNet:
@@ -93,13 +120,16 @@ def build_net(cfg, task) -> DeepLinearNet:
 
 
 def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
-    """Producers first (metrics, then the classifier and `extra`), so that their columns reach the
+    """Producers first (metrics, then the classifier (Theorem 7 for the square loss, ConvexHook for any
+    other loss) and `extra`), so that their columns reach the
     sinks (table, TensorBoard, progress, checkpoints). The TensorBoard sink is handed the producers
     whose declared `tb_tags` and histograms it writes."""
     r = cfg.record
     hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor)]
     c = getattr(cfg, "classify", None)
-    if c is not None and c.enabled:
+    if c is not None and c.enabled and build_loss(getattr(cfg, "loss", None)) is not None:
+        hooks.append(ConvexHook(every_records=c.every_records, text_members=r.tb_members))
+    elif c is not None and c.enabled:
         hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
                                     text_members=r.tb_members))
     hooks += list(extra)
@@ -125,12 +155,14 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
                    seed=cfg.seed, hooks=hooks,
                    cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
                    config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
-                   out_dir=out_dir)
+                   out_dir=out_dir, info=run_info(cfg, task))
 
 
 def prepare(cfg):
     """Validate a config and build its task (errors name the option, before any training)."""
     validate(cfg)
     task = build_task(cfg.task).to(getattr(torch, cfg.precision))
+    lc = getattr(cfg, "loss", None)
+    task = with_loss(task, build_loss(lc), lc.product_ridge if lc is not None else 0.0)
     validate_against_task(cfg, task)
     return task

@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from dlnlab.losses import LOSSES
 from dlnlab.model import INITS
 from dlnlab.theory.classify import TRAINING_TOLERANCES
 from dlnlab.theory.ridge_modes import LabelTolerances, RankTolerances
@@ -55,6 +56,7 @@ class RegressionConfig(TaskConfig):
     noise: float = 0.0  # std of the Gaussian label noise added to the teacher's outputs
     whiten: bool = True  # whiten the inputs (Sigma_XX = I)
     eig_gap_rtol: float = 1e-6  # Assumption 1: distinct eigenvalues of Sigma within this relative gap
+    targets: str = "real"  # real | classes (one-hot of argmax of the teacher output + noise: loss=cross_entropy)
 
 
 @dataclass
@@ -97,6 +99,15 @@ class OptimConfig:
 
 
 OPTIMIZERS = ("gd", "sgd")
+
+
+@dataclass
+class LossConfig:
+    """The loss of the network output (dlnlab.losses, docs/losses.md); `square` is today's loss."""
+    name: str = "square"  # square | cross_entropy | logistic | huber | pseudo_huber | lp | poisson | l1
+    delta: float = 1.0  # huber, pseudo_huber: the transition scale (> 0)
+    p: float = 1.5  # lp: the exponent, in (1, 2]
+    product_ridge: float = 0.0  # mu of + mu ||W_H...W_1||_F^2 (inside the theorem; >= 0)
 
 
 @dataclass
@@ -189,6 +200,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     jumps: JumpsConfig = field(default_factory=JumpsConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -208,6 +220,7 @@ def register() -> None:
     cs.store(group="task", name="regression_file_schema", node=RegressionFileConfig)
     cs.store(group="task", name="matrix_completion_schema", node=CompletionConfig)
     cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="loss", name="loss_schema", node=LossConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="record", name="record_schema", node=RecordConfig)
 
@@ -246,6 +259,9 @@ def validate(cfg) -> None:
           list(o.ridge_values))
     _need(o.cycle >= 0 and (o.cycle == 0 or not ms or ms[-1] < o.cycle), "optim.cycle",
           "0 (no repeat) or a period longer than the last milestone", o.cycle)
+    lc = getattr(cfg, "loss", None)
+    if lc is not None:
+        _validate_loss(lc)
     _need(r.every >= 1, "record.every", "an integer >= 1", r.every)
     _need(r.log_spaced >= 0, "record.log_spaced", "an integer >= 0", r.log_spaced)
     _need(0 < r.rank_rtol < 1, "record.rank_rtol", "a tolerance in (0, 1)", r.rank_rtol)
@@ -273,6 +289,8 @@ def validate(cfg) -> None:
     _need(cfg.precision in ("float32", "float64"), "precision", "float32 | float64", cfg.precision)
     _need(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)", cfg.threads)
     _need(cfg.seed >= 0, "seed", "an integer >= 0 (member k of an ensemble uses seed + k)", cfg.seed)
+    if t.kind == "regression":
+        _need(t.targets in ("real", "classes"), "task.targets", "real | classes", t.targets)
     if t.kind in ("regression", "matrix_completion"):
         _need(0 <= t.noise < math.inf, "task.noise", "a finite number >= 0", t.noise)
     if t.kind == "matrix_completion":
@@ -286,6 +304,13 @@ def validate(cfg) -> None:
             check_options(cfg)
     if t.kind in ("regression", "regression_file"):
         _need(0 < t.eig_gap_rtol < 1, "task.eig_gap_rtol", "a tolerance in (0, 1)", t.eig_gap_rtol)
+
+
+def _validate_loss(lc) -> None:
+    _need(lc.name in LOSSES, "loss", " | ".join(LOSSES), lc.name)
+    _need(0 < lc.delta < math.inf, "loss.delta", "a finite number > 0", lc.delta)
+    _need(1 < lc.p <= 2, "loss.p", "a number in (1, 2]", lc.p)
+    _need(0 <= lc.product_ridge < math.inf, "loss.product_ridge", "a finite mu >= 0", lc.product_ridge)
 
 
 def _validate_jumps(j) -> None:

@@ -34,6 +34,7 @@ class RunSummary:
     final_rank: list
     diverged_at: list
     labels: list = field(default_factory=list)
+    width: str = ""  # the width condition (Laurent & von Brecht), one line
 
     def __str__(self) -> str:
         lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s"]
@@ -44,6 +45,8 @@ class RunSummary:
                 lines.append(f"final label {', '.join(self.labels)}")
         else:
             lines += _ensemble_lines(self.final_loss, self.final_rank, self.labels)
+        if self.width:
+            lines.append(f"width       {self.width}")
         div = [k for k, d in enumerate(self.diverged_at) if d is not None]
         if div:
             shown = ", ".join(map(str, div[:10])) + (", ..." if len(div) > 10 else "")
@@ -93,12 +96,13 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     hooks = build_hooks(cfg, out_dir, extra_hooks)
     trainer = build_trainer(cfg, task, net, hooks, out_dir)
+    width = trainer.info.get("width_message", "")
     t0 = time.perf_counter()
     result = trainer.run()
     loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
-                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []), width)
 
 
 def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:

@@ -52,6 +52,7 @@ class TableHook(Hook):
         status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
                       ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
                       assumption1_failures=list(info.get("assumption1_failures", [])))
+        status.update(getattr(trainer, "info", {}) or {})
         _atomic_write_text(self.dir / STATUS_FILE, json.dumps(status, indent=1))
 
     def on_record(self, trainer, rec: Record) -> None:

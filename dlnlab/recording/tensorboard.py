@@ -158,7 +158,7 @@ class TensorBoardHook(Hook):
             from torch.utils.tensorboard.summary import hparams
 
 
-            hp = hparam_dict(trainer.config, status)
+            hp = hparam_dict(trainer.config, status, getattr(trainer, "info", None))
             exp, ssi, sei = hparams(hp, metrics)
             mark_differs(exp, swept_keys_of(self.log_dir), hp)
             writer = self.writer.file_writer
@@ -199,8 +199,9 @@ def _finite_mean(v: torch.Tensor) -> float:
     return float(v.mean()) if v.numel() else float("nan")
 
 
-def hparam_dict(config: dict, status: str) -> dict:
-    """The scalar leaves of a nested config as {dotted.name: value} (what HParams can show)."""
+def hparam_dict(config: dict, status: str, info: dict | None = None) -> dict:
+    """The scalar leaves of a nested config as {dotted.name: value} (what HParams can show), plus the
+    run's `info` (width_condition, bottlenecks...; lists as strings)."""
     flat = {}
 
     def walk(d, prefix):
@@ -213,6 +214,7 @@ def hparam_dict(config: dict, status: str) -> dict:
             elif isinstance(v, (list, tuple)):
                 flat[name] = str(list(v))
     walk(config or {}, "")
+    walk(info or {}, "")
     flat["status"] = status
     return flat
 

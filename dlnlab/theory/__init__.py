@@ -4,7 +4,9 @@ Square loss (Achour, Malgouyres & Gerchinovitz, JMLR 2024): `data` (statistics, 
 `critical` (critical and plateau values, closed-form loss and gradient), `points` (generators of
 labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `classify`
 (Theorem 7 labels). Ridge (Wang & Jacot, ICLR 2024): `ridge_modes` (closed forms, rank states),
-`ridge_labels` (second-order labels modulo the symmetry orbit).
+`ridge_labels` (second-order labels modulo the symmetry orbit). Convex losses (Laurent & von
+Brecht, ICML 2018): `convex_reference` (width condition, the convex reference ell*, no-minimiser
+detection), `convex_certificate` (descent certificates, perturb-and-retrain), `convex` (labels).
 """
 from dlnlab.theory.classify import (
                                     TRAINING_TOLERANCES,
@@ -12,6 +14,16 @@ from dlnlab.theory.classify import (
                                     Classifier,
                                     Tolerances,
                                     classify,
+)
+from dlnlab.theory.convex import ConvexLabel, ConvexLabeller, label_convex
+from dlnlab.theory.convex import LABELS as CONVEX_LABELS
+from dlnlab.theory.convex_certificate import Certificate, descent_certificate, perturb_and_retrain
+from dlnlab.theory.convex_reference import (
+                                    ConvexReference,
+                                    ConvexTolerances,
+                                    WidthReport,
+                                    convex_reference,
+                                    width_condition,
 )
 from dlnlab.theory.critical import (
                                     CriticalValue,
@@ -21,6 +33,7 @@ from dlnlab.theory.critical import (
                                     labels_for,
                                     loss,
                                     loss_and_grad,
+                                    loss_of_product,
                                     plateau_values,
 )
 from dlnlab.theory.data import (
@@ -88,4 +101,8 @@ __all__ = [
     "RankTolerances", "LabelTolerances", "RankState", "rank_state", "balanced_identity", "mode_threshold",
     "mode_roots", "mode_energy", "mode_curvature", "tie_value", "mode_table", "balanced_mode_point",
     "RidgePoint", "ridge_classify", "ridge_classify_members", "ridge_loss_fn", "orbit_basis",
+    # convex losses
+    "WidthReport", "width_condition", "ConvexTolerances", "ConvexReference", "convex_reference",
+    "Certificate", "descent_certificate", "perturb_and_retrain", "ConvexLabel", "ConvexLabeller",
+    "label_convex", "CONVEX_LABELS",
 ]

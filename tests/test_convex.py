@@ -1,0 +1,175 @@
+"""Laurent & von Brecht's theorem at work: width condition, the convex reference ell*, and labels."""
+import pytest
+import torch
+
+from dlnlab.theory.classify import classify
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.points import random_global_min, saddle_family
+from dlnlab.linalg import product
+from dlnlab.losses import make_loss
+from dlnlab.theory.convex import (ConvexLabeller, ConvexTolerances, convex_reference, label_convex,
+                                  width_condition)
+from dlnlab.theory.convex_certificate import curvature
+
+F64 = torch.float64
+
+
+def ce_data(m=60, d_in=4, C=3, noise=1.0, seed=0):
+    """Cross-entropy data: labels = argmax of a noisy linear teacher (not separable for noise > 0)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, d_in, generator=g, dtype=F64)
+    W = torch.randn(C, d_in, generator=g, dtype=F64)
+    return X, (X @ W.T + noise * torch.randn(m, C, generator=g, dtype=F64)).argmax(1)
+
+
+def factor(A, dims, seed=0):
+    """Random invertible factors with product A: W_1 = D_1, W_h = D_h D_{h-1}^{-1}, W_H = A D_{H-1}^{-1}
+    (hidden widths all d_0)."""
+    g = torch.Generator().manual_seed(seed)
+    Ds = [torch.randn(d, d, generator=g, dtype=F64) + 2 * torch.eye(d, dtype=F64) for d in dims[1:-1]]
+    ws = [Ds[0]] + [Ds[h] @ torch.linalg.inv(Ds[h - 1]) for h in range(1, len(Ds))]
+    return ws + [A @ torch.linalg.inv(Ds[-1])]
+
+
+def test_width_condition_names_the_bottleneck():
+    assert width_condition([6, 4, 4, 4]).holds
+    w = width_condition([6, 4, 1, 4])
+    assert not w.holds and w.bottlenecks == ((2, 1),) and w.r_max == 1 and "layer h=2" in w.message
+
+
+def test_product_at_the_argmin_with_invertible_factors_is_a_global_min():
+    X, y = ce_data()
+    loss = make_loss("cross_entropy")
+    ref = convex_reference(loss, X, y, d_out=3)
+    assert ref.converged and not ref.no_minimiser and "Stiemke" in ref.evidence
+    ws = factor(ref.A_star, [4, 4, 4, 4, 3])
+    lab = label_convex(ws, loss, X, y, ref)
+    assert lab.label == "global_min" and abs(lab.convex_gap) < 1e-12, lab
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "huber", "logistic", "poisson"])
+def test_two_zero_layers_are_a_strict_saddle_with_a_checked_certificate(name):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 4, generator=g, dtype=F64)
+    d_out = 1 if name == "logistic" else 3
+    Y = {"cross_entropy": torch.randint(0, 3, (40,), generator=g),
+         "logistic": torch.randint(0, 2, (40,), generator=g),
+         "poisson": torch.poisson(torch.full((40, 3), 1.5), generator=g),
+         "huber": torch.randn(40, 3, generator=g, dtype=F64) + 1}[name]
+    loss = make_loss(name)
+    ws = [torch.randn(4, 4, generator=g, dtype=F64), torch.zeros(4, 4, dtype=F64), torch.zeros(d_out, 4, dtype=F64)]
+    lab = label_convex(ws, loss, X, Y)
+    assert lab.grad_theta_norm == 0 and lab.grad_l_norm > 1e-3     # critical, grad ell(A) != 0
+    assert lab.label == "strict_saddle" and lab.hessian_min_eig < 0
+    c = lab.certificate
+    assert c.kind == "negative_curvature" and c.decrease < 0
+    lab_ref = ConvexLabeller(convex_reference(loss, X, Y, d_out=d_out), [4, 4, 4, d_out])
+    # the certificate's curvature against central finite differences of f along its direction
+    f = lambda t: float(lab_ref.objective([w + t * u for w, u in zip(ws, c.direction)]))
+    eps = 1e-4
+    fd = (f(eps) + f(-eps) - 2 * f(0.0)) / eps ** 2
+    assert c.curvature == pytest.approx(fd, rel=1e-4)
+    assert curvature(lab_ref.objective, ws, c.direction) == pytest.approx(c.curvature, rel=1e-12)
+
+
+def test_the_origin_at_depth_3_is_a_nonstrict_saddle():
+    X, y = ce_data(seed=1)
+    lab = label_convex([torch.zeros(4, 4, dtype=F64), torch.zeros(4, 4, dtype=F64), torch.zeros(3, 4, dtype=F64)],
+                       make_loss("cross_entropy"), X, y)
+    assert lab.label == "nonstrict_saddle" and abs(lab.hessian_min_eig) <= 1e-12 * lab.hessian_scale
+
+
+def test_separable_data_have_no_minimiser_and_never_a_global_min():
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(50, 3, generator=g, dtype=F64)
+    y = torch.sign(X @ torch.tensor([1.0, -2.0, 0.5], dtype=F64))
+    loss = make_loss("logistic")
+    ref = convex_reference(loss, X, y)
+    assert ref.no_minimiser and ref.A_star is None and "separable" in ref.evidence
+    for t in (1.0, 1e2, 1e4):  # far out along the recession direction: grad ell(A) -> 0
+        lab = label_convex(factor(t * ref.direction, [3, 3, 3, 1]), loss, X, y, ref)
+        assert lab.label != "global_min"
+    assert lab.label == "no_minimiser"
+    # with a product ridge the same data have a unique minimiser
+    assert not convex_reference(loss, X, y, product_ridge=1e-2).no_minimiser
+
+
+def test_poisson_zero_column_with_an_intercept_has_no_minimiser():
+    g = torch.Generator().manual_seed(5)
+    X = torch.cat([torch.ones(30, 1, dtype=F64), torch.randn(30, 2, generator=g, dtype=F64)], 1)
+    Y = torch.poisson(torch.full((30, 2), 2.0), generator=g)
+    Y[:, 1] = 0
+    ref = convex_reference(make_loss("poisson"), X, Y)
+    assert ref.no_minimiser and "output 1" in ref.evidence
+
+
+def test_square_loss_general_path_agrees_with_theorem_7():
+    g = torch.Generator().manual_seed(6)
+    X, Y = torch.randn(20, 4, generator=g, dtype=F64), torch.randn(20, 3, generator=g, dtype=F64)
+    data = LandscapeData.from_xy(X, Y)
+    dims = [4, 5, 4, 4, 3]
+    lab = ConvexLabeller(convex_reference(make_loss("square"), X, Y), dims)
+    points = [random_global_min(data, dims, generator=s) for s in range(3)]
+    points += [saddle_family(data, dims, r, strict, generator=s) for s, (r, strict) in
+               enumerate([(0, True), (1, True), (2, True), (1, False), (2, False)])]
+    for p in points:
+        theorem7 = classify(p.weights, X, Y).label
+        general = lab.label(p.weights).label
+        assert theorem7 == p.label and general == theorem7, (p.kind, p.r, theorem7, general)
+
+
+def test_ensemble_labels_equal_member_labels():
+    X, y = ce_data(seed=2)
+    loss = make_loss("cross_entropy")
+    ref = convex_reference(loss, X, y, d_out=3)
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(5, d1, d0, generator=g, dtype=F64) for d0, d1 in [(4, 6), (6, 6), (6, 3)]]
+    lab = ConvexLabeller(ref, [4, 6, 6, 3])
+    batch = lab.label(ws, hessian=False)
+    for e in range(5):
+        one = lab.label([w[e] for w in ws], hessian=False)
+        assert one.label == batch[e].label == "not_critical"
+        assert one.loss == pytest.approx(batch[e].loss, rel=1e-13)
+        assert one.grad_theta_norm == pytest.approx(batch[e].grad_theta_norm, rel=1e-12)
+
+
+def _train_lbfgs(loss, X, y, dims, std, seed, rounds=30):
+    g = torch.Generator().manual_seed(seed)
+    ws = [(std * torch.randn(b, a, generator=g, dtype=F64)).requires_grad_(True) for a, b in zip(dims, dims[1:])]
+    T = loss.check_targets(y, d_out=dims[-1])
+    opt = torch.optim.LBFGS(ws, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-14,
+                            tolerance_change=0.0, history_size=50)
+
+    def closure():
+        opt.zero_grad()
+        v = loss.value(X @ product(ws).T, T)
+        v.backward()
+        return v
+
+    for _ in range(rounds):
+        opt.step(closure)
+    return [w.detach() for w in ws]
+
+
+@pytest.mark.parametrize("name, width, reaches", [("cross_entropy", 4, True), ("huber", 4, True),
+                                                  ("cross_entropy", 1, False)])
+def test_table_B3_pattern(name, width, reaches):
+    """Spec table B.3 on a small scale: depth 3, m = 300, d_in = 6, d_out = 4, inits of std 0.05/0.5/1.5."""
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(300, 6, generator=g, dtype=F64)
+    teacher = torch.randn(4, 6, generator=g, dtype=F64)
+    if name == "cross_entropy":
+        y = (X @ teacher.T + torch.randn(300, 4, generator=g, dtype=F64)).argmax(1)
+    else:
+        y = X @ teacher.T + 0.3 * torch.randn(300, 4, generator=g, dtype=F64)
+        y[:15] += 10.0  # 5% outliers
+    loss = make_loss(name, **({"delta": 1.0} if name == "huber" else {}))
+    ref = convex_reference(loss, X, y, d_out=4)
+    dims = [6, width, width, 4]
+    for k, std in enumerate((0.05, 0.5, 1.5)):
+        ws = _train_lbfgs(loss, X, y, dims, std, seed=k, rounds=30 if reaches else 3)
+        lab = ConvexLabeller(ref, dims, ConvexTolerances(grad_rtol=1e-5)).label(ws, hessian=False)
+        if reaches:
+            assert lab.convex_gap <= 1e-8, (std, lab)
+        else:
+            assert lab.convex_gap > 1e-3 and lab.label != "global_min", (std, lab)
