@@ -34,12 +34,24 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:
-    """The config keys whose value differs between runs, seeds excluded (`seed`, `*.seed`)."""
+    """The config keys whose value differs between runs, seeds excluded (`seed`, `*.seed`).
+
+    When the runs carry their command-line overrides (column `overrides`), only the keys that some
+    override sets: the phases of a jumps experiment differ in optim.name, jumps.phase, ... by
+    construction, not because a sweep set them (falls back to all differing keys if none is left)."""
     cfg = [c for c in config_columns(df) if c != "seed" and not c.endswith(".seed") and c != "out_dir"]
     if not cfg:
         return []
     per_run = df.groupby("run", observed=True, sort=False)[cfg].first()
-    return [c for c in cfg if per_run[c].astype(object).nunique(dropna=False) > 1]
+    differ = [c for c in cfg if per_run[c].astype(object).nunique(dropna=False) > 1]
+    if "overrides" in df.columns:
+        import re
+
+        text = " ".join(map(str, df.groupby("run", observed=True, sort=False)["overrides"].first().dropna()))
+        overridden = {m.group(1).lstrip("+~") for m in re.finditer(r"(?:^|\s)([+~]*[\w.]+)=", text)}
+        chosen = [c for c in differ if c in overridden]
+        return chosen or differ
+    return differ
 
 
 _FAMILIES = (("rank_J_I", r"rank_\d+_\d+"), ("sv_J_I_K", r"sv_\d+_\d+_\d+"), ("balance_H", r"balance_\d+"))
@@ -128,10 +140,30 @@ def curves(df: pd.DataFrame, by=None, metric: str = "loss", quantiles=(0.25, 0.5
     _check(df, by, metric)
     if df[metric].dtype.kind not in "biuf":
         raise CompareError(f"--metric {metric!r} is not numeric: no curves to draw")
+    runs, members = df["run"].nunique(), df.groupby("run", observed=True)["member"].nunique().max()
+    full = df.groupby([*by, "step"], observed=True, dropna=False, sort=True).size().index
+    diverged = None
+    if "member_status" in df.columns:  # diverged members leave the quantiles; they are counted
+        is_div = df["member_status"].astype(object) == "diverged"
+        first = df[is_div].groupby(["run", "member"], observed=True).agg(
+            **{k: (k, "first") for k in by}, step=("step", "min"))
+        new = first.groupby([*by, "step"], dropna=False).size() if len(first) else pd.Series(dtype=int)
+        new = new.reindex(full, fill_value=0) if len(new) else pd.Series(0, index=full)
+        # members of the group that have diverged by each step
+        diverged = new.groupby(level=list(range(len(by)))).cumsum() if by else new.cumsum()
+        df = df[~is_div]
     g = df.groupby([*by, "step"], observed=True, dropna=False, sort=True)[metric]
-    out = g.quantile(list(quantiles)).unstack()
-    out.columns = [f"q{round(100 * q)}" for q in quantiles]
-    out["count"] = g.count()
+    values = df[metric].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    integer = values.size > 0 and bool(np.all(values == np.round(values)))
+    # integer metrics (ranks): lower quantiles, so a median rank is a rank (never 1.5)
+    out = pd.concat({f"q{round(100 * q)}": g.quantile(q, interpolation="lower" if integer else "linear")
+                     for q in quantiles}, axis=1)
+    out = out.reindex(full)
+    out["count"] = g.count().reindex(full, fill_value=0)
+    if diverged is not None:
+        out["diverged"] = diverged.to_numpy(dtype=int)
+    out.attrs.update(runs=int(runs), members=int(members), integer=integer)
     return out
 
 
@@ -141,8 +173,13 @@ def _label(by: list[str], key) -> str:
 
 
 def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool | None = None,
-                title: str | None = None) -> None:
-    """Draw `curves(...)` output: the median per group against step, with its quartile band."""
+                title: str | None = None) -> dict:
+    """Draw `curves(...)` output: the median per group against step, with its quartile band.
+
+    Integer metrics (ranks) are step lines; a log axis is limited to the meaningful range (values
+    below 1e-12 x the largest are drawn but do not set the limits); members that diverged are marked
+    with a red x where they did; no offset notation on the axes. Returns what was drawn (title,
+    ylim, logy, legend_outside, y_offset, diverged_marked)."""
     try:
         import matplotlib
 
@@ -151,30 +188,74 @@ def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool |
     except ImportError as e:
         raise CompareError("--plot needs matplotlib: pip install 'dlnlab[plots]' "
                            f"(or pip install matplotlib) ({e})") from None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = cv.groupby(level=list(range(len(by))), observed=True, sort=True) if by else [((), cv)]
+    groups = list(cv.groupby(level=list(range(len(by))), observed=True, sort=True)) if by else [((), cv)]
+    outside = len(groups) > 4
+    fig, ax = plt.subplots(figsize=(9.5 if outside else 7, 4.5))
+    integer = cv.attrs.get("integer", False)
+    marked = False
     for key, part in groups:
         steps = part.index.get_level_values("step")
-        line, = ax.plot(steps, part["q50"], label=_label(by, key), lw=1.5)
-        ax.fill_between(steps, part["q25"], part["q75"], color=line.get_color(), alpha=0.2, lw=0)
+        label = _label(by, key)
+        if "diverged" in part.columns and part["diverged"].max() > 0:
+            label += f" ({int(part['diverged'].max())} diverged)"
+        if integer:
+            line, = ax.step(steps, part["q50"], where="post", label=label, lw=1.5)
+            ax.fill_between(steps, part["q25"], part["q75"], step="post", color=line.get_color(), alpha=0.2, lw=0)
+        else:
+            line, = ax.plot(steps, part["q50"], label=label, lw=1.5)
+            ax.fill_between(steps, part["q25"], part["q75"], color=line.get_color(), alpha=0.2, lw=0)
+        if "diverged" in part.columns:  # where members diverged: a red x on the group's median
+            new = part["diverged"].diff().fillna(part["diverged"]) > 0
+            y = part["q50"].ffill()
+            if new.any():
+                ax.plot(steps[new.to_numpy()], y[new].to_numpy(dtype=float), "x", color="red", ms=9, mew=2,
+                        label=None if marked else "members diverged")
+                marked = True
     values = cv[["q25", "q50", "q75"]].to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     if logy is None:
         logy = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 100
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric}: median and quartiles across seeds and members")
-    if by:
-        ax.legend(fontsize=8, loc="best")
+        positive = finite[finite > 0]
+        if positive.size:
+            top = positive.max()
+            low = max(positive.min(), 1e-12 * top)
+            ax.set_ylim(low / 2, top * 2)
+    else:
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        if integer:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{metric} (lab units: mean over samples)" if metric.startswith(("loss", "reg_loss"))
+                  else metric)
+    ax.set_title(title or _title(cv, metric))
+    if by or marked:
+        if outside:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=8, loc="best", framealpha=0.8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    info = {"title": ax.get_title(), "ylim": ax.get_ylim(), "logy": bool(logy), "legend_outside": outside,
+            "y_offset": ax.get_yscale() == "linear" and ax.yaxis.get_major_formatter().get_useOffset(),
+            "diverged_marked": marked}
     try:
         fig.savefig(path, dpi=120)
     except (OSError, ValueError) as e:
         raise CompareError(f"cannot write the plot {path}: {e}") from None
     finally:
         plt.close(fig)
+    return info
 
 
+def _title(cv: pd.DataFrame, metric: str) -> str:
+    runs, members = cv.attrs.get("runs"), cv.attrs.get("members")
+    if runs == 1 and members == 1:
+        return f"{metric} of one run"
+    if runs == 1:
+        return f"{metric} of one run: median and quartiles across its {members} members"
+    return f"{metric}: median and quartiles across seeds and members"
