@@ -112,10 +112,16 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
                 ax.step(ck["step"], ck[col] + jitter, where="post", lw=2.5 if gd else 0.8,
                         color=colours.get(name), alpha=1.0 if gd else 0.6,
                         label=(name if k == members[0] else None), zorder=3 if gd else 2)
-        ax.set_xlabel("step")
+        if (curves["phase"] == "warmup").any():  # the warm-up is drawn before step 0, where it ends
+            ax.axvline(0, color="tab:grey", lw=0.8, ls="--")
+            ax.annotate("end of GD warm-up", (0, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+                        textcoords="offset points", fontsize=9, color="tab:grey")
+        ax.set_xlabel("training step (warm-up shifted to end at 0)")
+        ax.set_ylabel("rank (members jittered for visibility)")
         ax.set_title(title)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="upper right")
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+        ax.legend(loc="center right")
     ax = axes[2]
     main = next((n for n in dirs if n not in ("gd", "warmup")), None)
     if main is not None and (dirs[main] / EVENTS_FILE).exists():
@@ -128,7 +134,9 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
         if ax.get_legend_handles_labels()[0]:  # no first passage: no legend (matplotlib would warn)
             ax.legend()
     ax.set_title(f"first passage below the start rank ({main})")
-    ax.set_xlabel("step")
+    ax.set_xlabel(f"training step of the {main} phase")
+    ax.set_ylabel("members")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     png = Path(png) if png else path / REPORT_PNG
     fig.savefig(png, dpi=110)

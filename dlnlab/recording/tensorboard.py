@@ -22,7 +22,9 @@ DESCRIPTIONS = {
     "grad_norm": "norm of the full-batch gradient of the objective",
     "theta_sq": "sum_h ||W_h||_F^2",
     "sv": "singular values of the end-to-end product W_H...W_1, largest first",
+    "rank/end_to_end": "numerical rank of the end-to-end product W_H...W_1 (rank/H_1 under a depth-free tag)",
     "rank": "numerical rank of the partial product W_j...W_i (rank/j_i)",
+    "sv_top": "largest singular value of the partial product W_j...W_i (sv_top/j_i)",
     "balance": "||W_{h+1}^T W_{h+1} - W_h W_h^T||_F (balance/h)",
     "ensemble/loss": "quantiles over all members of the training loss (q25, median q50, q75)",
     "ensemble/rank": "quantiles over all members of the end-to-end rank (lower quantiles: integers)",
@@ -79,6 +81,7 @@ class TensorBoardHook(Hook):
                 "losses": ["Multiline", [rf"{p}loss/.*"]],
                 "ranks of all partial products W_j...W_i": ["Multiline", [rf"{p}rank/.*"]],
                 "end-to-end singular values": ["Multiline", [rf"{p}sv/.*"]],
+                "top singular value of every partial product W_j...W_i": ["Multiline", [rf"{p}sv_top/.*"]],
                 "balancedness": ["Multiline", [rf"{p}balance/.*"]],
             }
             if "label_code" in self.tags.values():  # its legend in the chart's title
@@ -91,7 +94,7 @@ class TensorBoardHook(Hook):
                     "Margin", ["ensemble/loss_q50", "ensemble/loss_q25", "ensemble/loss_q75"]],
                 "end-to-end rank over all members: median and quartiles": [
                     "Margin", ["ensemble/rank_q50", "ensemble/rank_q25", "ensemble/rank_q75"]],
-                "end-to-end rank, shown members": ["Multiline", [rf"m\d+/rank/{H}_1"]],
+                "end-to-end rank, shown members": ["Multiline", [r"m\d+/rank/end_to_end$"]],
                 "loss, shown members": ["Multiline", [r"m\d+/loss/train"]],
             }
         self.writer.add_custom_scalars(layout)
@@ -119,10 +122,13 @@ class TensorBoardHook(Hook):
             for key, tag in (("loss", "loss/train"), ("reg_loss", "loss/regularised"),
                              ("grad_norm", "grad_norm"), ("theta_sq", "theta_sq")):
                 values.append((p + tag, m[key][k]))
+            values.append((p + "rank/end_to_end", m["rank"][k]))  # the same tag at every depth
             for key, v in m.items():
                 if key.startswith(("rank_", "balance_")):
                     group, _, name = key.partition("_")
                     values.append((f"{p}{group}/{name}", v[k]))
+                elif key.startswith("sv_"):  # the top singular value of every partial product
+                    values.append((f"{p}sv_top/{key[3:]}", v[k][0]))
                 elif key in self.tags:  # columns other hooks declared for TensorBoard
                     values.append((p + self.tags[key], v[k]))
             for n, s in enumerate(m[f"sv_{product_key(H, 1)}"][k][: self.n_sv], start=1):
