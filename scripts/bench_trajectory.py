@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dlnlab.landscape import LandscapeData
+from dlnlab.theory.data import LandscapeData
 from dlnlab.tasks import make_regression
 from dlnlab.theory.lanczos import SquareLossHVP
 from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin

@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from dlnlab.analysis.staircase import StaircaseTolerances, staircase
-from dlnlab.hessian import full_hessian, square_loss_fn
-from dlnlab.landscape import LandscapeData, normal_form, plateau_values, saddle_family
+from dlnlab.experiments.build import compose, prepare
+from dlnlab.experiments.run import run
+from dlnlab.recording.base import Hook
+from dlnlab.theory.critical import plateau_values
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.hessian import full_hessian, square_loss_fn
+from dlnlab.theory.points import normal_form, saddle_family
 from dlnlab.theory.trajectory import (TrajectoryTolerances, curvature, project_to_critical, tight_margin)
 
 from landscape_data import clean_data, gaussian_data
@@ -172,9 +177,6 @@ def test_staircase_rows_and_midpoints():
 def _train(H, eps, steps, every):
     """The default teacher (conf/config.yaml), depth H, init scale eps: (LandscapeData, paper_scale,
     table of step/loss, weights per record). Same seed: the init is eps times the same matrices."""
-    from dlnlab.experiment import compose, prepare, run
-    from dlnlab.hooks import Hook
-
     class Grab(Hook):
         def __init__(self):
             self.steps, self.loss, self.ws = [], [], []

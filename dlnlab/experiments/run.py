@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
@@ -20,6 +21,9 @@ from dlnlab.experiments.jumps import run_experiment
 from dlnlab.linalg import numerical_rank
 from dlnlab.recording.base import Hook
 from dlnlab.recording.folder import write_status
+from dlnlab.recording.staircase import format_staircase, staircase
+from dlnlab.recording.trajectory import TrajectoryHook
+from dlnlab.theory.critical import plateau_values
 
 
 @dataclass
@@ -32,6 +36,7 @@ class RunSummary:
     final_rank: list
     diverged_at: list
     labels: list = field(default_factory=list)
+    staircase: pd.DataFrame | None = None  # square loss: one row per plateau visit per member
 
     def __str__(self) -> str:
         loss = ", ".join(f"{v:.6g}" for v in self.final_loss[:8])
@@ -44,6 +49,8 @@ class RunSummary:
         div = [k for k, d in enumerate(self.diverged_at) if d is not None]
         if div:
             lines.append(f"diverged    members {div}")
+        if self.staircase is not None:
+            lines.append(format_staircase(self.staircase))
         if self.out_dir:
             lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
         return "\n".join(lines)
@@ -72,7 +79,20 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
-                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []))
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []),
+                      write_staircase(hooks, task, out_dir))
+
+
+def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None:
+    """The staircase of a square-loss run from the TrajectoryHook's rows (LAB units), saved as
+    `staircase.csv` in the run folder; None when no such hook labelled anything."""
+    hook = next((h for h in hooks if isinstance(h, TrajectoryHook)), None)
+    if hook is None or hook.clf is None or not hook.rows:
+        return None
+    rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
+    if out_dir is not None:
+        rows.to_csv(Path(out_dir) / "staircase.csv", index=False)
+    return rows
 
 
 def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:

@@ -4,7 +4,9 @@ Square loss (Achour, Malgouyres & Gerchinovitz, JMLR 2024): `data` (statistics, 
 `critical` (critical and plateau values, closed-form loss and gradient), `points` (generators of
 labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `classify`
 (Theorem 7 labels). Ridge (Wang & Jacot, ICLR 2024): `ridge_modes` (closed forms, rank states),
-`ridge_labels` (second-order labels modulo the symmetry orbit).
+`ridge_labels` (second-order labels modulo the symmetry orbit). Near critical points (training
+checkpoints on a plateau, docs/theory.md §6): `trajectory` (curvature, tight margin, projection onto
+the plateau's critical point), `lanczos` (batched Hessian-vector products, warm-started Lanczos).
 """
 from dlnlab.theory.classify import (
                                     TRAINING_TOLERANCES,
@@ -21,6 +23,7 @@ from dlnlab.theory.critical import (
                                     labels_for,
                                     loss,
                                     loss_and_grad,
+                                    loss_of_product,
                                     plateau_values,
 )
 from dlnlab.theory.data import (
@@ -71,6 +74,16 @@ from dlnlab.theory.ridge_modes import (
                                     rank_state,
                                     tie_value,
 )
+from dlnlab.theory.lanczos import LanczosResult, SquareLossHVP, lanczos_extremes
+from dlnlab.theory.trajectory import (
+                                    CurvatureState,
+                                    Projection,
+                                    TrajectoryTolerances,
+                                    curvature,
+                                    plateau_r,
+                                    project_to_critical,
+                                    tight_margin,
+)
 
 __all__ = [
     # square-loss data and critical values
@@ -84,6 +97,9 @@ __all__ = [
     # generators of labelled points
     "LabelledPoint", "EscapePath", "random_invertible", "apply_gauge", "normal_form", "normal_form_critical",
     "random_global_min", "saddle_family", "random_normal_form_point", "enumeration_points", "escape_path",
+    # near critical points
+    "TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin", "plateau_r",
+    "project_to_critical", "SquareLossHVP", "LanczosResult", "lanczos_extremes",
     # ridge: closed forms, rank states, labels
     "RankTolerances", "LabelTolerances", "RankState", "rank_state", "balanced_identity", "mode_threshold",
     "mode_roots", "mode_energy", "mode_curvature", "tie_value", "mode_table", "balanced_mode_point",

@@ -8,7 +8,7 @@ numbers per member, all float64 and batched over the ensemble dim E (weights [W_
     tight_margin(weights, S_or_r, d)  max over pivots of the unit-free sigma_{r+1}(B1) sigma_{r+1}(B2)
     project_to_critical(weights, d)   the nearby exactly critical point, its Theorem 7 label, distance
 
-Units: the paper's loss L = ||W_H..W_1 X^T - Y^T||_F^2 (sum over samples), as dlnlab.landscape.loss;
+Units: the paper's loss L = ||W_H..W_1 X^T - Y^T||_F^2 (sum over samples), as dlnlab.theory.critical.loss;
 lab (mean) units are paper / task.paper_scale, for the loss and the Hessian alike.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from dlnlab.classify import Classifier
-from dlnlab.hessian import unflatten
-from dlnlab.landscape import LandscapeData, as_data, as_weights, format_S, loss_of_product
+from dlnlab.theory.classify import Classifier
+from dlnlab.theory.critical import loss_of_product
+from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
+from dlnlab.theory.hessian import unflatten
 from dlnlab.linalg import partial_products, product
 from dlnlab.theory.lanczos import SquareLossHVP, join, lanczos_extremes
 
@@ -128,7 +129,7 @@ def pivot_blocks(ws: Sequence[torch.Tensor], Sxy: torch.Tensor) -> dict:
     B1 = W_{j-1}..W_1 Sxy W_H..W_{i+1}, B2 = W_{i-1}..W_{j+1} (None: the identity I_{d_j}); n1, n2 (E,)
     are the products of the spectral norms of each block's factors (its natural scale).
 
-    TODO(dedup): dlnlab.classify.Classifier._pivot_blocks builds the same blocks, but replaces some by
+    TODO(dedup): dlnlab.theory.classify.Classifier._pivot_blocks builds the same blocks, but replaces some by
     rank-equivalent matrices (rank shortcuts), which changes their singular values; one shared
     builder of the true blocks belongs in the theory layer.
     """
@@ -213,7 +214,7 @@ class Projection:
     """The checkpoint projected onto a critical point of the nearest plateau S = {1..r}.
 
     weights_proj: [W_h'] (E, d_h, d_{h-1}); r: (E,) ranks; S: per member the tuple {1..r}; S_str: "{1,2}";
-    near_label: Theorem 7 label of the projected point (dlnlab.classify.classify; None if not asked);
+    near_label: Theorem 7 label of the projected point (dlnlab.theory.classify.classify; None if not asked);
     near_dist: ||theta - theta_proj|| / ||theta|| (E,); grad_rel: ||grad L(theta_proj)|| / tr(Syy) (E,);
     value: the critical value of S (paper units) (E,).
     """
@@ -281,7 +282,7 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
         r: None (the plateau nearest to the loss: `plateau_r`), an int, or (E,) ints.
         label: classify the projected points with Theorem 7 (a per-member Python loop: the costly part).
         tol: TrajectoryTolerances (grad_rtol, polish_iters).
-        classifier: a prebuilt dlnlab.classify.Classifier for `data` (saves its setup per call).
+        classifier: a prebuilt dlnlab.theory.classify.Classifier for `data` (saves its setup per call).
 
     Returns:
         Projection. Raises RuntimeError if a projected point misses grad_rtol after polishing.
