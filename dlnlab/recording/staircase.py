@@ -68,7 +68,8 @@ def _parse_S(s: Any) -> Sequence[int]:
 
 def _which_plateau(loss: np.ndarray, values: np.ndarray, tol: StaircaseTolerances) -> np.ndarray:
     """Index of the plateau each loss lies on, -1 for none (the nearest one if several match)."""
-    pos = values[values > 0]
+    # the global minimum's value is 0 up to rounding (say 1e-13): not a scale for the floor
+    pos = values[values > 1e-9 * max(float(values.max(initial=0.0)), 1e-300)]
     floor = tol.zero_floor_frac * (pos.min() if pos.size else 1.0)
     band = tol.rtol * np.maximum(values, floor)                  # (K,)
     dist = np.abs(loss[:, None] - values[None, :])               # (N, K)
