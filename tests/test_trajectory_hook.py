@@ -56,3 +56,14 @@ def test_off_writes_nothing(tmp_path):
                  "classify.curvature_every=0", "optim.steps=500"]), out_dir=str(tmp_path))
     assert not (tmp_path / "staircase.csv").exists()
     assert "near_label" not in load_run(str(tmp_path)).columns
+
+
+def test_ensemble_staircase_print(tmp_path):
+    s = run(compose(["record.progress=off", "record.tensorboard=false", "model.ensemble=3", "optim.steps=3000",
+                     "classify.curvature_every=5"]), out_dir=str(tmp_path))
+    rows = pd.read_csv(tmp_path / "staircase.csv")
+    assert sorted(rows.member.unique()) == [0, 1, 2]
+    for m in range(3):
+        assert list(rows[rows.member == m].S)[:2] == ["{}", "{1}"]
+    text = str(s)
+    assert "staircase, member 2" in text and "staircase over 3 members" in text

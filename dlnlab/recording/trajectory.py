@@ -41,6 +41,7 @@ class TrajectoryHook(Hook):
         self.n = 0          # records seen
         self.labelled = 0   # records labelled
         self.warm: CurvatureState | None = None
+        self._warm_idx: torch.Tensor | None = None   # the members self.warm belongs to
         self.rows: list[dict] = []
 
     def on_start(self, trainer) -> None:
@@ -56,21 +57,35 @@ class TrajectoryHook(Hook):
         data, scale = self.clf.data, trainer.task.paper_scale
         ws = [w.detach().to(torch.float64) for w in rec.weights]
         E = ws[0].shape[0]
+        # members that diverged (inactive or non-finite) get NaN / empty text, never an SVD
+        ok = rec.active.clone()
+        for w in ws:
+            ok &= torch.isfinite(w).flatten(1).all(1)
+        idx = ok.nonzero().squeeze(1)
+        sub = [w[idx] for w in ws]
         m = rec.metrics
         nan = torch.full((E,), float("nan"), dtype=torch.float64)
-        near_label, near_dist = [""] * E, nan.clone()
+        near_label, near_S, near_dist, margin = [""] * E, [""] * E, nan.clone(), nan.clone()
+        if self.near and idx.numel():
+            try:
+                p = project_to_critical(sub, data, classifier=self.clf)
+                near_dist[idx], margin[idx] = p.near_dist, tight_margin(sub, p.r, data)
+                for j, k in enumerate(idx.tolist()):
+                    near_label[k], near_S[k] = p.near_label[j], p.S_str[j]
+            except (RuntimeError, torch.linalg.LinAlgError) as e:   # a projection that misses 1e-10
+                log.warning("trajectory: no projection at step %d: %s", rec.step, e)
         if self.near:
-            p = project_to_critical(ws, data, classifier=self.clf)
-            near_label, near_dist = list(p.near_label), p.near_dist
-            m["near_label"], m["near_S"], m["near_dist"] = near_label, list(p.S_str), near_dist
-            m["tight_margin"] = tight_margin(ws, p.r, data)
-        lam_min = nan.clone()
-        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0):
-            lo, hi, self.warm = curvature(ws, data, full_max_params=self.full_max_params, warm=self.warm)
-            lam_min = lo / scale
-            m["lam_min"], m["lam_max"] = lam_min, hi / scale
-        else:
-            m["lam_min"], m["lam_max"] = lam_min, nan.clone()
+            m["near_label"], m["near_S"], m["near_dist"], m["tight_margin"] = near_label, near_S, near_dist, margin
+        lam_min, lam_max = nan.clone(), nan.clone()
+        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0) and idx.numel():
+            warm = self.warm if self._warm_idx is not None and torch.equal(self._warm_idx, idx) else None
+            try:
+                lo, hi, self.warm = curvature(sub, data, full_max_params=self.full_max_params, warm=warm)
+                self._warm_idx = idx
+                lam_min[idx], lam_max[idx] = lo / scale, hi / scale
+            except (RuntimeError, torch.linalg.LinAlgError) as e:
+                log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
+        m["lam_min"], m["lam_max"] = lam_min, lam_max
         loss = m.get("loss")
         for k in range(E):
             self.rows.append({"step": rec.step, "member": k,
