@@ -113,9 +113,17 @@ def make_runs_fixture(root, runs: int = 1000, records: int = 1000, depth: int = 
             table.update({"label_code": np.where(rank < min(dims), 1.0, 3.0), "r": rank,
                           "critical_value": loss, "nearest_value": loss,
                           "classify_grad_norm": values[:, col["grad_norm"]] * 64})
+            # the trajectory hook's columns (dlnlab.recording.trajectory): lam_* every 10th record
+            every10 = np.arange(n) % 10 == 0
+            table.update({"near_dist": 0.03 * rng.lognormal(0, 0.1, n),
+                          "tight_margin": 1e-3 * rng.lognormal(0, 0.1, n),
+                          "lam_min": np.where(every10, -0.1 * rng.lognormal(0, 0.1, n), np.nan),
+                          "lam_max": np.where(every10, 20 * rng.lognormal(0, 0.1, n), np.nan)})
             table["member_status"] = np.full(n, "training", dtype=object)
             table.update({"label": labels, "label_reason": np.full(n, "synthetic", dtype=object),
-                          "S": np.full(n, top, dtype=object), "nearest_S": np.full(n, top, dtype=object)})
+                          "S": np.full(n, top, dtype=object), "nearest_S": np.full(n, top, dtype=object),
+                          "near_label": np.where(rank < min(dims), "nonstrict_saddle", "global_min").astype(object),
+                          "near_S": np.full(n, top, dtype=object)})
             frames.append(pa.table(table))
             if events:  # a one-way jump of the layer rank, 4 -> 3, sooner for a larger lr
                 t_jump = rng.exponential(200 / lr)

@@ -60,7 +60,8 @@ def test_load_runs_matches_the_files_of_real_runs(real_sweep):
         direct = direct_table(Path(r))
         assert len(part) == len(direct) > 0
         for col in direct.columns:
-            assert (part[col].astype(object).to_numpy() == direct[col].astype(object).to_numpy()).all(), col
+            a, b = part[col].astype(object).to_numpy(), direct[col].astype(object).to_numpy()
+            assert ((a == b) | (pd.isna(a) & pd.isna(b))).all(), col   # NaN: columns computed every few records
         cfg = flatten_config(yaml.safe_load((Path(r) / "config.yaml").read_text()))
         for key in ("optim.lr", "model.depth", "model.ensemble", "seed", "task.kind", "model.widths"):
             assert (part[key] == cfg[key]).all(), key

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 
 from dlnlab.analysis.folders import _Run
-from dlnlab.analysis.runs import _empty_events, _events_frame, _read_events, list_runs, load_runs
+from dlnlab.analysis.runs import (
+    _empty_events,
+    _events_frame,
+    _read_events,
+    list_runs,
+    load_runs,
+)
 from dlnlab.experiments.config import Config
 from dlnlab.recording.folder import RUN_COLUMNS
 

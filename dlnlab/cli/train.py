@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

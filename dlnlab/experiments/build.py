@@ -30,6 +30,7 @@ from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
 from dlnlab.recording.tensorboard import TensorBoardHook
+from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.tasks import load_regression, make_completion, make_regression, with_loss
 from dlnlab.theory.convex_reference import WidthReport, width_condition
 from dlnlab.train import Schedule, Trainer
@@ -132,6 +133,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
     elif c is not None and c.enabled:
         hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
                                     text_members=r.tb_members))
+        if c.near or c.curvature_every:
+            hooks.append(TrajectoryHook(c.every_records, c.curvature_every, c.full_max_params, c.near))
     hooks += list(extra)
     producers = list(hooks)
     if out_dir is not None:

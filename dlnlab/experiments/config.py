@@ -193,6 +193,10 @@ class ClassifyConfig:
     gamma_tol: float = TRAINING_TOLERANCES.gamma_tol  # S is read from Gamma when its entries are within this of 0 or 1
     ridge_every: int = 0  # lambda > 0 or partial completion: Hessian labels every n-th record (0: last only)
     ridge_members: int = 16  # ... of at most this many members (a Hessian label costs ~50 ms)
+    # numbers near critical points (dlnlab.recording.trajectory, docs/columns.md), square loss only
+    near: bool = True  # near_label, near_S, near_dist, tight_margin on every labelled record
+    curvature_every: int = 10  # lam_min, lam_max every n-th labelled record and the last (0: never)
+    full_max_params: int = 2000  # exact Hessian eigenvalues up to this many parameters, Lanczos above
 
 
 @dataclass
@@ -281,6 +285,8 @@ def validate(cfg) -> None:
     _need(c.every_records >= 1, "classify.every_records", "an integer >= 1", c.every_records)
     _need(c.ridge_every >= 0, "classify.ridge_every", "an integer >= 0", c.ridge_every)
     _need(c.ridge_members >= 0, "classify.ridge_members", "an integer >= 0", c.ridge_members)
+    _need(c.curvature_every >= 0, "classify.curvature_every", "an integer >= 0 (0: never)", c.curvature_every)
+    _need(c.full_max_params >= 0, "classify.full_max_params", "an integer >= 0", c.full_max_params)
     _need(c.grad_rtol >= 0, "classify.grad_rtol", "a number >= 0", c.grad_rtol)
     _need(0 < c.rank_rtol < 1, "classify.rank_rtol", "a tolerance in (0, 1)", c.rank_rtol)
     _need(c.rank_band >= 1 and c.rank_rtol * c.rank_band < 1, "classify.rank_band",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
@@ -22,6 +23,9 @@ from dlnlab.experiments.jumps import run_experiment
 from dlnlab.linalg import numerical_rank
 from dlnlab.recording.base import Hook
 from dlnlab.recording.folder import write_status
+from dlnlab.recording.staircase import format_staircase, staircase
+from dlnlab.recording.trajectory import TrajectoryHook
+from dlnlab.theory.critical import plateau_values
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RunSummary:
     diverged_at: list
     labels: list = field(default_factory=list)
     width: str = ""  # the width condition (Laurent & von Brecht), one line
+    staircase: pd.DataFrame | None = None  # square loss: one row per plateau visit per member
 
     def __str__(self) -> str:
         lines = [f"status      {self.status} after {self.steps} steps in {self.wall_time:.1f} s"]
@@ -51,6 +56,8 @@ class RunSummary:
         if div:
             shown = ", ".join(map(str, div[:10])) + (", ..." if len(div) > 10 else "")
             lines.append(f"diverged    {len(div)} of {len(self.diverged_at)} members ({shown})")
+        if self.staircase is not None:
+            lines.append(format_staircase(self.staircase))
         if self.out_dir:
             lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
         return "\n".join(lines)
@@ -102,7 +109,20 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
-                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []), width)
+                      result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []), width,
+                      write_staircase(hooks, task, out_dir))
+
+
+def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None:
+    """The staircase of a square-loss run from the TrajectoryHook's rows (LAB units), saved as
+    `staircase.csv` in the run folder; None when no such hook labelled anything."""
+    hook = next((h for h in hooks if isinstance(h, TrajectoryHook)), None)
+    if hook is None or hook.clf is None or not hook.rows:
+        return None
+    rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
+    if out_dir is not None:
+        rows.to_csv(Path(out_dir) / "staircase.csv", index=False)
+    return rows
 
 
 def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:

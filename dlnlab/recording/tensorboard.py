@@ -13,7 +13,6 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from dlnlab.recording.base import Hook, Record, product_key
 from dlnlab.recording.folder import swept_keys_of
 
-
 # descriptions of the fixed tags (shown by TensorBoard next to a chart); hooks add theirs for the
 # columns they declare (`tb_descriptions`); docs/columns.md lists them all
 DESCRIPTIONS = {
@@ -72,7 +71,7 @@ class TensorBoardHook(Hook):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=self.log_dir)
-        H, E = trainer.net.H, trainer.net.E
+        E = trainer.net.E
         layout = {}
         shown = range(min(E, self.members))
         for k in shown:

@@ -7,6 +7,8 @@ labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `
 `ridge_labels` (second-order labels modulo the symmetry orbit). Convex losses (Laurent & von
 Brecht, ICML 2018): `convex_reference` (width condition, the convex reference ell*, no-minimiser
 detection), `convex_certificate` (descent certificates, perturb-and-retrain), `convex` (labels).
+Near critical points (training checkpoints on a plateau, docs/theory.md §6): `trajectory` (curvature, tight margin, projection
+onto the plateau's critical point), `lanczos` (batched Hessian-vector products, warm-started Lanczos).
 """
 from dlnlab.theory.classify import (
                                     TRAINING_TOLERANCES,
@@ -15,9 +17,13 @@ from dlnlab.theory.classify import (
                                     Tolerances,
                                     classify,
 )
-from dlnlab.theory.convex import ConvexLabel, ConvexLabeller, label_convex
 from dlnlab.theory.convex import LABELS as CONVEX_LABELS
-from dlnlab.theory.convex_certificate import Certificate, descent_certificate, perturb_and_retrain
+from dlnlab.theory.convex import ConvexLabel, ConvexLabeller, label_convex
+from dlnlab.theory.convex_certificate import (
+                                    Certificate,
+                                    descent_certificate,
+                                    perturb_and_retrain,
+)
 from dlnlab.theory.convex_reference import (
                                     ConvexReference,
                                     ConvexTolerances,
@@ -54,6 +60,7 @@ from dlnlab.theory.hessian import (
                                     min_eigenvalue,
                                     square_loss_fn,
 )
+from dlnlab.theory.lanczos import LanczosResult, SquareLossHVP, lanczos_extremes
 from dlnlab.theory.points import (
                                     EscapePath,
                                     LabelledPoint,
@@ -84,6 +91,15 @@ from dlnlab.theory.ridge_modes import (
                                     rank_state,
                                     tie_value,
 )
+from dlnlab.theory.trajectory import (
+                                    CurvatureState,
+                                    Projection,
+                                    TrajectoryTolerances,
+                                    curvature,
+                                    plateau_r,
+                                    project_to_critical,
+                                    tight_margin,
+)
 
 __all__ = [
     # square-loss data and critical values
@@ -97,6 +113,9 @@ __all__ = [
     # generators of labelled points
     "LabelledPoint", "EscapePath", "random_invertible", "apply_gauge", "normal_form", "normal_form_critical",
     "random_global_min", "saddle_family", "random_normal_form_point", "enumeration_points", "escape_path",
+    # near critical points
+    "TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin", "plateau_r",
+    "project_to_critical", "SquareLossHVP", "LanczosResult", "lanczos_extremes",
     # ridge: closed forms, rank states, labels
     "RankTolerances", "LabelTolerances", "RankState", "rank_state", "balanced_identity", "mode_threshold",
     "mode_roots", "mode_energy", "mode_curvature", "tie_value", "mode_table", "balanced_mode_point",

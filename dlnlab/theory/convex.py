@@ -26,9 +26,18 @@ import torch
 
 from dlnlab.linalg import generator_of, product
 from dlnlab.losses import Loss, product_value_grad
-from dlnlab.theory.convex_certificate import Certificate, descent_certificate, perturb_and_retrain
-from dlnlab.theory.convex_reference import (ConvexReference, ConvexTolerances, WidthReport, convex_reference,
-                                            width_condition)
+from dlnlab.theory.convex_certificate import (
+    Certificate,
+    descent_certificate,
+    perturb_and_retrain,
+)
+from dlnlab.theory.convex_reference import (
+    ConvexReference,
+    ConvexTolerances,
+    WidthReport,
+    convex_reference,
+    width_condition,
+)
 from dlnlab.theory.hessian import min_eigenvalue
 
 F64 = torch.float64

@@ -156,7 +156,6 @@ def _recession_lp(R: np.ndarray | csr_matrix, R_eq: np.ndarray | None, row_l1: f
     is non-increasing and some term strictly decreasing (ell has no minimiser iff the optimum > 0).
 
     Returns (optimum / row_l1 (the largest possible), d) with row_l1 = sum of the rows' l1 norms."""
-    n = R.shape[1]
     c = -np.asarray(R.sum(0)).ravel()
     res = linprog(c, A_ub=-R, b_ub=np.zeros(R.shape[0]), A_eq=R_eq,
                   b_eq=None if R_eq is None else np.zeros(R_eq.shape[0]), bounds=(-1, 1), method="highs")
@@ -284,7 +283,7 @@ def convex_reference(loss: Loss, X, Y, product_ridge: float = 0.0, *, d_out: int
 
     res = minimize(fun, np.zeros(d_out * d_in), jac=True, method="L-BFGS-B",
                    options=dict(maxiter=tol.ref_maxiter, maxcor=30, ftol=0.0, gtol=1e-14 * g0))
-    x, nit = res.x, int(res.nit)
+    x = res.x
     A = torch.from_numpy(x).view(d_out, d_in).clone()
     value, grad = product_value_grad(loss, A, X, T, mu)
     gn = float(torch.linalg.matrix_norm(grad)) / g0

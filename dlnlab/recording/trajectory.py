@@ -1,0 +1,99 @@
+"""Numbers near critical points on every checkpoint (docs/theory.md §6, §9; columns: docs/columns.md).
+
+A checkpoint on a plateau is near a critical point, never at one, so Theorem 7's exact `label` is
+often `ambiguous` there. This hook projects each member onto an exactly critical point of the
+nearest plateau S = {1..r} (`dlnlab.theory.trajectory.project_to_critical`) and labels that point
+(`near_label`), and measures how far the checkpoint is from it and how curved the loss is there.
+
+Only in the square-loss Theorem-7 mode (the task has landscape data and lambda = 0 throughout): the
+same condition as the ClassifierHook. Otherwise it writes nothing.
+
+Columns (per member), on every record it labels (every `every_records` records and the last):
+near_label, near_S (strings), near_dist (||theta - theta_proj|| / ||theta||, unit-free),
+tight_margin (unit-free, in [0, 1]); every `curvature_every` labelled records (and the last):
+lam_min, lam_max (LAB units: the paper Hessian / task.paper_scale), NaN on the other records.
+`rows` keeps (step, member, loss, near_label, near_dist, lam_min) for the staircase at the end.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dlnlab.recording.base import Hook, Record
+from dlnlab.theory.classify import Classifier
+from dlnlab.theory.trajectory import (
+    CurvatureState,
+    curvature,
+    project_to_critical,
+    tight_margin,
+)
+
+log = logging.getLogger(__name__)
+
+TB_TAGS = {"near_dist": "near/dist", "tight_margin": "near/tight_margin",
+           "lam_min": "curvature/lam_min", "lam_max": "curvature/lam_max"}
+
+
+class TrajectoryHook(Hook):
+    tb_tags = TB_TAGS
+
+    def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
+                 near: bool = True):
+        self.every, self.curv_every = every_records, curvature_every
+        self.full_max_params, self.near = full_max_params, near
+        self.clf: Classifier | None = None
+        self.n = 0          # records seen
+        self.labelled = 0   # records labelled
+        self.warm: CurvatureState | None = None
+        self._warm_idx: torch.Tensor | None = None   # the members self.warm belongs to
+        self.rows: list[dict] = []
+
+    def on_start(self, trainer) -> None:
+        data = trainer.task.landscape_data()
+        if data is not None and not any(trainer.ridge_at.values):
+            self.clf = Classifier(*data)   # exact tolerances: projected points are critical to 1e-10
+
+    def on_record(self, trainer, rec: Record) -> None:
+        self.n += 1
+        if self.clf is None or not (rec.final or (self.n - 1) % self.every == 0):
+            return
+        self.labelled += 1
+        data, scale = self.clf.data, trainer.task.paper_scale
+        ws = [w.detach().to(torch.float64) for w in rec.weights]
+        E = ws[0].shape[0]
+        # members that diverged (inactive or non-finite) get NaN / empty text, never an SVD
+        ok = rec.active.clone()
+        for w in ws:
+            ok &= torch.isfinite(w).flatten(1).all(1)
+        idx = ok.nonzero().squeeze(1)
+        sub = [w[idx] for w in ws]
+        m = rec.metrics
+        nan = torch.full((E,), float("nan"), dtype=torch.float64)
+        near_label, near_S, near_dist, margin = [""] * E, [""] * E, nan.clone(), nan.clone()
+        if self.near and idx.numel():
+            try:
+                p = project_to_critical(sub, data, classifier=self.clf)
+                near_dist[idx], margin[idx] = p.near_dist, tight_margin(sub, p.r, data)
+                for j, k in enumerate(idx.tolist()):
+                    near_label[k], near_S[k] = p.near_label[j], p.S_str[j]
+            except (RuntimeError, torch.linalg.LinAlgError) as e:   # a projection that misses 1e-10
+                log.warning("trajectory: no projection at step %d: %s", rec.step, e)
+        if self.near:
+            m["near_label"], m["near_S"], m["near_dist"], m["tight_margin"] = near_label, near_S, near_dist, margin
+        lam_min, lam_max = nan.clone(), nan.clone()
+        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0) and idx.numel():
+            warm = self.warm if self._warm_idx is not None and torch.equal(self._warm_idx, idx) else None
+            try:
+                lo, hi, self.warm = curvature(sub, data, full_max_params=self.full_max_params, warm=warm)
+                self._warm_idx = idx
+                lam_min[idx], lam_max[idx] = lo / scale, hi / scale
+            except (RuntimeError, torch.linalg.LinAlgError) as e:
+                log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
+        m["lam_min"], m["lam_max"] = lam_min, lam_max
+        loss = m.get("loss")
+        for k in range(E):
+            self.rows.append({"step": rec.step, "member": k,
+                              "loss": float(loss[k]) if loss is not None else float("nan"),
+                              "near_label": near_label[k] or None, "near_dist": float(near_dist[k]),
+                              "lam_min": float(lam_min[k])})

@@ -1,0 +1,323 @@
+"""What a training checkpoint can say about the critical point it is passing (docs/theory.md §9).
+
+A checkpoint on a plateau is never exactly critical, so Theorem 7 cannot label it directly. Three
+numbers per member, all float64 and batched over the ensemble dim E (weights [W_1..W_H], each
+(E, d_h, d_{h-1})), with no Python loop over members on the hot path:
+
+    curvature(weights, X, Y)          lam_min, lam_max of the square-loss Hessian (paper units)
+    tight_margin(weights, S_or_r, d)  max over pivots of the unit-free sigma_{r+1}(B1) sigma_{r+1}(B2)
+    project_to_critical(weights, d)   the nearby exactly critical point, its Theorem 7 label, distance
+
+Units: the paper's loss L = ||W_H..W_1 X^T - Y^T||_F^2 (sum over samples), as dlnlab.theory.critical.loss;
+lab (mean) units are paper / task.paper_scale, for the loss and the Hessian alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from dlnlab.linalg import partial_products, product
+from dlnlab.theory.classify import Classifier
+from dlnlab.theory.critical import loss_of_product
+from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
+from dlnlab.theory.lanczos import SquareLossHVP, join, lanczos_extremes
+
+F64 = torch.float64
+
+__all__ = ["TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin",
+           "project_to_critical", "plateau_r", "pivot_blocks"]
+
+
+@dataclass(frozen=True)
+class TrajectoryTolerances:
+    """Every tolerance and size knob of this module.
+
+    full_max_params: exact batched eigendecomposition up to this many parameters P, Lanczos above.
+    hessian_chunk_elems: members per torch.func.vmap chunk are chosen so that chunk * P^2 stays below
+        this (the E full Hessians never have to fit in memory at once).
+    lanczos_steps, lanczos_restarts: Krylov dimension per cycle and cycles at most.
+    lanczos_rtol: stop when both Ritz residuals are <= lanczos_rtol * max|lam| for every member.
+    lanczos_seed: seed of the random start (cold start) and of the vectors replacing a dead Krylov space.
+    grad_rtol: a projected point is critical iff ||grad L||_F <= grad_rtol * tr(Syy) (paper units: the
+        classifier's convention, tr(Syy) = L(0)).
+    polish_iters: re-projections of the projected point at most, until grad_rtol holds.
+    """
+    full_max_params: int = 2000
+    hessian_chunk_elems: float = 5e7
+    lanczos_steps: int = 40
+    lanczos_restarts: int = 30
+    lanczos_rtol: float = 1e-9
+    lanczos_seed: int = 0
+    grad_rtol: float = 1e-10
+    polish_iters: int = 3
+
+    def __post_init__(self):
+        if self.lanczos_steps < 2 or self.lanczos_restarts < 1 or self.polish_iters < 0:
+            raise ValueError("lanczos_steps >= 2, lanczos_restarts >= 1 and polish_iters >= 0 are required")
+        if not (self.lanczos_rtol > 0 and self.grad_rtol > 0 and self.full_max_params >= 0):
+            raise ValueError("lanczos_rtol, grad_rtol must be > 0 and full_max_params >= 0")
+
+
+DEFAULT = TrajectoryTolerances()
+
+
+@dataclass
+class CurvatureState:
+    """Carried from one record to the next: the Ritz vectors of lam_min and lam_max (E, P) (None after
+    an exact decomposition), the method used, HVPs per member and the Lanczos convergence flags."""
+    method: str
+    v_min: torch.Tensor | None = None
+    v_max: torch.Tensor | None = None
+    n_hvp: int = 0
+    converged: torch.Tensor | None = None
+
+
+def _batched(weights: Sequence[Any]) -> list[torch.Tensor]:
+    """float64 [W_h] with an ensemble dim (a single network becomes E = 1)."""
+    ws = as_weights(weights)
+    return [w.unsqueeze(0) for w in ws] if ws[0].ndim == 2 else ws
+
+
+def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: int | None = None,
+              warm: CurvatureState | None = None, tol: TrajectoryTolerances = DEFAULT):
+    """Extreme eigenvalues of the paper's square-loss Hessian for every member.
+
+    Args:
+        weights: [W_1..W_H], each (E, d_h, d_{h-1}) (or 2-D: E = 1).
+        X, Y: data (m, d_x), (m, d_y), or X = a LandscapeData and Y = None.
+        full_max_params: overrides tol.full_max_params (exact eigvalsh iff P <= it).
+        warm: the previous record's state (Lanczos restarts from its Ritz vectors).
+        tol: TrajectoryTolerances.
+
+    Returns:
+        (lam_min (E,), lam_max (E,), CurvatureState).
+    """
+    data = as_data(X, Y)
+    ws = _batched(weights)
+    shapes = [tuple(w.shape[-2:]) for w in ws]
+    E, P = ws[0].shape[0], sum(a * b for a, b in shapes)
+    limit = tol.full_max_params if full_max_params is None else full_max_params
+    if P <= limit:
+        # the full Hessians as closed-form HVPs on the P unit vectors, members chunked so that
+        # chunk * P^2 stays below hessian_chunk_elems (no autograd: ~100x faster than torch.func)
+        chunk = max(1, int(tol.hessian_chunk_elems // max(P * P, 1)))
+        eye = torch.eye(P, dtype=F64)
+        parts = []
+        for a in range(0, E, chunk):
+            sub = [w[a:a + chunk].repeat_interleave(P, 0) for w in ws]
+            n = sub[0].shape[0] // P
+            parts.append(SquareLossHVP(sub, data.A, data.Sxx).hvp(eye.repeat(n, 1)).view(n, P, P))
+        Hs = torch.cat(parts)
+        ev = torch.linalg.eigvalsh((Hs + Hs.transpose(-1, -2)) / 2)
+        return ev[:, 0], ev[:, -1], CurvatureState("full")
+    op = SquareLossHVP(ws, data.A, data.Sxx)
+    g = torch.Generator().manual_seed(tol.lanczos_seed)
+    v0 = torch.randn(E, P, dtype=F64, generator=g)
+    if warm is not None and warm.v_min is not None and tuple(warm.v_min.shape) == (E, P):
+        # a little noise keeps the Krylov space from being stuck in the two warm directions
+        v0 = warm.v_min + warm.v_max + 1e-3 * v0 / P ** 0.5
+    res = lanczos_extremes(op.hvp, v0, tol.lanczos_steps, tol.lanczos_restarts, tol.lanczos_rtol, g)
+    return res.lam_min, res.lam_max, CurvatureState("lanczos", res.v_min, res.v_max, res.n_hvp, res.converged)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pivot margin
+
+def pivot_blocks(ws: Sequence[torch.Tensor], Sxy: torch.Tensor) -> dict:
+    """{(i, j): (B1, B2, n1, n2)} for every pivot 1 <= j < i <= H (docs/theory.md §3, Definition 3):
+    B1 = W_{j-1}..W_1 Sxy W_H..W_{i+1}, B2 = W_{i-1}..W_{j+1} (None: the identity I_{d_j}); n1, n2 (E,)
+    are the products of the spectral norms of each block's factors (its natural scale).
+
+    TODO(dedup): dlnlab.theory.classify.Classifier._pivot_blocks builds the same blocks, but replaces some by
+    rank-equivalent matrices (rank shortcuts), which changes their singular values; one shared
+    builder of the true blocks belongs in the theory layer.
+    """
+    H = len(ws)
+    pp = partial_products(ws)
+    norms = [torch.linalg.matrix_norm(w, ord=2) for w in ws]
+    one = torch.ones_like(norms[0])
+    sxy_norm = float(torch.linalg.matrix_norm(Sxy, ord=2))
+
+    def nprod(a, b):  # prod of ||W_h||_2, h = a..b
+        out = one
+        for h in range(a, b + 1):
+            out = out * norms[h - 1]
+        return out
+
+    blocks = {}
+    for i in range(2, H + 1):
+        for j in range(1, i):
+            B2 = pp[(i - 1, j + 1)] if i - 1 >= j + 1 else None
+            left = Sxy if j == 1 else pp[(j - 1, 1)] @ Sxy
+            B1 = left if i == H else left @ pp[(H, i + 1)]
+            if B1.ndim == 2:
+                B1 = B1.expand(ws[0].shape[0], *B1.shape)
+            blocks[(i, j)] = (B1, B2, nprod(1, j - 1) * sxy_norm * nprod(i + 1, H), nprod(j + 1, i - 1))
+    return blocks
+
+
+def _sigma_at(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """s[e, r_e] for descending singular values s (E, n); 0 where r_e >= n (the block has rank <= r)."""
+    pad = torch.cat([s, torch.zeros(s.shape[0], 1, dtype=s.dtype)], 1)
+    return pad.gather(1, r.clamp(max=s.shape[1]).view(-1, 1)).squeeze(1)
+
+
+def _as_r(S_or_r: Any, E: int) -> torch.Tensor:
+    """(E,) long ranks from an int, a set S (r = |S|) or an (E,) array of ints."""
+    if isinstance(S_or_r, int):
+        return torch.full((E,), S_or_r, dtype=torch.long)
+    t = torch.as_tensor(S_or_r)
+    if t.ndim == 1 and t.numel() == E and not isinstance(S_or_r, tuple):
+        return t.to(torch.long)
+    return torch.full((E,), len(tuple(S_or_r)), dtype=torch.long)
+
+
+def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None) -> torch.Tensor:
+    """max over pivots (i, j) of [sigma_{r+1}(B1) / n1] * [sigma_{r+1}(B2) / n2] (docs/theory.md §9).
+
+    Unit-free by dividing each block's (r+1)-th singular value by the product of the spectral norms of
+    its factors (n1 includes ||Sxy||_2; an identity block B2 = I_{d_j} has sigma_{r+1} = 1 = n2 when
+    d_j > r). So each factor lies in [0, 1], the margin is invariant under rescaling any layer or the
+    data, and it is 0 exactly when every pivot has a block of rank <= r: a tightened point. On the
+    plateau of S = {1..r} the learned layers have O(1) norms and the unlearned directions O(eps), so
+    a pivot whose blocks hold k and H-2-k layers gives eps^k * eps^(H-2-k) = eps^(H-2).
+
+    Args:
+        weights: [W_1..W_H], (E, d_h, d_{h-1}) or 2-D.
+        S_or_r: r (int), S (a tuple, r = |S|) or (E,) ranks per member.
+        data: LandscapeData, or X with Y given.
+
+    Returns:
+        (E,) float64 margins (0 for H = 2 never happens: B2 = I and B1 = Sxy both exceed rank r < r_max).
+    """
+    d = as_data(data, Y)
+    ws = _batched(weights)
+    E = ws[0].shape[0]
+    r = _as_r(S_or_r, E)
+    best = torch.zeros(E, dtype=F64)
+    for (i, j), (B1, B2, n1, n2) in pivot_blocks(ws, d.Sxy).items():
+        f1 = _sigma_at(torch.linalg.svdvals(B1), r) / n1.clamp(min=1e-300)
+        if B2 is None:
+            f2 = (r < ws[j - 1].shape[-2]).to(F64)
+        else:
+            f2 = _sigma_at(torch.linalg.svdvals(B2), r) / n2.clamp(min=1e-300)
+        best = torch.maximum(best, f1 * f2)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# Projection onto a critical point
+
+@dataclass
+class Projection:
+    """The checkpoint projected onto a critical point of the nearest plateau S = {1..r}.
+
+    weights_proj: [W_h'] (E, d_h, d_{h-1}); r: (E,) ranks; S: per member the tuple {1..r}; S_str: "{1,2}";
+    near_label: Theorem 7 label of the projected point (dlnlab.theory.classify.classify; None if not asked);
+    near_dist: ||theta - theta_proj|| / ||theta|| (E,); grad_rel: ||grad L(theta_proj)|| / tr(Syy) (E,);
+    value: the critical value of S (paper units) (E,).
+    """
+    weights_proj: list[torch.Tensor]
+    r: torch.Tensor
+    S: list[tuple[int, ...]]
+    near_label: list[str] | None
+    near_dist: torch.Tensor
+    grad_rel: torch.Tensor
+    value: torch.Tensor
+    S_str: list[str] = field(default_factory=list)
+
+
+def plateau_r(weights: Sequence[Any], data: LandscapeData, r_max: int | None = None) -> torch.Tensor:
+    """(E,) the r of the plateau value tr(Syy) - sum_{i<=r} lam_i nearest to each member's loss
+    (r <= min(r_max, k); r_max defaults to the architecture's thinnest layer)."""
+    ws = _batched(weights)
+    dims = [ws[0].shape[-1]] + [w.shape[-2] for w in ws]
+    top = min(min(dims) if r_max is None else r_max, data.k)
+    vals = torch.tensor([data.critical_value(range(1, r + 1)) for r in range(top + 1)], dtype=F64)
+    L = loss_of_product(product(ws), data)
+    return (L[:, None] - vals[None, :]).abs().argmin(1)
+
+
+def _snap(ws: list[torch.Tensor], data: LandscapeData, r: int) -> list[torch.Tensor]:
+    """Keep r directions per layer and make the product exactly U_S U_S^T A (S = {1..r}).
+
+    V_0 = an orthonormal basis of the row space of U_S^T A, V_H = U_S (the exact end subspaces of a
+    critical point of S: docs/theory.md §2, Prop. 9 with Z = 0); V_h = orth(W_h V_{h-1}) carries the
+    product's learned modes through the layers. Cores C_h = V_h^T W_h V_{h-1} are the kept parts;
+    the top core is re-solved so that C_H..C_1 = U_S^T A V_0 exactly. Then L' = value(S) and every
+    gradient vanishes: Suf_h^T G has the factor U_S^T U_Q = 0 (h < H), and G Pre_{H-1}^T has
+    U_Q^T Syx V_0 = U_Q^T Sigma U_S (...) = 0.
+    """
+    E, H = ws[0].shape[0], len(ws)
+    if r == 0:
+        return [torch.zeros_like(w) for w in ws]
+    US = data.U[:, :r]
+    V0 = torch.linalg.qr(data.A.T @ US).Q                      # (d_x, r)
+    K = US.T @ data.A @ V0                                     # (r, r): the target core product
+    Vs, cores = [V0.expand(E, -1, -1)], []
+    for h in range(1, H):
+        img = ws[h - 1] @ Vs[-1]                               # (E, d_h, r)
+        Q, R = torch.linalg.qr(img)
+        Vs.append(Q)
+        cores.append(R)                                        # = Q^T W_h V_{h-1}
+    low = cores[0]
+    for C in cores[1:]:
+        low = C @ low                                          # C_{H-1}..C_1
+    # C_H low = K  <=>  low^T C_H^T = K^T
+    CH = torch.linalg.solve(low.transpose(-1, -2), K.T.expand(E, -1, -1)).transpose(-1, -2)
+    out = [Vs[h] @ cores[h - 1] @ Vs[h - 1].transpose(-1, -2) for h in range(1, H)]
+    out.append(US @ CH @ Vs[H - 1].transpose(-1, -2))
+    return out
+
+
+def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: Any = None,
+                        label: bool = True, tol: TrajectoryTolerances = DEFAULT,
+                        classifier: Classifier | None = None) -> Projection:
+    """Project each member onto an exactly critical point of the nearest plateau S = {1..r}.
+
+    Args:
+        weights: [W_1..W_H], (E, d_h, d_{h-1}) or 2-D.
+        data: LandscapeData, or X with Y given.
+        r: None (the plateau nearest to the loss: `plateau_r`), an int, or (E,) ints.
+        label: classify the projected points with Theorem 7 (a per-member Python loop: the costly part).
+        tol: TrajectoryTolerances (grad_rtol, polish_iters).
+        classifier: a prebuilt dlnlab.theory.classify.Classifier for `data` (saves its setup per call).
+
+    Returns:
+        Projection. Raises RuntimeError if a projected point misses grad_rtol after polishing.
+    """
+    d = as_data(data, Y)
+    ws = _batched(weights)
+    E = ws[0].shape[0]
+    rr = plateau_r(ws, d) if r is None else _as_r(r, E)
+    proj = [torch.empty_like(w) for w in ws]
+    for rv in sorted(set(rr.tolist())):                        # a few distinct r, not a loop over members
+        idx = (rr == rv).nonzero().squeeze(1)
+        sub = _snap([w[idx] for w in ws], d, rv)
+        for _ in range(tol.polish_iters):                      # re-snapping removes rounding residue
+            if bool((_grad_rel(sub, d) <= tol.grad_rtol).all()):
+                break
+            sub = _snap(sub, d, rv)
+        for h in range(len(ws)):
+            proj[h][idx] = sub[h]
+    grad_rel = _grad_rel(proj, d)
+    if not bool((grad_rel <= tol.grad_rtol).all()):
+        raise RuntimeError(f"projection not critical: max ||grad||/tr(Syy) = {float(grad_rel.max()):.3g} "
+                           f"> {tol.grad_rtol:g}")
+    theta, theta_p = join(ws), join(proj)
+    dist = torch.linalg.vector_norm(theta - theta_p, dim=1) / torch.linalg.vector_norm(theta, dim=1).clamp(min=1e-300)
+    S = [tuple(range(1, int(v) + 1)) for v in rr]
+    labels = None
+    if label:
+        clf = classifier or Classifier(d)
+        labels = [c.label for c in clf.classify(proj)]
+    value = torch.tensor([d.critical_value(s) for s in S], dtype=F64)
+    return Projection(proj, rr, S, labels, dist, grad_rel, value, [format_S(s) for s in S])
+
+
+def _grad_rel(ws: list[torch.Tensor], d: LandscapeData) -> torch.Tensor:
+    """(E,) ||grad L||_F / tr(Syy), closed form."""
+    g = SquareLossHVP(ws, d.A, d.Sxx).grad()
+    return torch.linalg.vector_norm(join(g), dim=1) / max(d.tr_syy, 1e-300)

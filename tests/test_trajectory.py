@@ -1,0 +1,256 @@
+"""Predictions from theory for the trajectory numbers (docs/theory.md §3, §9): each test can fail.
+
+Fast: projections are critical and their Hessians agree with their labels; batched curvature equals a
+per-member torch.func Hessian; Lanczos equals the full decomposition; the pivot margin vanishes exactly
+at tightened points; the staircase table. Slow: the eps scaling at the S = {1} plateau of the default
+teacher (H = 3, 4) and the H = 2 control.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dlnlab.analysis.staircase import StaircaseTolerances, staircase
+from dlnlab.experiments.build import compose, prepare
+from dlnlab.experiments.run import run
+from dlnlab.recording.base import Hook
+from dlnlab.theory.critical import plateau_values
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.hessian import full_hessian, square_loss_fn
+from dlnlab.theory.points import normal_form, saddle_family
+from dlnlab.theory.trajectory import (TrajectoryTolerances, curvature, project_to_critical, tight_margin)
+
+from landscape_data import clean_data, gaussian_data
+
+F64 = torch.float64
+PSD_RTOL = 1e-8        # lam_min >= -PSD_RTOL * lam_max counts as PSD (non-strict saddles, global minima)
+CRIT_RTOL = 1e-10      # ||grad|| / tr(Syy) of a projected point
+EIG_ATOL = 1e-10       # batched vs per-member eigenvalues (relative to max(1, |lam_max|))
+LANCZOS_RTOL = 1e-8    # Lanczos vs full, relative to |lam_max|
+SLOPE_RTOL = 0.25      # log-log slopes within 25% of the prediction
+H2_PLATEAU_RTOL = 1e-2  # staircase band for the H = 2 control (see that test)
+
+
+def _stack(points):
+    return [torch.stack([p[h] for p in points]) for h in range(len(points[0]))]
+
+
+def _near_points(data, dims, n, noise, seed):
+    """Checkpoint-like points, plus noise: even members are the Z = 0 normal form of S = {1..r} (the
+    tightened point a small-init plateau passes), odd ones (H >= 3) App. B.8 strict saddles whose
+    unlearned directions are O(1). Returns (weights, clean mask of the even members)."""
+    g = torch.Generator().manual_seed(seed)
+    r_max = min(dims)
+    pts = []
+    for k in range(n):
+        r = (k // 2) % r_max
+        if k % 2 and len(dims) > 3:
+            base = saddle_family(data, dims, r, strict=True, generator=g).weights
+        else:
+            base = normal_form(data, dims, tuple(range(1, r + 1)),
+                               [torch.zeros(a, b, dtype=F64) for a, b in _zshapes(dims, r)])
+        pts.append([w + noise * torch.randn(w.shape, generator=g, dtype=F64) for w in base])
+    return _stack(pts), torch.arange(n) % 2 == 0
+
+
+def _zshapes(dims, r):
+    return [(dims[1] - r, dims[0])] + [(dims[h] - r, dims[h - 1] - r) for h in range(2, len(dims))]
+
+
+@pytest.mark.parametrize("dims", [[5, 4, 3], [5, 4, 4, 3], [5, 3, 4, 3, 3]])
+def test_projection_is_critical_and_hessian_agrees_with_label(dims):
+    X, Y = gaussian_data(12, 5, 3, seed=1)
+    data = LandscapeData.from_xy(X, Y)
+    ws, clean = _near_points(data, dims, 8, 1e-2, seed=2)
+    pr = project_to_critical(ws, data)
+    assert float(pr.grad_rel.max()) <= CRIT_RTOL
+    lmin, lmax, _ = curvature(pr.weights_proj, data)
+    H = len(dims) - 1
+    for e, lab in enumerate(pr.near_label):
+        r = int(pr.r[e])
+        expected = "global_min" if r == min(dims) else ("strict_saddle" if H == 2 else "nonstrict_saddle")
+        assert lab == expected, (e, r, lab)
+        if lab == "strict_saddle":
+            assert float(lmin[e]) < -PSD_RTOL * float(lmax[e])
+        else:
+            assert float(lmin[e]) >= -PSD_RTOL * float(lmax[e])
+    learned = clean & (pr.r > 0)              # r = 0 projects onto W = 0: near_dist = 1 by definition
+    assert float(pr.near_dist[learned].max()) < 0.1 and bool((pr.near_dist[pr.r == 0] == 1).all())
+
+
+def test_batched_curvature_equals_per_member_hessian():
+    X, Y = gaussian_data(10, 4, 3, seed=3)
+    data = LandscapeData.from_xy(X, Y)
+    g = torch.Generator().manual_seed(4)
+    dims = [4, 3, 5, 3]
+    ws = [torch.randn(5, dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(3)]
+    lmin, lmax, state = curvature(ws, data)
+    assert state.method == "full"
+    for e in range(5):
+        ev = torch.linalg.eigvalsh(full_hessian(square_loss_fn(data), [w[e] for w in ws]))
+        tol = EIG_ATOL * max(1.0, float(ev.abs().max()))
+        assert abs(float(lmin[e] - ev[0])) <= tol and abs(float(lmax[e] - ev[-1])) <= tol
+
+
+def test_lanczos_matches_full_and_warm_start_helps():
+    X, Y = gaussian_data(16, 6, 4, seed=5)
+    data = LandscapeData.from_xy(X, Y)
+    dims = [6, 5, 5, 5, 4]                                # P = 105 > lanczos_steps = 40
+    ws, _ = _near_points(data, dims, 6, 3e-2, seed=6)
+    full_min, full_max, _ = curvature(ws, data)
+    lmin, lmax, st = curvature(ws, data, full_max_params=0)
+    assert st.method == "lanczos" and bool(st.converged.all())
+    scale = full_max.abs()
+    assert bool(((lmin - full_min).abs() <= LANCZOS_RTOL * scale).all())
+    assert bool(((lmax - full_max).abs() <= LANCZOS_RTOL * scale).all())
+    # the next record: a small step away, warm-started from this one's Ritz vectors
+    ws2 = [w * 1.001 for w in ws]
+    f2, _, _ = curvature(ws2, data)
+    l2, _, st2 = curvature(ws2, data, full_max_params=0, warm=st)
+    assert bool(((l2 - f2).abs() <= LANCZOS_RTOL * scale * 2).all())
+    assert st2.n_hvp <= st.n_hvp
+
+
+def test_tight_margin_zero_exactly_at_tightened_points():
+    X, Y = gaussian_data(14, 6, 4, seed=7)
+    data = LandscapeData.from_xy(X, Y)
+    for dims in ([6, 5, 5, 4], [6, 5, 5, 5, 4], [6, 4, 5, 4, 5, 4]):
+        for r in range(min(dims)):
+            for seed in range(3):
+                tight = saddle_family(data, dims, r, strict=False, generator=seed).weights
+                loose = saddle_family(data, dims, r, strict=True, generator=seed).weights
+                assert float(tight_margin(tight, r, data)[0]) <= 1e-12
+                assert float(tight_margin(loose, r, data)[0]) > 1e-4
+    # spec §6.1 clean oracles (H = 3): O7, O11 tightened; O8, O12, O13 loose
+    X, Y = clean_data()
+    data = LandscapeData.from_xy(X, Y)
+    W1s = torch.tensor([[3.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=F64)
+    W3s = torch.tensor([[1.0, 0], [0, 0], [0, 0]], dtype=F64)
+    W2t = torch.tensor([[1.0, 0, 0], [0, 0, 0]], dtype=F64)
+    O11 = W1s.clone()
+    O11[1, 3] = 1.0
+    O12 = W1s.clone()
+    O12[1, 1] = 1.0
+    cases = {"O7": ([W1s, W2t, W3s], True), "O11": ([O11, W2t, W3s], True),
+             "O8": ([W1s, torch.tensor([[1.0, 0, 0], [0, 1, 0]], dtype=F64), W3s], False),
+             "O12": ([O12, W2t, W3s], False),
+             "O13": ([W1s, W2t, torch.tensor([[1.0, 0], [0, 1], [0, 0]], dtype=F64)], False)}
+    for name, (ws, tight) in cases.items():
+        m = float(tight_margin(ws, 1, data)[0])
+        assert (m == 0.0) if tight else (m > 0.1), (name, m)
+
+
+def test_tight_margin_is_unit_free():
+    X, Y = gaussian_data(14, 6, 4, seed=8)
+    data = LandscapeData.from_xy(X, Y)
+    ws = saddle_family(data, [6, 5, 5, 5, 4], 1, strict=True, generator=0).weights
+    m0 = tight_margin(ws, 1, data)
+    scaled = [w * c for w, c in zip(ws, (2.0, 0.5, 3.0, 0.1))]
+    assert torch.allclose(tight_margin(scaled, 1, LandscapeData.from_xy(7 * X, Y)), m0, rtol=1e-10)
+
+
+def test_staircase_rows_and_midpoints():
+    steps = np.arange(0, 1000, 10)
+    loss = np.where(steps < 300, 85.0, np.where(steps < 600, 21.0 + 1e-4 * (1 + steps % 7), 5.0))
+    loss[30] = 50.0                                       # a record between two plateaus
+    t = pd.DataFrame({"step": steps, "member": 0, "loss": loss, "lam_min": -steps.astype(float),
+                      "near_label": "nonstrict_saddle", "near_dist": 0.1})
+    t = pd.concat([t, t.assign(member=1, loss=85.0)])
+    rows = staircase(t, [85.0, 21.0, 5.0, 1.0, 0.0])
+    m0 = rows[rows.member == 0]
+    assert list(m0.S) == ["{}", "{1}", "{1,2}"]
+    assert list(m0.theory_value) == [85.0, 21.0, 5.0]
+    assert m0.iloc[1].start_step == 310 and m0.iloc[1].end_step == 590
+    assert m0.iloc[1].lam_min == -450.0                   # midpoint record (310 + 590) / 2
+    assert list(rows[rows.member == 1].S) == ["{}"]
+    # a loose tolerance merges nothing new; a strict one drops the wiggling {1} plateau
+    assert "{1}" not in list(staircase(t, [85.0, 21.0, 5.0], StaircaseTolerances(rtol=1e-7)).S)
+    # paper units with paper_scale
+    assert list(staircase(t, [85.0 * 64, 21.0 * 64], paper_scale=64).S)[:2] == ["{}", "{1}"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Slow: the eps scaling on the default teacher (docs/theory.md §9)
+
+def _train(H, eps, steps, every):
+    """The default teacher (conf/config.yaml), depth H, init scale eps: (LandscapeData, paper_scale,
+    table of step/loss, weights per record). Same seed: the init is eps times the same matrices."""
+    class Grab(Hook):
+        def __init__(self):
+            self.steps, self.loss, self.ws = [], [], []
+
+        def on_record(self, trainer, rec):
+            self.steps.append(rec.step)
+            self.loss.append(float(rec.metrics["loss"][0]))
+            self.ws.append([w[0].clone() for w in rec.weights])
+
+    cfg = compose([f"model.depth={H}", f"model.init.scale={eps}", f"optim.steps={steps}",
+                   f"record.every={every}", "record.progress=off", "record.tensorboard=false"])
+    task = prepare(cfg)
+    grab = Grab()
+    run(cfg, out_dir=None, extra_hooks=[grab], task=task)
+    data = LandscapeData.from_xy(*task.landscape_data())
+    return data, task.paper_scale, pd.DataFrame({"step": grab.steps, "loss": grab.loss}), grab.ws
+
+
+def _at_plateau(H, eps, steps, every, S="{1}"):
+    data, scale, table, ws = _train(H, eps, steps, every)
+    rows = staircase(table, plateau_values(data), paper_scale=scale)
+    row = rows[rows.S == S].iloc[0]
+    k = int(np.flatnonzero(table.step.to_numpy() == row.start_step)[0]) + (int(row.records) - 1) // 2
+    w = [x.unsqueeze(0) for x in ws[k]]
+    pr = project_to_critical(w, data)
+    lmin, _, _ = curvature(w, data)
+    return dict(records=int(row.records), near_dist=float(pr.near_dist[0]), near_label=pr.near_label[0],
+                S=pr.S_str[0], lam_min=float(lmin[0]), margin=float(tight_margin(w, pr.r, data)[0]),
+                rows=rows, data=data, scale=scale, table=table, ws=ws)
+
+
+def _slope(x, y):
+    return float(np.polyfit(np.log(x), np.log(np.abs(y)), 1)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("H, eps_list, steps", [(4, (0.03, 0.015, 0.0075), (4000, 15000, 60000)),
+                                                (3, (0.003, 0.0015, 0.00075), (5000, 9000, 18000))])
+def test_plateau_scaling_with_init(H, eps_list, steps):
+    res = [_at_plateau(H, e, s, 100) for e, s in zip(eps_list, steps)]
+    for r in res:
+        assert r["records"] >= 10 and r["S"] == "{1}" and r["near_label"] == "nonstrict_saddle", r["records"]
+        assert r["lam_min"] < 0
+    eps = np.array(eps_list)
+    slopes = {"near_dist": _slope(eps, [r["near_dist"] for r in res]),
+              "lam_min": _slope(eps, [r["lam_min"] for r in res]),
+              "tight_margin": _slope(eps, [r["margin"] for r in res])}
+    print(H, slopes, [(r["near_dist"], r["lam_min"], r["margin"]) for r in res])
+    assert abs(slopes["near_dist"] - 1) <= SLOPE_RTOL
+    assert abs(slopes["lam_min"] - (H - 2)) <= SLOPE_RTOL * (H - 2)
+    assert abs(slopes["tight_margin"] - (H - 2)) <= SLOPE_RTOL * (H - 2)
+
+
+@pytest.mark.slow
+def test_depth_two_control_strict_everywhere():
+    """H = 2: every saddle is strict, so the passage is fast (log(1/eps) steps) and the curvature O(1).
+    The strict saddles are crossed too fast for the 1e-3 band at any practical eps (one record at
+    eps = 1e-4, every = 5), hence H2_PLATEAU_RTOL; smaller eps to have >= 3 saddle plateaus."""
+    tol = StaircaseTolerances(rtol=H2_PLATEAU_RTOL)
+    lams = {}
+    for eps in (1e-4, 1e-5, 1e-6):
+        data, scale, table, ws = _train(2, eps, 1000, 5)
+        rows = staircase(table, plateau_values(data), tol, paper_scale=scale)
+        saddles = rows[rows.r < 4]
+        assert list(saddles.S) == ["{}", "{1}", "{1,2}", "{1,2,3}"], rows
+        for _, row in saddles.iterrows():
+            k = int(np.flatnonzero(table.step.to_numpy() == row.start_step)[0]) + (int(row.records) - 1) // 2
+            w = [x.unsqueeze(0) for x in ws[k]]
+            pr = project_to_critical(w, data)
+            assert pr.near_label[0] == "strict_saddle" and pr.S_str[0] == row.S
+            lmin, _, _ = curvature(w, data)
+            lams[(row.S, eps)] = float(lmin[0]) / scale          # lab units
+    print(lams)
+    assert max(lams.values()) < -0.5, lams       # O(1) negative curvature on every plateau
+    for S in ("{1}", "{1,2}", "{1,2,3}"):            # and no eps^k decay (within a factor 2 over 100x eps)
+        v = [lams[(S, e)] for e in (1e-4, 1e-5, 1e-6)]
+        assert max(v) / min(v) > 0.5, (S, v)
