@@ -48,7 +48,7 @@ class Task(Protocol):
     @property
     def paper_scale(self) -> float: ... # paper loss = paper_scale * lab loss (docs/theory.md §1)
 
-    def to(self, dtype: torch.dtype) -> "Task": ...
+    def to(self, dtype: torch.dtype, device=None) -> "Task": ...  # device: only for config `device`
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor: ...  # (E,) full-batch lab loss
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor: ...
     def batch_arrays(self, idx: torch.Tensor | None): ...  # (x, y) rows of a batch for the factored step
@@ -84,8 +84,8 @@ class RegressionTask:
         """paper loss (sum over samples) = paper_scale * lab loss (mean over samples)."""
         return float(self.n_samples)
 
-    def to(self, dtype: torch.dtype) -> "RegressionTask":
-        return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info)
+    def to(self, dtype: torch.dtype, device=None) -> "RegressionTask":
+        return RegressionTask(self.X.to(device, dtype), self.Y.to(device, dtype), self.name, self.info)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
@@ -153,9 +153,9 @@ class CompletionTask:
         squared errors, while the lab loss (= the rank-jump paper's C(A)) is their mean."""
         return float(self.n_samples)
 
-    def to(self, dtype: torch.dtype) -> "CompletionTask":
-        return CompletionTask(self.n1, self.n2, self.rows, self.cols, self.values.to(dtype),
-                              self.truth.to(dtype), self.name, self.info)
+    def to(self, dtype: torch.dtype, device=None) -> "CompletionTask":
+        return CompletionTask(self.n1, self.n2, self.rows.to(device), self.cols.to(device),
+                              self.values.to(device, dtype), self.truth.to(device, dtype), self.name, self.info)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         A = product(weights)
@@ -164,7 +164,7 @@ class CompletionTask:
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) indices of observed entries; costs O(B H d^2), never the full product."""
         E = idx.shape[0]
-        members = torch.arange(E).unsqueeze(1)
+        members = torch.arange(E, device=idx.device).unsqueeze(1)
         r, c = self.rows[idx], self.cols[idx]
         v = weights[0].transpose(-1, -2)[members, c]            # columns of W_1: (E, B, d_1)
         for w in weights[1:-1]:
@@ -178,7 +178,7 @@ class CompletionTask:
         autograd handles as well)."""
         if idx is None:
             return None
-        x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype)
+        x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype, device=self.values.device)
         x.scatter_(-1, self.cols[idx].unsqueeze(-1), 1.0)
         return x, self.values[idx], self.rows[idx]
 
