@@ -18,7 +18,7 @@ __all__ = [
     # products
     "chain", "product", "partial_products", "forward",
     # spectra and ranks
-    "grouped_singular_values", "singular_values", "numerical_rank", "balancedness",
+    "grouped_singular_values", "singular_values", "numerical_rank", "balancedness", "finite_members",
     # random matrices
     "random_orthogonal", "generator_of",
 ]
@@ -76,12 +76,36 @@ def partial_products(weights: Sequence[torch.Tensor]) -> dict[tuple[int, int], t
     return out
 
 
-def grouped_singular_values(mats: dict) -> list[tuple[list, torch.Tensor]]:
-    """[(keys, singular values stacked along dim 0)], one batched svdvals per shape of matrix."""
+def grouped_singular_values(mats: dict, stack_below: int = 64) -> list[tuple[list, torch.Tensor]]:
+    """[(keys, singular values stacked along dim 0)], one batched svdvals per shape of matrix.
+
+    Matrices with a leading batch of `stack_below` or more are decomposed where they lie (stacking
+    them would only copy); the singular values are the same either way (one LAPACK call per matrix)."""
     groups = defaultdict(list)
     for key, m in mats.items():
         groups[tuple(m.shape)].append(key)
-    return [(keys, torch.linalg.svdvals(torch.stack([mats[k] for k in keys]))) for keys in groups.values()]
+    out = []
+    for keys in groups.values():
+        m0 = mats[keys[0]]
+        if m0.dim() > 2 and m0.shape[0] >= stack_below:
+            out.append((keys, torch.stack([torch.linalg.svdvals(mats[k]) for k in keys])))
+        else:
+            out.append((keys, torch.linalg.svdvals(torch.stack([mats[k] for k in keys]))))
+    return out
+
+
+def finite_members(mats) -> torch.Tensor:
+    """(E,) bool: every entry of member e of every (E, ...) tensor in `mats` is finite. A sum is finite
+    when its terms are, unless it overflows: only members with a non-finite sum are checked entry by
+    entry (the cheap test on the whole batch, the exact one where it could be wrong)."""
+    mats = list(mats)
+    ok = torch.ones(mats[0].shape[0], dtype=torch.bool, device=mats[0].device)
+    for m in mats:
+        ok &= torch.isfinite(m.flatten(1).sum(1))
+    if not bool(ok.all()):
+        bad = torch.nonzero(~ok).flatten()
+        ok[bad] = torch.isfinite(torch.cat([m[bad].flatten(1) for m in mats], 1)).all(1)
+    return ok
 
 
 def singular_values(mats: dict) -> dict:

@@ -55,7 +55,7 @@ class Task(Protocol):
     @property
     def paper_scale(self) -> float: ... # paper loss = paper_scale * lab loss (docs/theory.md §1)
 
-    def to(self, dtype: torch.dtype) -> "Task": ...
+    def to(self, dtype: torch.dtype, device=None) -> "Task": ...  # device: only for config `device`
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor: ...  # (E,) full-batch lab loss
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor: ...
     def batch_arrays(self, idx: torch.Tensor | None): ...  # (x, y) rows of a batch for the factored step
@@ -103,10 +103,10 @@ class RegressionTask:
         """paper loss (sum over samples) = paper_scale * lab loss (mean over samples)."""
         return float(self.n_samples)
 
-    def to(self, dtype: torch.dtype) -> "RegressionTask":
-        T = None if self.targets is None else self.targets.to(dtype)
-        return RegressionTask(self.X.to(dtype), self.Y.to(dtype), self.name, self.info, self.objective,
-                              self.product_ridge, T)
+    def to(self, dtype: torch.dtype, device=None) -> "RegressionTask":
+        T = None if self.targets is None else self.targets.to(device, dtype)
+        return RegressionTask(self.X.to(device, dtype), self.Y.to(device, dtype), self.name, self.info,
+                              self.objective, self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.objective is None:
@@ -197,10 +197,11 @@ class CompletionTask:
         squared errors, while the lab loss (= the rank-jump paper's C(A)) is their mean."""
         return float(self.n_samples)
 
-    def to(self, dtype: torch.dtype) -> "CompletionTask":
-        T = None if self.targets is None else self.targets.to(dtype)
-        return CompletionTask(self.n1, self.n2, self.rows, self.cols, self.values.to(dtype),
-                              self.truth.to(dtype), self.name, self.info, self.objective, self.product_ridge, T)
+    def to(self, dtype: torch.dtype, device=None) -> "CompletionTask":
+        T = None if self.targets is None else self.targets.to(device, dtype)
+        return CompletionTask(self.n1, self.n2, self.rows.to(device), self.cols.to(device),
+                              self.values.to(device, dtype), self.truth.to(device, dtype), self.name, self.info,
+                              self.objective, self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         A = product(weights)
@@ -212,7 +213,7 @@ class CompletionTask:
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) indices of observed entries; costs O(B H d^2), never the full product."""
         E = idx.shape[0]
-        members = torch.arange(E).unsqueeze(1)
+        members = torch.arange(E, device=idx.device).unsqueeze(1)
         r, c = self.rows[idx], self.cols[idx]
         v = weights[0].transpose(-1, -2)[members, c]            # columns of W_1: (E, B, d_1)
         for w in weights[1:-1]:
@@ -228,7 +229,7 @@ class CompletionTask:
         autograd handles as well)."""
         if idx is None or self.objective is not None:
             return None
-        x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype)
+        x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype, device=self.values.device)
         x.scatter_(-1, self.cols[idx].unsqueeze(-1), 1.0)
         return x, self.values[idx], self.rows[idx]
 

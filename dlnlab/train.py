@@ -181,10 +181,18 @@ class Trainer:
                  steps: int = 1000, ridge: float = 0.0, batch_size: int = 1,
                  lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
-                 config: dict | None = None, out_dir=None, info: dict | None = None):
+                 config: dict | None = None, out_dir=None, info: dict | None = None,
+                 device: str | torch.device = "cpu"):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
+        # `device`: the network and the task's tensors train there; hooks see `task` and the weights
+        # on the CPU (records copy them), so recording and theory checks stay CPU float64 code
+        self.device = torch.device(device)
         self.net, self.task, self.optim_name = net, task, optim
+        self._train_task = task
+        if self.device.type != "cpu":
+            net.to(self.device)
+            self._train_task = task.to(net.weights[0].dtype, device=self.device)
         self.steps, self.seed = int(steps), int(seed)
         self.lr_at = lr_schedule or Schedule(lr)
         self.ridge_at = ridge_schedule or Schedule(ridge)
@@ -217,6 +225,8 @@ class Trainer:
 
     @property
     def weights(self) -> list[torch.Tensor]:
+        if self.device.type != "cpu":
+            return [w.detach().cpu() for w in self.net.weights]
         return [w.detach() for w in self.net.weights]
 
     def freeze(self, members: torch.Tensor) -> None:
@@ -227,7 +237,8 @@ class Trainer:
         for k in torch.nonzero(new).flatten().tolist():
             self.diverged_at[k] = self.step
         self.active &= ~new
-        self.optimizer.active_mask = self.active.to(self.net.weights[0].dtype).view(-1, 1, 1)
+        self.optimizer.active_mask = self.active.to(self.net.weights[0].device,
+                                                    self.net.weights[0].dtype).view(-1, 1, 1)
         if not self.active.any():
             self._stop = True
 
@@ -262,7 +273,10 @@ class Trainer:
         arrays (`batch_arrays`), the gradient comes in factored form for the optimizer (no autograd);
         otherwise autograd fills `p.grad` through the task's loss."""
         idx = None if self.sampler is None else self.sampler.next()
-        arrays = getattr(self.task, "batch_arrays", None)  # optional in Task
+        task = self._train_task
+        if idx is not None and self.device.type != "cpu":
+            idx = idx.to(self.device)
+        arrays = getattr(task, "batch_arrays", None)  # optional in Task
         batch = arrays(idx) if arrays is not None else None
         if batch is not None:
             with torch.no_grad():
@@ -270,7 +284,7 @@ class Trainer:
             self.optimizer.factors = (acts, deltas)
             return losses
         ws = list(self.net.weights)
-        losses = self.task.loss(ws) if idx is None else self.task.batch_loss(ws, idx)
+        losses = task.loss(ws) if idx is None else task.batch_loss(ws, idx)
         self.optimizer.factors = None
         return losses
 
@@ -291,7 +305,7 @@ class Trainer:
                 losses = self._loss()
                 finite = torch.isfinite(losses)
                 if not bool(finite.all()):
-                    self.freeze(~finite)
+                    self.freeze(~finite.cpu())
                     if self._stop:
                         self.optimizer.factors = None  # this step is not taken
                         break

@@ -12,6 +12,11 @@ Targets (issue numbers in brackets):
                 Hessian smallest eigenvalue against the parameter count (target 100k < 30 s)
   jumps     [4] recipe R1 with 256 SGD members on 2 threads (target < 60 s); tracker cost/record
   load      [5] load_runs on 1,000 runs x 1,000 records (target < 10 s)
+  peer     [13] against a hand-written nn.Sequential + torch.optim.SGD loop recording every 100 steps
+                (H = 4, width 32, m = 256, SGD batch 1, float64, 1 thread): one network with the
+                classifier (target >= 3x), its recording/no-hook ratio (>= 0.9), E = 256 recorded
+                (>= 100x the loop, >= 0.5x the same ensemble without hooks), Theorem 7 labels per
+                member-checkpoint at E = 256 (<= 0.1 ms); peak memory of each section
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import runs_fixture
 import torch
 from bench_jumps import bench_r1, bench_tracker
 from bench_landscape import bench_classify as bench_landscape
+from bench_peer import bench_peer as bench_peer_sections
 
 from dlnlab.experiments.build import (
     build_hooks,
@@ -113,7 +119,26 @@ def bench_load() -> None:
           f"{r['seconds']:.1f} s (target < 10 s; {r['cpus']} cpus; fixture written in {r['fixture_seconds']:.1f} s)")
 
 
-SECTIONS = {"train": bench_train, "classify": bench_classify, "jumps": bench_jumps, "load": bench_load}
+def bench_peer() -> None:
+    r = bench_peer_sections()
+    sps, E = r["sps"], r["E"]
+    hand = sps["hand-written"]
+    print(f"peer    H=4 width=32 m=256 SGD batch 1 float64 1 thread, default cadence; "
+          f"{r['steps']} steps (one network), {r['e_steps']} steps (E={E})")
+    for name, v in sps.items():
+        print(f"        {name:18s} {v:10.0f} model-steps/s  {v / hand:7.2f}x the hand-written loop  "
+              f"peak RSS +{r['mem_mib'][name]:.0f} MiB")
+    print(f"        one network, recording / hand-written {sps['one, recording'] / hand:.2f} (target >= 3); "
+          f"recording / no hooks {sps['one, recording'] / sps['one, no hooks']:.3f} (target >= 0.9)")
+    rec, plain = sps[f"E={E}, recording"], sps[f"E={E}, no hooks"]
+    print(f"        E={E} recording / hand-written {rec / hand:.1f} (target >= 100); "
+          f"recording / no hooks {rec / plain:.3f} (target >= 0.5)")
+    print(f"        Theorem 7 labels at E={E}: {r['classify_ms']:.3f} ms per member-checkpoint (target <= 0.1); "
+          f"metrics hook {r['metrics_ms']:.3f} ms; peak RSS +{r['mem_mib']['classify']:.0f} MiB")
+    print("        (memory: peak RSS above the RSS at the section's start, sampled every 2 ms)")
+
+
+SECTIONS = {"train": bench_train, "classify": bench_classify, "jumps": bench_jumps, "load": bench_load, "peer": bench_peer}
 
 
 def main(argv) -> None:

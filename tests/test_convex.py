@@ -2,14 +2,19 @@
 import pytest
 import torch
 
-from dlnlab.theory.classify import classify
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.points import random_global_min, saddle_family
 from dlnlab.linalg import product
 from dlnlab.losses import make_loss
-from dlnlab.theory.convex import (ConvexLabeller, ConvexTolerances, convex_reference, label_convex,
-                                  width_condition)
+from dlnlab.theory.classify import classify
+from dlnlab.theory.convex import (
+    ConvexLabeller,
+    ConvexTolerances,
+    convex_reference,
+    label_convex,
+    width_condition,
+)
 from dlnlab.theory.convex_certificate import curvature
+from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.points import random_global_min, saddle_family
 
 F64 = torch.float64
 

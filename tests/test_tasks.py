@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from dlnlab.model import DeepLinearNet
-from dlnlab.tasks import DataError, Task, load_regression, make_completion, make_regression
+from dlnlab.tasks import (
+    DataError,
+    Task,
+    load_regression,
+    make_completion,
+    make_regression,
+)
 
 
 def test_whitened_regression_has_the_teacher_spectrum_as_plateaus():

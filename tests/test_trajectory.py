@@ -5,12 +5,12 @@ per-member torch.func Hessian; Lanczos equals the full decomposition; the pivot 
 at tightened points; the staircase table. Slow: the eps scaling at the S = {1} plateau of the default
 teacher (H = 3, 4) and the H = 2 control.
 """
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from landscape_data import clean_data, gaussian_data
 
 from dlnlab.analysis.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
@@ -20,9 +20,7 @@ from dlnlab.theory.critical import plateau_values
 from dlnlab.theory.data import LandscapeData
 from dlnlab.theory.hessian import full_hessian, square_loss_fn
 from dlnlab.theory.points import normal_form, saddle_family
-from dlnlab.theory.trajectory import (TrajectoryTolerances, curvature, project_to_critical, tight_margin)
-
-from landscape_data import clean_data, gaussian_data
+from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
 
 F64 = torch.float64
 PSD_RTOL = 1e-8        # lam_min >= -PSD_RTOL * lam_max counts as PSD (non-strict saddles, global minima)

@@ -17,6 +17,7 @@ from dlnlab.experiments.config import (
     TASK_KINDS,
     ConfigError,
     register,
+    resolve_device,
     validate,
     validate_against_task,
 )
@@ -158,7 +159,8 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
                    seed=cfg.seed, hooks=hooks,
                    cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
                    config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
-                   out_dir=out_dir, info=run_info(cfg, task))
+                   out_dir=out_dir, info=run_info(cfg, task),
+                   device=resolve_device(getattr(cfg, "device", "cpu")))
 
 
 def prepare(cfg):

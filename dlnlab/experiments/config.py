@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+import torch
 from omegaconf import MISSING
 
 from dlnlab.losses import LOSSES
@@ -211,6 +212,7 @@ class Config:
     seed: int = 0  # member k of an ensemble uses seed + k (init and SGD samples)
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
+    device: str = "cpu"  # cpu | cuda | auto (cuda when available): where the network and the task train
     name: str = "run"  # the run's name: the end of its folder name (default task kind + optimizer)
 
 
@@ -234,8 +236,23 @@ def _need(ok: bool, option: str, allowed: str, value) -> None:
         raise ConfigError(f"{option}={value!r} is invalid: allowed {allowed}")
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str) -> str:
+    """The torch device of the `device` option: auto is cuda when CUDA is available, else cpu."""
+    _need(name in DEVICES, "device", " | ".join(DEVICES), name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is invalid: CUDA is not available on this machine "
+                          "(torch.cuda.is_available() is False); use device=cpu or device=auto")
+    return name
+
+
 def validate(cfg) -> None:
     """Semantic checks that types cannot express; raise ConfigError naming the option."""
+    resolve_device(getattr(cfg, "device", "cpu"))
     m, o, r, t = cfg.model, cfg.optim, cfg.record, cfg.task
     _need(m.depth >= 2, "model.depth", "an integer >= 2 (H, the number of weight matrices)", m.depth)
     _need(m.width >= 1, "model.width", "an integer >= 1", m.width)

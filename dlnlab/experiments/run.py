@@ -20,7 +20,7 @@ import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.jumps import run_experiment
-from dlnlab.linalg import numerical_rank
+from dlnlab.linalg import chain, numerical_rank
 from dlnlab.recording.base import Hook
 from dlnlab.recording.folder import write_status
 from dlnlab.recording.staircase import format_staircase, staircase
@@ -129,8 +129,9 @@ def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:
     """Per member: the loss and end-to-end rank of the final weights; NaN and None for a member
     that diverged (frozen, or a non-finite product or loss), which the SVD must never see."""
     with torch.no_grad():
-        loss = task.loss(list(net.weights)).double()
-        A = net.end_to_end().double()
+        weights = [w.detach().cpu() for w in net.weights]  # the CPU task (config `device`)
+        loss = task.loss(weights).double()
+        A = chain(weights, len(weights), 1).double()
     ok = torch.isfinite(A).flatten(1).all(1) & torch.isfinite(loss)
     if active is not None:
         ok &= active

@@ -29,6 +29,7 @@ import torch
 
 from dlnlab.recording.base import Hook, Record
 from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
+from dlnlab.theory.classify_batch import LABELS
 from dlnlab.theory.ridge_labels import classify as ridge_classify
 
 log = logging.getLogger(__name__)
@@ -97,20 +98,24 @@ class ClassifierHook(Hook):
 
     def _theorem7(self, trainer, rec: Record) -> None:
         scale = trainer.task.paper_scale
+        # all members at once, on the products and spectra the metrics hook published (float64);
         # the weights in their training dtype: the classifier's noise floors follow the input precision
-        results = self.clf.classify([w.detach() for w in rec.weights])
-        nan = float("nan")
+        sp = rec.spectra
+        shared = {} if sp is None else dict(products=sp.products, singular_values=sp.singular_values,
+                                             finite=sp.finite)
+        b = self.clf.classify_ensemble([w.detach() for w in rec.weights], **shared)
         m = rec.metrics
-        m["label"] = [c.label for c in results]
-        m["label_code"] = torch.tensor([float(LABEL_CODES[c.label]) for c in results], dtype=torch.float64)
-        m["label_reason"] = [c.reason for c in results]
-        m["S"] = ["" if c.S is None else _fmt_S(c.S) for c in results]
-        m["r"] = torch.tensor([float(c.r) for c in results], dtype=torch.float64)
-        m["critical_value"] = torch.tensor([nan if c.critical_value is None else c.critical_value / scale
-                                            for c in results], dtype=torch.float64)
-        m["nearest_S"] = [_fmt_S(c.nearest_S) for c in results]
-        m["nearest_value"] = torch.tensor([c.nearest_value / scale for c in results], dtype=torch.float64)
-        m["classify_grad_norm"] = torch.tensor([c.grad_norm for c in results], dtype=torch.float64)
+        m["label"] = b.label
+        codes = torch.tensor([float(LABEL_CODES[lab]) for lab in LABELS], dtype=torch.float64)
+        m["label_code"] = codes[torch.tensor([LABELS.index(lab) for lab in b.label])]
+        m["label_reason"] = b.reason
+        fmt = {S: _fmt_S(S) for S in set(b.nearest_S) | {S for S in b.S if S is not None}}
+        m["S"] = ["" if S is None else fmt[S] for S in b.S]
+        m["r"] = b.r.double()
+        m["critical_value"] = b.critical_value / scale
+        m["nearest_S"] = [fmt[S] for S in b.nearest_S]
+        m["nearest_value"] = b.nearest_value / scale
+        m["classify_grad_norm"] = b.grad_norm.clone()
         self.latest = [f"{lab} (S = {S or nS})" for lab, S, nS in zip(m["label"], m["S"], m["nearest_S"])]
         self._text(rec, m["label"], [f"S = {S}" if S else f"nearest plateau S = {nS}"
                                      for S, nS in zip(m["S"], m["nearest_S"])])

@@ -6,6 +6,7 @@ import torch
 
 from dlnlab.linalg import (
     balancedness,
+    finite_members,
     grouped_singular_values,
     numerical_rank,
     partial_products,
@@ -47,7 +48,7 @@ class MetricsHook(Hook):
         m["ridge"] = torch.full_like(m["loss"], rec.ridge)
         # Finite layers can still overflow in a long product (a member about to diverge): its
         # spectra are NaN like a diverged member's, and the SVD never sees it.
-        finite = torch.isfinite(torch.cat([p.flatten(1) for p in prods.values()], 1)).all(1)
+        finite = finite_members(prods.values())
         all_finite = bool(finite.all())
         weights = [w.double() for w in weights]
         if not all_finite:
