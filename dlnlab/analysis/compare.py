@@ -39,6 +39,7 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
     if not cfg:
         return []
     per_run = df.groupby("run", observed=True, sort=False)[cfg].first()
+    per_run = per_run[per_run.notna().any(axis=1)]  # a run whose config.yaml was lost has no say
     return [c for c in cfg if per_run[c].astype(object).nunique(dropna=False) > 1]
 
 
@@ -116,8 +117,33 @@ def compare(df: pd.DataFrame, by=None, metric: str = "loss", at_step: int | None
     if "member_status" in last.columns:
         out["diverged"] = (last["member_status"].astype(object) == "diverged").groupby(
             [last[k] for k in by] if by else (lambda _: "all"), observed=True, dropna=False).sum()
+    if "status" in last.columns:
+        bad = ~last["status"].astype(object).isin(ENDED)
+        if bad.any():  # a killed, interrupted or failed run's last value is not its final value
+            runs_ = last["run"].where(bad)
+            out["unfinished"] = runs_.groupby([last[k] for k in by] if by else (lambda _: "all"),
+                                              observed=True, dropna=False).nunique()
     if not by:
         out.index.name = "group"
+    return out
+
+
+ENDED = ("finished", "diverged")  # the statuses of runs that got to their end
+
+
+def unfinished(df: pd.DataFrame, by: list[str]) -> dict:
+    """{group key: "1 interrupted, 1 killed"} for the groups of `by` that hold runs that did not
+    end (killed, interrupted, failed, running, unknown): their values are the last ones recorded."""
+    if "status" not in df.columns:
+        return {}
+    per_run = df.groupby("run", observed=True, sort=False)[[*by, "status"]].first() if by else \
+        df.groupby("run", observed=True, sort=False)[["status"]].first()
+    per_run = per_run[~per_run["status"].astype(object).isin(ENDED)]
+    out = {}
+    for key, part in (per_run.groupby(by, observed=True, dropna=False) if by else [((), per_run)]):
+        if len(part):
+            counts = part["status"].astype(object).value_counts()
+            out[key if isinstance(key, tuple) else (key,)] = ", ".join(f"{n} {s}" for s, n in counts.items())
     return out
 
 
@@ -141,8 +167,9 @@ def _label(by: list[str], key) -> str:
 
 
 def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool | None = None,
-                title: str | None = None) -> None:
-    """Draw `curves(...)` output: the median per group against step, with its quartile band."""
+                title: str | None = None, flags: dict | None = None) -> None:
+    """Draw `curves(...)` output: the median per group against step, with its quartile band.
+    `flags` ({group key tuple: text}, e.g. from `unfinished`) is added to those groups' legend."""
     try:
         import matplotlib
 
@@ -155,7 +182,9 @@ def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool |
     groups = cv.groupby(level=list(range(len(by))), observed=True, sort=True) if by else [((), cv)]
     for key, part in groups:
         steps = part.index.get_level_values("step")
-        line, = ax.plot(steps, part["q50"], label=_label(by, key), lw=1.5)
+        flag = (flags or {}).get(key if isinstance(key, tuple) else (key,))
+        label = _label(by, key) + (f" [not ended: {flag}]" if flag else "")
+        line, = ax.plot(steps, part["q50"], label=label, lw=1.5)
         ax.fill_between(steps, part["q25"], part["q75"], color=line.get_color(), alpha=0.2, lw=0)
     values = cv[["q25", "q50", "q75"]].to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
@@ -166,7 +195,7 @@ def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool |
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric}: median and quartiles across seeds and members")
-    if by:
+    if by or flags:
         ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
