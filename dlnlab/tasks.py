@@ -354,7 +354,9 @@ def _load_matrix(path: Path, key: str | None = None) -> np.ndarray:
             header = 0
         except ValueError:
             header = 1
-        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=header)
+        with warnings.catch_warnings():  # an empty file: the shape check below says so, once
+            warnings.simplefilter("ignore", UserWarning)
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=header)
     except DataError:
         raise
     except Exception as e:  # unreadable, not numeric, ragged...

@@ -43,6 +43,7 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
     if not cfg:
         return []
     per_run = df.groupby("run", observed=True, sort=False)[cfg].first()
+    per_run = per_run[per_run.notna().any(axis=1)]  # a run whose config.yaml was lost has no say
     differ = [c for c in cfg if per_run[c].astype(object).nunique(dropna=False) > 1]
     if "overrides" in df.columns:
         import re
@@ -128,8 +129,33 @@ def compare(df: pd.DataFrame, by=None, metric: str = "loss", at_step: int | None
     if "member_status" in last.columns:
         out["diverged"] = (last["member_status"].astype(object) == "diverged").groupby(
             [last[k] for k in by] if by else (lambda _: "all"), observed=True, dropna=False).sum()
+    if "status" in last.columns:
+        bad = ~last["status"].astype(object).isin(ENDED)
+        if bad.any():  # a killed, interrupted or failed run's last value is not its final value
+            runs_ = last["run"].where(bad)
+            out["unfinished"] = runs_.groupby([last[k] for k in by] if by else (lambda _: "all"),
+                                              observed=True, dropna=False).nunique()
     if not by:
         out.index.name = "group"
+    return out
+
+
+ENDED = ("finished", "diverged")  # the statuses of runs that got to their end
+
+
+def unfinished(df: pd.DataFrame, by: list[str]) -> dict:
+    """{group key: "1 interrupted, 1 killed"} for the groups of `by` that hold runs that did not
+    end (killed, interrupted, failed, running, unknown): their values are the last ones recorded."""
+    if "status" not in df.columns:
+        return {}
+    per_run = df.groupby("run", observed=True, sort=False)[[*by, "status"]].first() if by else \
+        df.groupby("run", observed=True, sort=False)[["status"]].first()
+    per_run = per_run[~per_run["status"].astype(object).isin(ENDED)]
+    out = {}
+    for key, part in (per_run.groupby(by, observed=True, dropna=False) if by else [((), per_run)]):
+        if len(part):
+            counts = part["status"].astype(object).value_counts()
+            out[key if isinstance(key, tuple) else (key,)] = ", ".join(f"{n} {s}" for s, n in counts.items())
     return out
 
 
@@ -173,12 +199,13 @@ def _label(by: list[str], key) -> str:
 
 
 def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool | None = None,
-                title: str | None = None) -> dict:
+                title: str | None = None, flags: dict | None = None) -> dict:
     """Draw `curves(...)` output: the median per group against step, with its quartile band.
 
     Integer metrics (ranks) are step lines; a log axis is limited to the meaningful range (values
     below 1e-12 x the largest are drawn but do not set the limits); members that diverged are marked
-    with a red x where they did; no offset notation on the axes. Returns what was drawn (title,
+    with a red x where they did; no offset notation on the axes. `flags` ({group key tuple: text},
+    e.g. from `unfinished`) is added to those groups' legend. Returns what was drawn (title,
     ylim, logy, legend_outside, y_offset, diverged_marked)."""
     try:
         import matplotlib
@@ -195,7 +222,8 @@ def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool |
     marked = False
     for key, part in groups:
         steps = part.index.get_level_values("step")
-        label = _label(by, key)
+        flag = (flags or {}).get(key if isinstance(key, tuple) else (key,))
+        label = _label(by, key) + (f" [not ended: {flag}]" if flag else "")
         if "diverged" in part.columns and part["diverged"].max() > 0:
             label += f" ({int(part['diverged'].max())} diverged)"
         if integer:
@@ -233,7 +261,7 @@ def plot_curves(cv: pd.DataFrame, by: list[str], metric: str, path, logy: bool |
     ax.set_ylabel(f"{metric} (lab units: mean over samples)" if metric.startswith(("loss", "reg_loss"))
                   else metric)
     ax.set_title(title or _title(cv, metric))
-    if by or marked:
+    if by or marked or flags:
         if outside:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         else:

@@ -18,7 +18,7 @@ import yaml
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-from dlnlab.recording.folder import CONFIG_FILE, STATUS_FILE, YAML_LOADER
+from dlnlab.recording.folder import CONFIG_FILE, METRICS_DIR, STATUS_FILE, YAML_LOADER
 
 #
 # `load_runs(root, where=...)` reads many run folders into one tidy DataFrame, one row per
@@ -148,6 +148,7 @@ def _read_status_checked(run_dir: Path, messages: list) -> dict:
             messages.append(f"damaged status {path}: field(s) {', '.join(bad)} of the wrong type ignored")
             return {k: v for k, v in status.items() if k not in bad}
     except FileNotFoundError:
+        messages.append(f"run {run_dir}: {STATUS_FILE} is missing; its status is 'unknown'")
         return {}
     except (OSError, ValueError) as e:
         problem = _first_line(e)
@@ -159,13 +160,20 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
+def _has_table(folder: Path) -> bool:
+    return (folder / METRICS_DIR).is_dir() and any((folder / METRICS_DIR).glob("*.parquet"))
+
+
 def find_runs(root) -> list[Path]:
-    """Every run folder under `root` (a folder holding a status.json), in natural order (job 2
-    before job 10)."""
+    """Every run folder under `root` (a folder holding a status.json, or a run table: a run whose
+    status.json was lost is still a run, with status 'unknown'), in natural order (job 2 before
+    job 10)."""
     root = Path(root)
-    if (root / STATUS_FILE).exists():
+    if (root / STATUS_FILE).exists() or _has_table(root):
         return [root]
-    return sorted((p.parent for p in root.rglob(STATUS_FILE)), key=_natural_key)
+    found = {p.parent for p in root.rglob(STATUS_FILE)}
+    found |= {p.parent for p in root.rglob(METRICS_DIR) if p.is_dir() and _has_table(p.parent)}
+    return sorted(found, key=_natural_key)
 
 @dataclass
 class _Run:
@@ -213,6 +221,9 @@ def _scan(paths, where=None) -> list[_Run]:
     runs = []
     for p in paths:
         p = Path(p)
+        if not (p / CONFIG_FILE).exists() and _has_table(p):  # a failed start has neither: no news
+            messages.append(f"run {p}: {CONFIG_FILE} is missing; the run has no config columns "
+                            "(and is left out of the swept keys)")
         runs.append(_Run(p, _read_status_checked(p, messages), flatten_config(read_config(p, messages)),
                          read_overrides(p, messages)))
     _warn_all(messages)

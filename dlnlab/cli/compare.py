@@ -15,6 +15,7 @@ from dlnlab.analysis.compare import (
     curves,
     plot_curves,
     swept_keys,
+    unfinished,
     unknown,
 )
 from dlnlab.analysis.folders import (
@@ -114,6 +115,11 @@ def run_cli(argv=None, out=None) -> int:
     with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 160,
                            "display.float_format", "{:.6g}".format):
         print(table.to_string(), file=out)
+    flags = unfinished(df, by)
+    if flags:
+        print("note: groups with runs that did not end (their value is the last one recorded; column "
+              "unfinished): " + "; ".join(f"{', '.join(map(str, k)) or 'all'}: {v}" for k, v in flags.items()),
+              file=out)
     if args.csv:
         try:
             table.to_csv(args.csv)
@@ -121,7 +127,7 @@ def run_cli(argv=None, out=None) -> int:
             raise CompareError(f"cannot write {args.csv}: {e}") from None
         print(f"wrote {args.csv}", file=out)
     if args.plot:
-        plot_curves(curves(df, by, args.metric), by, args.metric, args.plot, logy=args.logy)
+        plot_curves(curves(df, by, args.metric), by, args.metric, args.plot, logy=args.logy, flags=flags)
         print(f"wrote {args.plot}", file=out)
     return 0
 

@@ -2,7 +2,10 @@
 the jobs. A Hydra callback, registered in conf/config.yaml under hydra.callbacks."""
 from __future__ import annotations
 
+import os
+import socket
 import sys
+from pathlib import Path
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -36,8 +39,39 @@ def _format(table: pd.DataFrame) -> str:
                                                             for k in range(len(table)))])
 
 
+SWEEP_MARK = ".dlnlab-sweep"  # made (exclusively) in a sweep folder when its sweep starts
+
+
+class SweepFolderInUse(ValueError):
+    """A sweep folder that another sweep already writes into."""
+
+
+def claim_sweep_dir(sweep_dir, resume: bool = False) -> None:
+    """Claim `sweep_dir` for this sweep: a second sweep into the same folder (the same name in the
+    same microsecond, or the same explicit hydra.sweep.dir) would mix its jobs with the first's, so
+    it is refused; a sweep that resumes (a config field `resume`) may reuse its folder."""
+    path = Path(sweep_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path / SWEEP_MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if resume:
+            return
+        raise SweepFolderInUse(f"hydra.sweep.dir={path} is the folder of another sweep: choose a new "
+                               "hydra.sweep.dir (or let the default, which is unique, name it)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()} {socket.gethostname()}\n")
+
+
 class SweepSummary(Callback):
-    """Prints `sweep_report` when a multirun ends."""
+    """Claims the sweep folder when a multirun starts; prints `sweep_report` when it ends."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        try:
+            claim_sweep_dir(config.hydra.sweep.dir, resume=bool(config.get("resume", None)))
+        except SweepFolderInUse as e:  # Hydra turns a callback's exception into a warning
+            print(f"dlnlab-train: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -12,16 +13,21 @@ from hydra.types import RunMode
 
 from dlnlab.experiments.build import conf_dir, prepare, width_report
 from dlnlab.experiments.config import ConfigError, register
-from dlnlab.experiments.options import check_choices, help_text
-from dlnlab.experiments.run import mark_failed, run
+from dlnlab.experiments.options import check_choices, check_overrides, help_text
+from dlnlab.experiments.run import RunFailed, mark_failed, run
 from dlnlab.tasks import DataError
 
 log = logging.getLogger(__name__)
 register()
+# Exit codes: 0 finished (or diverged), 2 a user error (a bad override, Hydra's type and key errors
+# and the lab's own validation alike), 1 a run that failed once started (disk full...), 130 interrupted.
+USER_ERROR, RUN_ERROR = 2, 1
+_in_task: list = []  # set while the task function runs: its exceptions are not config errors
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _train(cfg) -> None:
+    _in_task.append(True)
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
     try:
@@ -38,11 +44,17 @@ def _train(cfg) -> None:
         mark_failed(out_dir, str(e))
         print(f"dlnlab-train: error: {e}", file=sys.stderr)
         if hc.mode == RunMode.RUN:
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         return
     print(f"dlnlab-train: {width_report(cfg, task).message}", file=sys.stderr)
     print(f"dlnlab-train: writing to {out_dir}", file=sys.stderr)
-    summary = run(cfg, out_dir=out_dir, task=task)
+    try:
+        summary = run(cfg, out_dir=out_dir, task=task)
+    except RunFailed as e:  # status.json says failed, with this line; the flushed table stays readable
+        print(f"dlnlab-train: error: run failed: {e} (status failed in {out_dir})", file=sys.stderr)
+        if hc.mode == RunMode.RUN:
+            sys.exit(RUN_ERROR)
+        return
     print(summary)
     if summary.status == "interrupted" and hc.mode == RunMode.RUN:
         sys.exit(130)
@@ -66,7 +78,36 @@ def train() -> None:
     if "--help" in args or "-h" in args:
         print(help_text(conf_dir(), _version()))
         return
-    _train()
+    try:  # before Hydra makes the run folder
+        check_overrides([a for a in args if "=" in a and not a.startswith("-")], conf_dir())
+    except ConfigError as e:
+        print(f"dlnlab-train: error: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for Hydra's traceback
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting 1
+    try:
+        _train()
+    except Exception as e:
+        if full or _in_task:
+            raise
+        print(f"dlnlab-train: error: {hydra_error(e)}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+    finally:
+        if not full:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def hydra_error(e: BaseException) -> str:
+    """Hydra's error (a bad override, a type or key outside the schema) as one line that names the
+    override: its first line, and the first line of its cause."""
+    first = lambda x: (str(x).strip().splitlines() or [type(x).__name__])[0]  # noqa: E731
+    line = first(e)
+    override = getattr(e, "override", None)  # OverrideParseException: which override did not parse
+    if isinstance(override, str) and override not in line:
+        line = f"{override}: {line}"
+    if e.__cause__ is not None and first(e.__cause__) not in line:
+        line = f"{line.rstrip('.')}: {first(e.__cause__)}"
+    return line
 
 
 if __name__ == "__main__":

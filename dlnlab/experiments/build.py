@@ -21,6 +21,14 @@ from dlnlab.experiments.config import (
     validate,
     validate_against_task,
 )
+from dlnlab.experiments.guards import (
+    check_keys,
+    check_memory,
+    check_name,
+    task_dims,
+    threads_for,
+)
+from dlnlab.experiments.options import check_overrides
 from dlnlab.losses import LossError, make_loss
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
@@ -54,6 +62,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config"):
     from hydra import initialize_config_dir
 
     register()
+    check_overrides(overrides, conf_dir())
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
@@ -84,8 +93,12 @@ def build_loss(lc):
 
 def layer_dims(cfg, task) -> list[int]:
     """[d_0, ..., d_H]: the task fixes d_0 and d_H, the model the hidden widths."""
+    return _dims(cfg, task.d_in, task.d_out)
+
+
+def _dims(cfg, d_in: int, d_out: int) -> list[int]:
     hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
-    return [task.d_in, *hidden, task.d_out]
+    return [int(d_in), *map(int, hidden), int(d_out)]
 
 
 def width_report(cfg, task) -> WidthReport:
@@ -164,9 +177,18 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
 
 
 def prepare(cfg):
-    """Validate a config and build its task (errors name the option, before any training)."""
+    """Validate a config and build its task (errors name the option, before any training or any
+    large allocation: a run that would not fit in memory is refused with its estimate)."""
+    check_keys(cfg)
     validate(cfg)
+    check_name(cfg.name)
+    threads_for(cfg, warn=True)
+    known = task_dims(cfg)
+    if known is not None:  # before the task's data is made
+        check_memory(cfg, _dims(cfg, known[0], known[1]), known[2])
     task = build_task(cfg.task).to(getattr(torch, cfg.precision))
+    if known is None:
+        check_memory(cfg, layer_dims(cfg, task), task.n_samples)
     lc = getattr(cfg, "loss", None)
     task = with_loss(task, build_loss(lc), lc.product_ridge if lc is not None else 0.0)
     validate_against_task(cfg, task)

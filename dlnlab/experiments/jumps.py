@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.config import check_options, label_tolerances, rank_tolerances
+from dlnlab.experiments.guards import threads_for
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
 from dlnlab.recording.jumps import RANK_TYPES, SUMMARY_FILE, RankJumpHook, _atomic_json
@@ -144,8 +145,8 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
     and, with out_dir, writes the phase folders and `<out_dir>/jumps_summary.json`."""
 
     t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if threads_for(cfg):
+        torch.set_num_threads(threads_for(cfg))
     if task is None:
         task = prepare(cfg)  # validates, jumps.* included
     else:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from dlnlab.experiments import config as _config
+from dlnlab.experiments.guards import check_name
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
 
@@ -121,3 +122,36 @@ def check_choices(choices: dict) -> None:
         if isinstance(choice, str) and choice.endswith("_schema"):
             raise _config.ConfigError(f"{group}={choice!r} is invalid: {choice} is an internal schema, "
                                       f"not a choice (see dlnlab-train --help for the {group} choices)")
+
+
+def _parsed(overrides):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    except Exception:  # noqa: BLE001 - Hydra reports a malformed override itself
+        return []
+
+
+def check_overrides(overrides, conf_dir: str) -> None:
+    """Check command-line overrides before Hydra creates any folder (ConfigError, one line naming
+    the override): a config group's choice must exist (an `optional` group such as `experiment`
+    would otherwise be skipped silently), `+key` may only add what the typed schema declares, and
+    `name` must be a folder name, not a path."""
+    groups = config_groups(conf_dir)
+    for o in _parsed(overrides):
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        if key in groups:
+            allowed = [c for c in groups[key]]
+            for v in values:
+                if v is not None and str(v) not in allowed:
+                    raise _config.ConfigError(f"{key}={v!r} is invalid: allowed {' | '.join(allowed)}")
+        elif o.is_add() or o.is_force_add():
+            raise _config.ConfigError(f"{o.input_line}: {key} is not an option (the typed schema has no such "
+                                      "key; see dlnlab-train --help for the options)")
+        elif key == "name":
+            for v in values:
+                check_name(v)

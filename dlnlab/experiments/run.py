@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
+from dlnlab.experiments.guards import clean_run_dir, threads_for
 from dlnlab.experiments.jumps import run_experiment
 from dlnlab.linalg import chain, numerical_rank
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import write_status
+from dlnlab.recording.folder import atomic_write, remove_tmp_files, write_status
 from dlnlab.recording.staircase import format_staircase, staircase
 from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.theory.critical import plateau_values
@@ -91,21 +92,34 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
 
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
     `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     task = task or prepare(cfg)
+    if threads_for(cfg):
+        torch.set_num_threads(threads_for(cfg))
     jumps = getattr(cfg, "jumps", None)
     if jumps is not None and jumps.enabled:
 
         return run_experiment(cfg, out_dir, extra_hooks, task)
     net = build_net(cfg, task)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    hooks = build_hooks(cfg, out_dir, extra_hooks)
-    trainer = build_trainer(cfg, task, net, hooks, out_dir)
-    width = trainer.info.get("width_message", "")
     t0 = time.perf_counter()
-    result = trainer.run()
+    try:
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            clean_run_dir(out_dir, resume=bool(getattr(cfg, "resume", None)))
+        hooks = build_hooks(cfg, out_dir, extra_hooks)
+        trainer = build_trainer(cfg, task, net, hooks, out_dir)
+        result = trainer.run()
+    except Exception as e:  # disk full, a hook that failed...: the folder says so in one line
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        if out_dir is not None:
+            try:
+                mark_failed(out_dir, reason)
+            except OSError:
+                pass
+        raise RunFailed(reason) from e
+    finally:
+        if out_dir is not None:
+            remove_tmp_files(out_dir)
+    width = trainer.info.get("width_message", "")
     loss, ranks = final_loss_and_rank(cfg, task, net, trainer.active)
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
@@ -121,7 +135,7 @@ def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None
         return None
     rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
     if out_dir is not None:
-        rows.to_csv(Path(out_dir) / "staircase.csv", index=False)
+        atomic_write(Path(out_dir) / "staircase.csv", rows.to_csv(index=False))
     return rows
 
 
@@ -142,6 +156,15 @@ def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:
     ranks = numerical_rank(s, cfg.record.rank_rtol, floor).tolist()
     return ([float(v) if k else float("nan") for v, k in zip(loss.tolist(), ok.tolist())],
             [r if k else None for r, k in zip(ranks, ok.tolist())])
+
+
+class RunFailed(RuntimeError):
+    """A run that failed after it started (disk full, a failing hook); its status.json says
+    `failed` with the same one-line message, and what it flushed stays readable."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
 
 
 def mark_failed(out_dir, message: str) -> None:

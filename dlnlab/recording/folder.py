@@ -14,6 +14,7 @@ A run folder holds:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -24,17 +25,83 @@ STATUS_FILE, CONFIG_FILE, METRICS_DIR = "status.json", "config.yaml", "metrics"
 TABLE_FILE = "table.parquet"  # the compacted table of a run that ended
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+TMP_SUFFIX = ".tmp"  # a file being written; `atomic_write` never leaves one behind
 
 
-def write_status(run_dir, **fields) -> None:
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data, fsync: bool = True) -> None:
+    """Write a run-folder file crash-safely: into `<name>.tmp` in the same folder, fsync'd, then
+    `os.replace`d over `path` (and the folder fsync'd, so the rename survives a power loss). A reader
+    sees the old file or the new one, never half of one. `data`: str, bytes, or a callable writing
+    the file at the path it is given (e.g. `lambda p: pq.write_table(table, p)`). On any failure
+    (disk full included) the temporary file is removed and the error raised."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        if callable(data):
+            data(str(tmp))
+            if fsync:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def remove_tmp_files(run_dir) -> list[Path]:
+    """Remove the `*.tmp` files a killed writer left in a run folder (and its subfolders); the
+    removed paths."""
+    removed = []
+    for p in Path(run_dir).rglob("*" + TMP_SUFFIX):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def write_status(run_dir, fsync: bool = True, **fields) -> None:
+    """Update status.json with `fields` (atomically; `fsync=False` for a mere heartbeat). When the
+    disk is full even for the temporary copy, the file is rewritten in place: a failed run must
+    still say so."""
     path = Path(run_dir) / STATUS_FILE
     old = read_status(run_dir) if path.exists() else {}
     old.update(fields)
-    _atomic_write_text(path, json.dumps(old, indent=1))
+    text = json.dumps(old, indent=1)
+    try:
+        atomic_write(path, text, fsync=fsync)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+        with open(path, "r+b") as f:  # its own blocks are enough for a file of about the same size
+            f.write(text.encode())
+            f.truncate()
 
 
 def read_status(run_dir) -> dict:

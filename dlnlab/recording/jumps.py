@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 import torch
 
 from dlnlab.recording.base import Hook, Record
-from dlnlab.recording.folder import EVENT_COLUMNS, EVENTS_FILE
+from dlnlab.recording.folder import EVENT_COLUMNS, EVENTS_FILE, atomic_write
 from dlnlab.theory.ridge_labels import classify as ridge_classify
 from dlnlab.theory.ridge_modes import (
     LabelTolerances,
@@ -46,15 +45,11 @@ REPORT_TB_DIR = "jumps_report_tb"
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def _json_default(o):

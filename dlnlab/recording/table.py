@@ -18,7 +18,7 @@ from dlnlab.recording.folder import (
     METRICS_DIR,
     STATUS_FILE,
     TABLE_FILE,
-    _atomic_write_text,
+    atomic_write,
     write_status,
 )
 
@@ -44,7 +44,7 @@ class TableHook(Hook):
 
     def on_start(self, trainer) -> None:
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
+        atomic_write(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
         # A reused folder must not show an earlier run's table, message or end time as this one's.
         for old in (self.dir / METRICS_DIR).glob("*.parquet"):
             old.unlink()
@@ -53,7 +53,7 @@ class TableHook(Hook):
                       ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
                       assumption1_failures=list(info.get("assumption1_failures", [])))
         status.update(getattr(trainer, "info", {}) or {})
-        _atomic_write_text(self.dir / STATUS_FILE, json.dumps(status, indent=1))
+        atomic_write(self.dir / STATUS_FILE, json.dumps(status, indent=1))
 
     def on_record(self, trainer, rec: Record) -> None:
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
@@ -101,10 +101,8 @@ class TableHook(Hook):
                  for k in self.object_names]
         table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
         path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
         # dictionary pages only for the text columns: on floats they cost time and save nothing
-        pq.write_table(table, tmp, use_dictionary=list(self.object_names))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=list(self.object_names)))
         self.part += 1
         self.blocks, self.objects = [], []
         self.last_flush = time.monotonic()
@@ -112,7 +110,8 @@ class TableHook(Hook):
             # a heartbeat: a run killed with no chance to write its status (kill -9, power loss)
             # still tells how far it got and for how long it ran
             now = time.time()
-            write_status(self.dir, status="running", step=trainer.step, updated=now, wall_time=now - self.t0)
+            write_status(self.dir, fsync=False, status="running", step=trainer.step, updated=now,
+                         wall_time=now - self.t0)
 
     def compact(self) -> None:
         """One file per run reads much faster than many parts (load_runs over big sweeps)."""
@@ -127,9 +126,7 @@ class TableHook(Hook):
             return
         # parts written before and after a hook added a column differ: permissive fills the gaps
         table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
-        tmp = self.dir / METRICS_DIR / f"{TABLE_FILE}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.dir / METRICS_DIR / TABLE_FILE)
+        atomic_write(self.dir / METRICS_DIR / TABLE_FILE, lambda tmp: pq.write_table(table, tmp))
         for p in parts:
             p.unlink()
 
