@@ -19,9 +19,16 @@ import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.jumps import run_experiment
+from dlnlab.experiments.resume import (
+    clear_after,
+    clear_for_rerun,
+    newest_checkpoint,
+    resume_config,
+    run_state,
+)
 from dlnlab.linalg import numerical_rank
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import write_status
+from dlnlab.recording.folder import read_status, write_status
 
 
 @dataclass
@@ -79,11 +86,20 @@ def _ensemble_lines(loss: list, rank: list, labels: list) -> list[str]:
     return lines
 
 
-def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:
+def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, resume=None) -> RunSummary:
     """Validate `cfg`, build task, network and hooks, train, and return a summary.
 
+    `resume` (or `cfg.resume`): a run folder to continue from its newest checkpoint, with the config
+    saved there (`cfg` may then be None; options of `cfg` that would change the trajectory raise
+    ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again.
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
     `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
+    if resume is None and cfg is not None:
+        resume = getattr(cfg, "resume", None)
+    ck = None
+    if resume:
+        cfg = resume_config(cfg, resume)
+        out_dir = resume
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = task or prepare(cfg)
@@ -92,10 +108,21 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
 
         return run_experiment(cfg, out_dir, extra_hooks, task)
     net = build_net(cfg, task)
+    if resume:
+        state = run_state(resume)
+        if state == "ended":
+            return ended_summary(cfg, task, net, resume)
+        ck = newest_checkpoint(resume)
+        if ck is None:
+            clear_for_rerun(resume)
+        else:
+            clear_after(resume, int(ck["step"]))
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     hooks = build_hooks(cfg, out_dir, extra_hooks)
     trainer = build_trainer(cfg, task, net, hooks, out_dir)
+    if ck is not None:
+        trainer.resume(ck)
     width = trainer.info.get("width_message", "")
     t0 = time.perf_counter()
     result = trainer.run()
@@ -103,6 +130,24 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
                       result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []), width)
+
+
+def ended_summary(cfg, task, net, run_dir) -> RunSummary:
+    """The summary of a run that had ended already (resume of a finished run): from its last.pt."""
+    status = read_status(run_dir)
+    active = None
+    try:
+        ck = torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
+        with torch.no_grad():
+            for p, w in zip(net.weights, ck["weights"]):
+                p.copy_(w)
+        active = ck["active"]
+    except (OSError, RuntimeError, KeyError):
+        pass
+    loss, ranks = final_loss_and_rank(cfg, task, net, active)
+    div = status.get("diverged_members") or {}
+    return RunSummary(str(run_dir), status.get("status", "finished"), int(status.get("step", 0)), 0.0, loss, ranks,
+                      [div.get(str(k)) for k in range(net.E)], [], "nothing to resume: the run had ended")
 
 
 def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:
