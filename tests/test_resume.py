@@ -128,3 +128,36 @@ def test_resume_refuses_overrides_that_change_the_trajectory(reference, tmp_path
     before = (reference / "metrics/table.parquet").stat().st_mtime_ns
     assert run(compose([*OVERRIDES, "record.progress=on"]), resume=str(reference)).status == "finished"
     assert (reference / "metrics/table.parquet").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_a_sweep_resumes_as_a_whole(tmp_path):
+    """Job 0 ended (skipped), job 1 stopped at its checkpoint (resumed), job 2 never started (run)."""
+    import json
+    import shutil
+    import subprocess
+
+    from dlnlab.recording.table import truncate_table
+
+    exe = Path(sys.executable).parent / "dlnlab-train"
+    sweep = tmp_path / "sweep"
+    args = ["optim=sgd", "optim.steps=300", "record.every=10", "record.progress=off", "seed=0,1,2"]
+    subprocess.run([exe, "-m", *args, f"hydra.sweep.dir={sweep}"], check=True, capture_output=True)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    reference = {j.name: load_run(j) for j in jobs}
+    shutil.rmtree(jobs[2])
+    # job 1 as a kill -9 after its checkpoint at step 200 leaves it
+    truncate_table(jobs[1] / "metrics", 250)
+    (jobs[1] / "checkpoints/last.pt").unlink()
+    status = json.loads((jobs[1] / "status.json").read_text())
+    (jobs[1] / "status.json").write_text(json.dumps({**status, "status": "running", "step": 250}))
+    before = (jobs[0] / "metrics/table.parquet").stat().st_mtime_ns
+    done = subprocess.run([exe, f"resume={sweep}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "skipped" in done.stderr and "resuming" in done.stderr and "not started before" in done.stderr
+    assert (jobs[0] / "metrics/table.parquet").stat().st_mtime_ns == before
+    for j in jobs:
+        assert read_status(j)["status"] == "finished"
+        a, b = reference[j.name], load_run(j)
+        drop = [c for c in a.columns if c in WALL]
+        pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop), check_exact=True)
