@@ -182,7 +182,7 @@ class Trainer:
                  lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
                  config: dict | None = None, out_dir=None, info: dict | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", checkpoint_every: int = 0):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
         # `device`: the network and the task's tensors train there; hooks see `task` and the weights
@@ -212,6 +212,13 @@ class Trainer:
         self._stop = False
         self._seen: dict[int, int] = {}  # id(hook) -> last step it recorded
         self._next_record = 0  # the next step at which some hook is due
+        # records at multiples of checkpoint_every are flagged `rec.checkpoint` (0: none)
+        self.checkpoint_every = int(checkpoint_every)
+        self.resumed_from: int | None = None  # the step of the checkpoint this run resumed from
+        self._hook_states: dict = {}
+        self._signal = None  # a SIGINT/SIGTERM that arrived between steps: the loop stops at the next
+        self._defer = False  # True between steps and while finishing: signals are noted, not raised
+        self._finishing = False
         self.optimizer.register_step_post_hook(self._after_step)
 
     # -- state seen by hooks -------------------------------------------------------------------
@@ -242,6 +249,47 @@ class Trainer:
         if not self.active.any():
             self._stop = True
 
+    # -- checkpoints and resume -------------------------------------------------------------------
+    def hook_states(self) -> dict:
+        """{class name: state_dict()} of every hook that holds state (a second hook of one class gets
+        `Name#2`), for the checkpoint."""
+        out: dict = {}
+        for h in self.hooks:
+            state = h.state_dict()
+            if state is None:
+                continue
+            name = type(h).__name__
+            key, n = name, 1
+            while key in out:
+                n += 1
+                key = f"{name}#{n}"
+            out[key] = state
+        return out
+
+    def state(self) -> dict:
+        """The loop's own state at this step (the checkpoint adds weights, hooks and config)."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                "seed": self.seed, "active": self.active.clone(),
+                "diverged_at": [-1 if d is None else int(d) for d in self.diverged_at]}
+
+    def resume(self, ck: dict) -> None:
+        """Continue from a checkpoint (`step_*.pt`): weights, optimizer, sampler, member status and
+        the hooks' states; the record at its step is not made again. Call before `run`."""
+        with torch.no_grad():
+            for p, w in zip(self.net.weights, ck["weights"]):
+                p.copy_(w)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(ck["sampler"])
+        self.step = self.resumed_from = int(ck["step"])
+        self.active = ck["active"].clone().bool()
+        self.diverged_at = [None if d < 0 else int(d) for d in ck["diverged_at"]]
+        if not bool(self.active.all()):
+            self.optimizer.active_mask = self.active.to(self.net.weights[0].dtype).view(-1, 1, 1)
+        self._stop = not bool(self.active.any())
+        self._hook_states = dict(ck.get("hooks") or {})
+
     # -- the loop ------------------------------------------------------------------------------
     def _record(self, final: bool = False) -> None:
         if final:  # every hook sees the last state once, whatever its cadence
@@ -250,12 +298,20 @@ class Trainer:
             due = [h for h in self.hooks if h.cadence.due(self.step)]
         if not due:
             return
+        last = final or self.step == self.steps
         rec = Record(step=self.step, weights=self.weights, active=self.active.clone(),
-                     lr=self.lr, ridge=self.ridge, final=final or self.step == self.steps)
-        with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
-            for h in due:
-                self._seen[id(h)] = self.step
-                h.on_record(self, rec)
+                     lr=self.lr, ridge=self.ridge, final=last,
+                     checkpoint=bool(not last and self.checkpoint_every
+                                     and self.step % self.checkpoint_every == 0))
+        # a signal during a record aborts it (no waiting), except the final one while finishing
+        defer, self._defer = self._defer, self._finishing
+        try:
+            with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
+                for h in due:
+                    self._seen[id(h)] = self.step
+                    h.on_record(self, rec)
+        finally:
+            self._defer = defer
 
     def _schedule_next(self) -> None:
         # asking every hook's cadence at every step costs more than a record at small widths
@@ -290,15 +346,21 @@ class Trainer:
 
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
-        restore = self._install_sigterm()
+        restore = self._install_signals()
         try:
             for h in self.hooks:
                 h.on_start(self)
             for h in self.hooks:
                 h.cadence.last = self.steps
-            self._record()
+            if self.resumed_from is None:
+                self._record()
+            else:  # the checkpoint's record is in the table already
+                self._load_hook_states()
             self._schedule_next()
             while self.step < self.steps and not self._stop:
+                self._defer = True
+                if self._signal is not None:
+                    raise Interrupted(f"signal {self._signal}")
                 g = self.optimizer.param_groups[0]
                 g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -313,6 +375,7 @@ class Trainer:
                 if self.optimizer.factors is None:
                     losses.sum().backward()
                 self.optimizer.step()
+            self._defer = False
             self.status = "diverged" if self._stop else "finished"
         except (KeyboardInterrupt, Interrupted):
             self.status = "interrupted"
@@ -320,18 +383,33 @@ class Trainer:
             self.status = "failed"
             raise
         finally:
-            restore()
-            self._finish()
+            # signals stay caught until the end is written: a second Ctrl-C must not cut it short
+            self._defer = self._finishing = True
+            try:
+                self._finish()
+            finally:
+                restore()
         return TrainResult(self.status, self.step, time.perf_counter() - t0, list(self.diverged_at))
 
+    def _load_hook_states(self) -> None:
+        seen: dict = {}
+        for h in self.hooks:
+            name = type(h).__name__
+            seen[name] = seen.get(name, 0) + 1
+            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+            if key in self._hook_states:
+                h.load_state_dict(self._hook_states[key])
+
     def _finish(self) -> None:
-        # The last state is recorded whatever ended the run; one failing hook must not keep
-        # the others (table, checkpoint) from saving what they hold.
+        # The last state is recorded whatever ended the run, except an interrupt: a scheduler's
+        # SIGTERM must not wait for a full record (minutes at large E); the run resumes from its last
+        # checkpoint. One failing hook must not keep the others (table, checkpoint) from saving.
         errors = []
-        try:
-            self._record(final=True)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        if self.status != "interrupted":
+            try:
+                self._record(final=True)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
         for h in self.hooks:
             try:
                 h.on_end(self, self.status)
@@ -341,15 +419,26 @@ class Trainer:
             self.status = "failed"
             raise errors[0]
 
-    def _install_sigterm(self):
+    def _install_signals(self):
+        """SIGINT and SIGTERM end the run as `interrupted`. Between steps the loop stops at the next
+        step; during a record the record is abandoned at once; while the end is being written
+        (table, last.pt) further signals are ignored, so a second Ctrl-C cannot leave a half-written
+        run."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum, frame):
-            raise Interrupted(f"signal {signum}")
+            if self._defer:
+                self._signal = signum
+                return
+            raise Interrupted(f"signal {signum}") if signum != signal.SIGINT else KeyboardInterrupt
 
-        old = signal.signal(signal.SIGTERM, handler)
-        return lambda: signal.signal(signal.SIGTERM, old)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
 
 
 def log_steps(last: int, per_decade: int) -> set[int]:

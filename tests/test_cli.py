@@ -131,7 +131,9 @@ def test_sigterm_leaves_an_interrupted_readable_run(tmp_path):
     status = read_status(out)
     assert status["status"] == "interrupted"
     df = load_run(out)
-    assert df["step"].max() == status["step"] and len(df) >= 3
+    # no last record after a signal (it could take minutes at large E): the table ends at the last
+    # record, last.pt holds the weights at the step reached
+    assert df["step"].max() <= status["step"] and len(df) >= 3
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == status["step"]
 

@@ -6,15 +6,26 @@ import os
 import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import conf_dir, prepare, width_report
 from dlnlab.experiments.config import ConfigError, register
 from dlnlab.experiments.options import check_choices, check_overrides, help_text
+from dlnlab.experiments.resume import (
+    is_sweep,
+    newest_checkpoint,
+    run_state,
+    saved_config,
+    sweep_overrides,
+)
 from dlnlab.experiments.run import RunFailed, mark_failed, run
+from dlnlab.recording.folder import CONFIG_FILE, read_status
 from dlnlab.tasks import DataError
 
 log = logging.getLogger(__name__)
@@ -30,6 +41,17 @@ def _train(cfg) -> None:
     _in_task.append(True)
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
+    if cfg.resume:
+        try:
+            summary = _resume(cfg, hc, out_dir)
+        except (ConfigError, DataError) as e:
+            print(f"dlnlab-train: error: {e}", file=sys.stderr)
+            if hc.mode == RunMode.RUN:
+                sys.exit(2)
+            return
+        if summary is not None:
+            _report(summary, hc)
+        return
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -55,9 +77,80 @@ def _train(cfg) -> None:
         if hc.mode == RunMode.RUN:
             sys.exit(RUN_ERROR)
         return
+    _report(summary, hc)
+
+
+def _report(summary, hc) -> None:
     print(summary)
     if summary.status == "interrupted" and hc.mode == RunMode.RUN:
         sys.exit(130)
+
+
+def _resume(cfg, hc, out_dir):
+    """`resume=RUN_DIR`: continue that run (only the overrides given on the command line are checked
+    against its saved config). A job of a resumed sweep (`resume=SWEEP_DIR`, relaunched into that
+    folder) resumes its own folder, is skipped when it had ended, or starts when it never did."""
+    target = cfg.resume
+    if is_sweep(target):
+        _drop_resume_override(out_dir)
+        state = run_state(out_dir) if (Path(out_dir) / CONFIG_FILE).exists() else "new"
+        if state == "ended":
+            print(f"dlnlab-train: {out_dir}: had ended ({read_status(out_dir).get('status')}), skipped",
+                  file=sys.stderr)
+            return None
+        if state == "new":
+            cfg.resume = None
+            print(f"dlnlab-train: {out_dir}: not started before, running it", file=sys.stderr)
+            return run(cfg, out_dir=out_dir)
+        target = out_dir
+        given = cfg
+    else:
+        keys = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task]
+        given = {}
+        for key in keys:
+            value = OmegaConf.select(cfg, key, default=None)
+            if key != "resume" and value is not None:
+                given = OmegaConf.merge(given, OmegaConf.create(_nest(key, value)))
+    saved_config(target)  # not a run folder: say so before anything else
+    ck = newest_checkpoint(target) if run_state(target) == "resume" else None
+    where = f"from step {int(ck['step'])}" if ck is not None else "from the start (no checkpoint)"
+    print(f"dlnlab-train: resuming {target} {where}", file=sys.stderr)
+    return run(given or None, resume=str(target))
+
+
+def _nest(key: str, value) -> dict:
+    out: dict = {}
+    node = out
+    *path, last = key.split(".")
+    for p in path:
+        node = node.setdefault(p, {})
+    node[last] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def _drop_resume_override(out_dir) -> None:
+    """A resumed sweep job keeps its original .hydra/overrides.yaml (without `resume=`)."""
+    path = Path(out_dir) / ".hydra" / "overrides.yaml"
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+        path.write_text(yaml.safe_dump([o for o in items if not str(o).startswith("resume=")]))
+    except (OSError, yaml.YAMLError):
+        pass
+
+
+def _resume_argv(args: list[str]) -> list[str]:
+    """The command line of `dlnlab-train resume=DIR [...]`: a run folder is continued in place (no new
+    folder, no .hydra of its own); a sweep folder is launched again into itself with its saved
+    overrides, each job resuming (see `_resume`)."""
+    target = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if not target:
+        return args
+    rest = [a for a in args if a not in ("-m", "--multirun")]
+    if is_sweep(target):
+        return ["-m", *sweep_overrides(target), *rest, f"hydra.sweep.dir={target}"]
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        return args
+    return [*rest, f"hydra.run.dir={target}", "hydra.output_subdir=null"]
 
 
 def _version() -> str:
@@ -78,6 +171,11 @@ def train() -> None:
     if "--help" in args or "-h" in args:
         print(help_text(conf_dir(), _version()))
         return
+    try:
+        sys.argv[1:] = _resume_argv(args)
+    except ConfigError as e:
+        print(f"dlnlab-train: error: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR)
     try:  # before Hydra makes the run folder
         check_overrides([a for a in args if "=" in a and not a.startswith("-")], conf_dir())
     except ConfigError as e:

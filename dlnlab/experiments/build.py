@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from dlnlab.experiments.config import (
     TASK_KINDS,
     ConfigError,
+    checkpoint_every,
     register,
     resolve_device,
     validate,
@@ -159,7 +160,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
     if r.progress != "off":
         hooks.append(ProgressHook(mode="bar" if r.progress == "on" else None, every_seconds=r.progress_seconds))
     if out_dir is not None:
-        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints", r.checkpoint_every))
+        # its period is the trainer's (rec.checkpoint), so that the sinks flush before it saves
+        hooks.append(CheckpointHook(Path(out_dir) / "checkpoints"))
     return hooks
 
 
@@ -173,7 +175,8 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
                    cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
                    config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
                    out_dir=out_dir, info=run_info(cfg, task),
-                   device=resolve_device(getattr(cfg, "device", "cpu")))
+                   device=resolve_device(getattr(cfg, "device", "cpu")),
+                   checkpoint_every=checkpoint_every(cfg.record) if out_dir is not None else 0)
 
 
 def prepare(cfg):

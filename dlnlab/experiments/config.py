@@ -119,7 +119,9 @@ class RecordConfig:
     # floor of that tolerance for a product of l layers: rank_floor^(l/H); null = the task's scale
     # (the top singular value of its least-squares map), so a tiny initialisation has rank 0.
     rank_floor: Optional[float] = None
-    checkpoint_every: int = 0  # in steps; 0 = only at the end (and on interrupt)
+    # in steps (a multiple of `every`): resumable step_*.pt files; null = 10 x every, so a kill -9
+    # loses at most 10 records of work; 0 = none (only last.pt at the end: nothing to resume from)
+    checkpoint_every: Optional[int] = None
     tensorboard: bool = True  # write TensorBoard events (tb/)
     tb_every: int = 1  # write every n-th record to TensorBoard (the table gets all)
     tb_members: int = 8  # ensemble members shown in TensorBoard
@@ -214,6 +216,9 @@ class Config:
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)
     device: str = "cpu"  # cpu | cuda | auto (cuda when available): where the network and the task train
     name: str = "run"  # the run's name: the end of its folder name (default task kind + optimizer)
+    # a run folder (or a sweep folder) to continue from its newest checkpoint, with its saved config
+    # (dlnlab.experiments.resume); null: a new run
+    resume: Optional[str] = None
 
 
 def register() -> None:
@@ -287,10 +292,11 @@ def validate(cfg) -> None:
     _need(r.log_spaced >= 0, "record.log_spaced", "an integer >= 0", r.log_spaced)
     _need(0 < r.rank_rtol < 1, "record.rank_rtol", "a tolerance in (0, 1)", r.rank_rtol)
     _need(r.rank_floor is None or r.rank_floor >= 0, "record.rank_floor", "null or a number >= 0", r.rank_floor)
-    _need(r.checkpoint_every >= 0, "record.checkpoint_every", "an integer >= 0", r.checkpoint_every)
+    ce = r.checkpoint_every
+    _need(ce is None or ce >= 0, "record.checkpoint_every", "null (10 x record.every) or an integer >= 0", ce)
     # checkpoints are taken at records: a period between records would silently never fire
-    _need(r.checkpoint_every % r.every == 0, "record.checkpoint_every",
-          f"0 (only the last) or a multiple of record.every = {r.every}", r.checkpoint_every)
+    _need(ce is None or ce % r.every == 0, "record.checkpoint_every",
+          f"null (10 x record.every), 0 (only the last) or a multiple of record.every = {r.every}", ce)
     _need(r.tb_members >= 0, "record.tb_members", "an integer >= 0", r.tb_members)
     _need(r.tb_singular_values >= 0, "record.tb_singular_values", "an integer >= 0", r.tb_singular_values)
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
@@ -327,6 +333,13 @@ def validate(cfg) -> None:
             check_options(cfg)
     if t.kind in ("regression", "regression_file"):
         _need(0 < t.eig_gap_rtol < 1, "task.eig_gap_rtol", "a tolerance in (0, 1)", t.eig_gap_rtol)
+
+
+def checkpoint_every(r) -> int:
+    """The checkpoint period of a `record` config in steps: record.checkpoint_every, or 10 x
+    record.every when null (0: none)."""
+    ce = getattr(r, "checkpoint_every", None)
+    return 10 * int(r.every) if ce is None else int(ce)
 
 
 def _validate_loss(lc) -> None:

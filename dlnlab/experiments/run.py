@@ -21,9 +21,20 @@ import torch
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.guards import clean_run_dir, threads_for
 from dlnlab.experiments.jumps import run_experiment
+from dlnlab.experiments.resume import (
+    clear_after,
+    newest_checkpoint,
+    resume_config,
+    run_state,
+)
 from dlnlab.linalg import chain, numerical_rank
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import atomic_write, remove_tmp_files, write_status
+from dlnlab.recording.folder import (
+    atomic_write,
+    read_status,
+    remove_tmp_files,
+    write_status,
+)
 from dlnlab.recording.staircase import format_staircase, staircase
 from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.theory.critical import plateau_values
@@ -87,11 +98,20 @@ def _ensemble_lines(loss: list, rank: list, labels: list) -> list[str]:
     return lines
 
 
-def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSummary:
+def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, resume=None) -> RunSummary:
     """Validate `cfg`, build task, network and hooks, train, and return a summary.
 
+    `resume` (or `cfg.resume`): a run folder to continue from its newest checkpoint, with the config
+    saved there (`cfg` may then be None; options of `cfg` that would change the trajectory raise
+    ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again.
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
     `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
+    if resume is None and cfg is not None:
+        resume = getattr(cfg, "resume", None)
+    ck = None
+    if resume:
+        cfg = resume_config(cfg, resume)
+        out_dir = resume
     task = task or prepare(cfg)
     if threads_for(cfg):
         torch.set_num_threads(threads_for(cfg))
@@ -100,13 +120,23 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
 
         return run_experiment(cfg, out_dir, extra_hooks, task)
     net = build_net(cfg, task)
+    if resume:
+        if run_state(resume) == "ended":
+            return ended_summary(cfg, task, net, resume)
+        ck = newest_checkpoint(resume)
+        if ck is None:
+            clean_run_dir(resume)  # no checkpoint yet: start over in the folder
+        else:
+            clear_after(resume, int(ck["step"]))
     t0 = time.perf_counter()
     try:
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            clean_run_dir(out_dir, resume=bool(getattr(cfg, "resume", None)))
+            clean_run_dir(out_dir, resume=bool(resume))
         hooks = build_hooks(cfg, out_dir, extra_hooks)
         trainer = build_trainer(cfg, task, net, hooks, out_dir)
+        if ck is not None:
+            trainer.resume(ck)
         result = trainer.run()
     except Exception as e:  # disk full, a hook that failed...: the folder says so in one line
         reason = f"{type(e).__name__}: {_first_line(e)}"
@@ -137,6 +167,24 @@ def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None
     if out_dir is not None:
         atomic_write(Path(out_dir) / "staircase.csv", rows.to_csv(index=False))
     return rows
+
+
+def ended_summary(cfg, task, net, run_dir) -> RunSummary:
+    """The summary of a run that had ended already (resume of a finished run): from its last.pt."""
+    status = read_status(run_dir)
+    active = None
+    try:
+        ck = torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
+        with torch.no_grad():
+            for p, w in zip(net.weights, ck["weights"]):
+                p.copy_(w)
+        active = ck["active"]
+    except (OSError, RuntimeError, KeyError):
+        pass
+    loss, ranks = final_loss_and_rank(cfg, task, net, active)
+    div = status.get("diverged_members") or {}
+    return RunSummary(str(run_dir), status.get("status", "finished"), int(status.get("step", 0)), 0.0, loss, ranks,
+                      [div.get(str(k)) for k in range(net.E)], [], "nothing to resume: the run had ended")
 
 
 def final_loss_and_rank(cfg, task, net, active=None) -> tuple[list, list]:

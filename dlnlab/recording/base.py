@@ -6,6 +6,10 @@ A hook is any object with a `cadence` (or None: the trainer's record cadence) an
     on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
     on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
 
+A hook that holds state across records (counters, first passages...) also gives `state_dict()` and
+`load_state_dict(state)`, so that a run resumed from a checkpoint goes on bitwise like one that was
+never stopped; `on_start` sees `trainer.resumed_from` (None, or the step resumed from).
+
 `rec` is a `Record`: the step, the detached weights [W_1..W_H] (each (E, d_h, d_{h-1})), the mask of
 members still training, lr and lambda, and `rec.metrics`, a dict of per-member columns that the hooks
 fill in order (the metrics hook first, sinks such as the run table and TensorBoard last), so a hook
@@ -83,6 +87,7 @@ class Record:
     lr: float
     ridge: float            # lambda of this step
     final: bool = False
+    checkpoint: bool = False  # a resumable checkpoint is taken at this record: sinks flush first
     metrics: dict = field(default_factory=dict)  # column -> (E,) or (E, k) tensor, or E strings
     spectra: Spectra | None = None               # set by the metrics hook
     scalars: dict = field(default_factory=dict)  # run-level TensorBoard tag -> float
@@ -113,6 +118,16 @@ class Hook:
     def tb_histograms(self) -> dict:
         """{tag: 1-D array} to write as TensorBoard histograms at the end of the run."""
         return {}
+
+    def state_dict(self) -> dict | None:
+        """What a resumed run needs to go on exactly as this one would (None: nothing). Saved in every
+        checkpoint under the hook's class name; only tensors, numbers, strings, lists, tuples and
+        dicts (`torch.load(weights_only=True)`)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` when a run resumes: called after `on_start`, before the first step
+        (`trainer.resumed_from` is then the checkpoint's step)."""
 
 
 def product_key(j: int, i: int) -> str:

@@ -21,8 +21,10 @@ class CheckpointHook(Hook):
     cadence and at the end (`last.pt`), each file written atomically and loadable with
     `torch.load(path, weights_only=True)`.
 
-    It sees every record (the trainer's cadence) and writes `step_*.pt` at the records whose step
-    is a multiple of `every` (0: only `last.pt`). `last.pt` holds the last good state of every
+    It sees every record (the trainer's cadence) and writes `step_*.pt` at the records the trainer
+    flags `rec.checkpoint` (its `checkpoint_every`) and those whose step is a multiple of `every`
+    (0: none of its own). A step file holds, besides the weights, the trainer's state and every hook's
+    `state_dict()` (`hooks`, by class name): what `Trainer.resume` needs to go on bitwise. `last.pt` holds the last good state of every
     member: a member whose weights or loss stopped being finite (diverged) is saved as it was at
     its last record with finite weights and loss (`good_step`, per member), so a diverged run leaves
     loadable, meaningful weights behind."""
@@ -35,20 +37,28 @@ class CheckpointHook(Hook):
         self._good: list | None = None  # per layer (E, d_h, d_{h-1}): each member's last good weights
         self._good_step: torch.Tensor | None = None  # (E,) the step of those weights, -1: none yet
 
-    def state(self, trainer, step: int, weights, good_step=None) -> dict:
-        return {
+    def state(self, trainer, step: int, weights, good_step=None, hooks: bool = False) -> dict:
+        state = trainer.state() if hasattr(trainer, "state") else {}
+        state.update({
             "step": step,
             "dims": list(trainer.net.dims),
             "weights": [w.detach().clone() for w in weights],
             "good_step": (good_step if good_step is not None
                           else torch.full((trainer.net.E,), step, dtype=torch.long)),
-            "optimizer": trainer.optimizer.state_dict(),
-            "sampler": trainer.sampler.state_dict() if trainer.sampler is not None else None,
-            "seed": trainer.seed,
-            "active": trainer.active.clone(),
-            "diverged_at": [-1 if d is None else int(d) for d in trainer.diverged_at],
             "config": copy.deepcopy(trainer.config),
-        }
+        })
+        if hooks:  # every hook's state (this one's included), so that `Trainer.resume` goes on exactly
+            state["hooks"] = trainer.hook_states() if hasattr(trainer, "hook_states") else {}
+        return state
+
+    def state_dict(self) -> dict | None:
+        if self._good is None:
+            return None
+        return {"good": [g.clone() for g in self._good], "good_step": self._good_step.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._good = [g.clone() for g in state["good"]]
+        self._good_step = state["good_step"].clone()
 
     def on_start(self, trainer) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -73,14 +83,21 @@ class CheckpointHook(Hook):
 
     def on_record(self, trainer, rec: Record) -> None:
         self._remember(rec)
-        if self.every and rec.step % self.every == 0 and not rec.final:
+        if (rec.checkpoint or (self.every and rec.step % self.every == 0)) and not rec.final:
             good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
-            _atomic_save(self.state(trainer, rec.step, rec.weights, good),
+            _atomic_save(self.state(trainer, rec.step, rec.weights, good, hooks=True),
                          os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
 
     def on_end(self, trainer, status: str) -> None:
         if self._good is None:
             return
+        if status == "interrupted" and int(self._good_step.max()) < trainer.step:
+            # no final record after an interrupt: the weights at its step, where they are finite
+            ws = trainer.weights
+            ok = trainer.active & torch.stack([torch.isfinite(w).flatten(1).all(1) for w in ws]).all(0)
+            for g, w in zip(self._good, ws):
+                g[ok] = w[ok]
+            self._good_step[ok] = trainer.step
         have = self._good_step >= 0
         if not bool(have.any()):
             return

@@ -88,6 +88,13 @@ class ClassifierHook(Hook):
         else:
             self.mode = "ridge"
 
+    def state_dict(self) -> dict:
+        return {"n": self.n, "last_text": list(self._last_text), "latest": list(self.latest)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n, self.latest = int(state["n"]), list(state["latest"])
+        self._last_text = [tuple(k) for k in state["last_text"]]
+
     def on_record(self, trainer, rec: Record) -> None:
         self.n += 1
         if self.mode == "theorem7":

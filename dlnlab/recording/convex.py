@@ -65,6 +65,12 @@ class ConvexHook(Hook):
         if r.no_minimiser:
             log.warning("convex reference: ell has no minimiser (%s); ell* = %.6g is an infimum", r.evidence, r.value)
 
+    def state_dict(self) -> dict:
+        return {"n": self.n, "last_text": list(self._last_text), "latest": list(self.latest)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n, self.latest, self._last_text = int(state["n"]), list(state["latest"]), list(state["last_text"])
+
     def on_record(self, trainer, rec: Record) -> None:
         self.n += 1
         if self.labeller is None or not (rec.final or (self.n - 1) % self.every == 0):

@@ -156,6 +156,23 @@ class RankJumpHook(Hook):
             self.out_dir = getattr(trainer, "out_dir", None)
         self.write_events()
 
+    def state_dict(self) -> dict:
+        """Ranks seen so far, first passages and events: what a resumed run needs (`seconds`, a
+        wall-clock time, starts again from 0)."""
+        return {"prev": dict(self.prev), "low": dict(self.low), "start": dict(self.start),
+                "steps_at": self.steps_at.clone(), "prev_step": self.prev_step, "last_step": self.last_step,
+                "dead": self.dead.clone(), "rows": list(self.rows), "row_ridge": list(self.row_ridge),
+                "n": self._n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev, self.low, self.start = dict(state["prev"]), dict(state["low"]), dict(state["start"])
+        self.steps_at, self.dead = state["steps_at"].clone(), state["dead"].clone()
+        self.prev_step, self.last_step, self._n = state["prev_step"], int(state["last_step"]), int(state["n"])
+        self.rows = [tuple(r) for r in state["rows"]]
+        self.row_ridge = [float(v) for v in state["row_ridge"]]
+        self._written = -1
+        self.write_events()  # the events up to the checkpoint; later ones are dropped
+
     def _ranks(self, rec: Record, alive: torch.Tensor) -> RankState:
         ws = [w.detach().double() for w in rec.weights]
         sp, H = rec.spectra, len(ws)

@@ -45,14 +45,19 @@ class TableHook(Hook):
     def on_start(self, trainer) -> None:
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
-        # A reused folder must not show an earlier run's table, message or end time as this one's.
-        for old in (self.dir / METRICS_DIR).glob("*.parquet"):
-            old.unlink()
+        resumed = getattr(trainer, "resumed_from", None)
+        if resumed is not None:  # the rows up to the checkpoint stay, later ones go
+            self.part = truncate_table(self.dir / METRICS_DIR, resumed)
+        else:  # a reused folder must not show an earlier run's table, message or end time as this one's
+            for old in (self.dir / METRICS_DIR).glob("*.parquet"):
+                old.unlink()
         info = getattr(trainer.task, "info", {}) or {}  # optional in Task
         status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
                       ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
                       assumption1_failures=list(info.get("assumption1_failures", [])))
         status.update(getattr(trainer, "info", {}) or {})
+        if resumed is not None:
+            status.update(step=resumed, resumed_from=resumed)
         atomic_write(self.dir / STATUS_FILE, json.dumps(status, indent=1))
 
     def on_record(self, trainer, rec: Record) -> None:
@@ -83,7 +88,7 @@ class TableHook(Hook):
             self.object_names = list(objects)
         self.blocks.append(torch.cat(blocks, dim=1).detach().to(torch.float64).numpy())  # cat promotes
         self.objects.append(objects)
-        if (len(self.blocks) >= self.flush_every or rec.final
+        if (len(self.blocks) >= self.flush_every or rec.final or rec.checkpoint
                 or time.monotonic() - self.last_flush > self.flush_seconds):
             self.flush(trainer)
 
@@ -141,3 +146,43 @@ class TableHook(Hook):
                                            if d is not None})
 
 
+
+
+def truncate_table(metrics_dir: Path, step: int) -> int:
+    """Keep the rows with step <= `step` of a run table (parts and a compacted table.parquet) as one
+    part, part-00000.parquet, and return the next part number. Used when a run resumes from the
+    checkpoint at `step`: rows written after it are dropped. Every part is filtered on its own, so
+    the columns keep the order of their first appearance; rows present twice (a resume stopped
+    half-way through this) are kept once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted(metrics_dir.glob("part-*.parquet"))
+    if (metrics_dir / TABLE_FILE).exists():  # a compacted table holds the oldest rows
+        files.insert(0, metrics_dir / TABLE_FILE)
+    for tmp in metrics_dir.glob("*.tmp"):
+        tmp.unlink()
+    tables = [t for t in (pq.read_table(f) for f in files) if t.num_rows]
+    tables = [t.filter(pc.less_equal(t["step"], step)) for t in tables]
+    tables = [t for t in tables if t.num_rows]
+    seen: set = set()
+    kept = []
+    for t in tables:
+        keys = list(zip(t["step"].to_pylist(), t["member"].to_pylist()))
+        mask = [k not in seen for k in keys]
+        seen.update(keys)
+        if not all(mask):
+            t = t.filter(pa.array(mask))
+        if t.num_rows:
+            kept.append(t)
+    first = metrics_dir / "part-00000.parquet"
+    if kept:
+        table = pa.concat_tables(kept, promote_options="permissive")
+        tmp = first.with_name(first.name + ".tmp")
+        pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
+        os.replace(tmp, first)
+    for f in files:
+        if f != first or not kept:
+            f.unlink(missing_ok=True)
+    return 1 if kept else 0

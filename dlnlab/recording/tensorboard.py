@@ -70,6 +70,12 @@ class TensorBoardHook(Hook):
     def on_start(self, trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        resumed = getattr(trainer, "resumed_from", None)
+        if resumed is not None:
+            # TensorBoard drops the events of earlier files at steps >= purge_step: what the stopped
+            # run wrote after its checkpoint; layout and config are there already
+            self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=resumed + 1)
+            return
         self.writer = SummaryWriter(log_dir=self.log_dir)
         E = trainer.net.E
         layout = {}
@@ -102,6 +108,12 @@ class TensorBoardHook(Hook):
 
             text = yaml.safe_dump(trainer.config, sort_keys=False)
             self.writer.add_text("config", "```\n" + text + "\n```", 0)
+
+    def state_dict(self) -> dict:
+        return {"n": self._n, "last": dict(self._last), "described": sorted(self._described)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._n, self._last, self._described = int(state["n"]), dict(state["last"]), set(state["described"])
 
     def on_record(self, trainer, rec: Record) -> None:
         m = rec.metrics
@@ -139,7 +151,7 @@ class TensorBoardHook(Hook):
         summary = Summary(value=[self._value(t, v) for t, v in values])
         self.writer.file_writer.add_summary(summary, rec.step)
         self._last = {key: m[key] for key in ("loss", "reg_loss", "grad_norm", "rank") if key in m}
-        if rec.final:
+        if rec.final or rec.checkpoint:
             self.writer.flush()
 
     def _value(self, tag: str, v) -> Summary.Value:
