@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
+from dlnlab.experiments.convex_losses import run_convex_losses
 from dlnlab.experiments.jumps import run_experiment
 from dlnlab.linalg import numerical_rank
 from dlnlab.recording.base import Hook
@@ -90,10 +91,15 @@ def run(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> RunSu
     """Validate `cfg`, build task, network and hooks, train, and return a summary.
 
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
-    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
+    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead; with
+    `convex_losses.enabled` it is the table B.3 grid of `dlnlab.experiments.convex_losses` (a
+    `ConvexLossesSummary`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = task or prepare(cfg)
+    grid = getattr(cfg, "convex_losses", None)
+    if grid is not None and grid.enabled:
+        return run_convex_losses(cfg, out_dir)
     jumps = getattr(cfg, "jumps", None)
     if jumps is not None and jumps.enabled:
 
