@@ -12,8 +12,9 @@ Losses are pure functions of the weights [W_1, ..., W_H], each (E, d_h, d_{h-1})
 
 Other convex losses (dlnlab.losses, docs/losses.md): `with_loss(task, loss, product_ridge)` gives a task
 whose `objective` is that loss (targets checked once, canonical in `targets`) plus mu ||W_H...W_1||_F^2.
-Such a task has no factored step (`batch_arrays` is None: the trainer uses autograd) and
-`square_loss` False; the loss is still a function of the product (`loss_of_product`).
+Such a task steps in factored form when the loss is smooth and mu = 0 (`batch_arrays` hands out the loss,
+whose closed-form `grad_out` replaces the square residual), else by autograd (`batch_arrays` None); its
+`square_loss` is False; the loss is still a function of the product (`loss_of_product`).
 """
 from __future__ import annotations
 
@@ -122,10 +123,15 @@ class RegressionTask:
 
     def batch_arrays(self, idx: torch.Tensor | None):
         """(x, y, None) for `train.dln_batch_factors`: the samples `idx` (E, B) of each member, or
-        all of them (idx None: full batch, the same (m, d_x) inputs for every member). None (autograd)
-        under another loss than the square loss."""
+        all of them (idx None: full batch, the same (m, d_x) inputs for every member). Under another
+        smooth loss without product ridge: (x, canonical targets, None, the loss), whose closed-form
+        `grad_out` gives the factored step's deltas; None (autograd) otherwise."""
         if self.objective is not None:
-            return None
+            if not _factored(self):
+                return None
+            if idx is None:
+                return self.X, self.targets, None, self.objective
+            return self.X[idx], self.targets[idx], None, self.objective
         if idx is None:
             return self.X, self.Y, None
         return self.X[idx], self.Y[idx], None
@@ -225,12 +231,15 @@ class CompletionTask:
 
     def batch_arrays(self, idx: torch.Tensor | None):
         """(one-hot columns (E, B, n2), values (E, B), rows (E, B)) of the observed entries `idx`
-        for `train.dln_batch_factors`; None for the full batch (its loss reads the product, which
-        autograd handles as well)."""
-        if idx is None or self.objective is not None:
+        for `train.dln_batch_factors` (under another smooth loss without product ridge: the canonical
+        targets (E, B, 1) and the loss as a fourth item); None for the full batch (its loss reads the
+        product, which autograd handles as well) and for l1 or a product ridge."""
+        if idx is None or (self.objective is not None and not _factored(self)):
             return None
         x = torch.zeros(*idx.shape, self.n2, dtype=self.values.dtype, device=self.values.device)
         x.scatter_(-1, self.cols[idx].unsqueeze(-1), 1.0)
+        if self.objective is not None:
+            return x, self.targets[idx], self.rows[idx], self.objective
         return x, self.values[idx], self.rows[idx]
 
     def observed_matrix(self) -> torch.Tensor:
@@ -251,6 +260,12 @@ class CompletionTask:
     def convex_data(self):
         """None: the convex reference is written for regression data (X, Y)."""
         return None
+
+
+def _factored(task) -> bool:
+    """A non-square objective steps in factored form when its per-sample gradient has a closed form
+    (a smooth loss) and no product ridge couples the samples through ||W_H...W_1||_F^2."""
+    return task.objective.smooth and not task.product_ridge
 
 
 def _with_ridge(value: torch.Tensor, weights: Sequence[torch.Tensor], mu: float) -> torch.Tensor:

@@ -80,14 +80,17 @@ class IndexSampler:
 
 
 def dln_batch_factors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                      rows: torch.Tensor | None = None):
+                      rows: torch.Tensor | None = None, loss=None):
     """Loss and the gradient of a deep linear network on a batch, in factored form.
 
     weights: [W_1..W_H], each (E, d_h, d_{h-1}); x: (E, B, d_0) inputs, or (B, d_0) shared by every
     member (full batch); y: (E, B, d_H) or (B, d_H) targets likewise, or with `rows` (E, B) the
     target value (E, B) of output coordinate rows[e, b] only
     (matrix completion: x one-hot columns, rows the observed rows). The loss per member is the mean
-    over the batch of the squared error (the tasks' convention). Returns (losses (E,), acts, deltas)
+    over the batch of the squared error (the tasks' convention), or with `loss` (a dlnlab.losses.Loss
+    with a closed-form `grad_out`; y its canonical targets, (E, B, 1) with `rows`) `loss.value` of the
+    outputs, whose per-sample gradient `loss.grad_out` replaces the square residual 2 (out - y) / B.
+    Returns (losses (E,), acts, deltas)
     with dL/dW_h = deltas[h]^T @ acts[h] (0-based h): the activations a_{h-1} entering layer h and the
     back-propagated errors at its output. A gradient of rank <= B never has to be formed."""
     acts = [x]
@@ -95,7 +98,12 @@ def dln_batch_factors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch
         acts.append(acts[-1] @ w.transpose(-1, -2))
     out = acts[-1] @ weights[-1].transpose(-1, -2)
     B = out.shape[-2]
-    if rows is None:
+    if loss is not None:
+        o = out if rows is None else out.gather(-1, rows.unsqueeze(-1))
+        losses = loss.value(o, y)
+        g = loss.grad_out(o, y)
+        delta = g if rows is None else torch.zeros_like(out).scatter_(-1, rows.unsqueeze(-1), g)
+    elif rows is None:
         resid = out - y
         losses = resid.pow(2).sum(-1).mean(-1)
         delta = resid * (2.0 / B)

@@ -185,6 +185,30 @@ class JumpsConfig:
 
 
 @dataclass
+class ConvexLossesConfig:
+    """Table B.3 of Laurent & von Brecht's theorem (dlnlab.experiments.convex_losses, docs/theory.md §8)."""
+    # true: `dlnlab.run` runs the grid below instead of one training run (experiment=convex_losses)
+    enabled: bool = False
+    losses: List[str] = field(default_factory=lambda: ["cross_entropy", "huber"])  # the losses of the grid
+    depths: List[int] = field(default_factory=lambda: [3, 4])  # depths H of the grid
+    widths: List[int] = field(default_factory=lambda: [6, 4, 2, 1])  # hidden widths (< min(d_in, d_out): bottleneck)
+    inits: int = 12  # initialisations per cell (member k: std init_stds[k mod len], seed + k)
+    init_stds: List[float] = field(default_factory=lambda: [0.05, 0.5, 1.5])  # entry std of the inits, cycled
+    m: int = 300  # samples of the data
+    d_in: int = 6  # input dimension d_0
+    d_out: int = 4  # output dimension d_H (classes for cross_entropy)
+    class_noise: float = 1.0  # cross_entropy: noise added to the teacher's outputs before the argmax
+    noise: float = 0.3  # huber: Gaussian noise on the targets
+    outliers: float = 0.05  # huber: fraction of targets shifted by outlier_size
+    outlier_size: float = 10.0  # huber: the outliers' shift
+    delta: float = 1.0  # huber: its delta
+    lbfgs_maxiter: int = 3000  # scipy L-BFGS-B iterations on theta per init
+    gd_steps: int = 2000  # full-batch GD steps (the 12 inits as one ensemble, factored step)
+    gd_lr: float = 0.05  # GD learning rate (members that diverge are reported as such)
+    reach_tol: float = 1.0e-8  # a run reaches ell* iff loss - ell* <= reach_tol
+
+
+@dataclass
 class ClassifyConfig:
     """Labels of every checkpoint (dlnlab.recording.classifier). Training iterates are only approximately
     critical, hence looser tolerances than dlnlab.theory.classify's defaults for exact points."""
@@ -211,6 +235,7 @@ class Config:
     record: RecordConfig = field(default_factory=RecordConfig)
     jumps: JumpsConfig = field(default_factory=JumpsConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    convex_losses: ConvexLossesConfig = field(default_factory=ConvexLossesConfig)
     seed: int = 0  # member k of an ensemble uses seed + k (init and SGD samples)
     precision: str = "float64"  # float32 | float64
     threads: int = 1  # torch threads per process (small matmuls hate oversubscription)

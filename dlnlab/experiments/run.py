@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
+from dlnlab.experiments.convex_losses import run_convex_losses
 from dlnlab.experiments.guards import clean_run_dir, threads_for
 from dlnlab.experiments.jumps import run_experiment
 from dlnlab.experiments.resume import (
@@ -105,7 +106,9 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
     saved there (`cfg` may then be None; options of `cfg` that would change the trajectory raise
     ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again.
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
-    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead."""
+    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead; with
+    `convex_losses.enabled` it is the table B.3 grid of `dlnlab.experiments.convex_losses` (a
+    `ConvexLossesSummary`)."""
     if resume is None and cfg is not None:
         resume = getattr(cfg, "resume", None)
     ck = None
@@ -115,6 +118,9 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
     task = task or prepare(cfg)
     if threads_for(cfg):
         torch.set_num_threads(threads_for(cfg))
+    grid = getattr(cfg, "convex_losses", None)
+    if grid is not None and grid.enabled:
+        return run_convex_losses(cfg, out_dir)
     jumps = getattr(cfg, "jumps", None)
     if jumps is not None and jumps.enabled:
 

@@ -6,7 +6,7 @@ labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `
 (Theorem 7 labels). Ridge (Wang & Jacot, ICLR 2024): `ridge_modes` (closed forms, rank states),
 `ridge_labels` (second-order labels modulo the symmetry orbit). Convex losses (Laurent & von
 Brecht, ICML 2018): `convex_reference` (width condition, the convex reference ell*, no-minimiser
-detection), `convex_certificate` (descent certificates, perturb-and-retrain), `convex` (labels).
+detection), `convex_newton` (Newton polish, exact Stiemke certificate), `convex_certificate` (descent certificates, perturb-and-retrain), `convex` (labels).
 Near critical points (training checkpoints on a plateau, docs/theory.md §6): `trajectory` (curvature, tight margin, projection
 onto the plateau's critical point), `lanczos` (batched Hessian-vector products, warm-started Lanczos).
 """

@@ -20,6 +20,11 @@ from scipy.optimize import linprog, minimize
 from scipy.sparse import csr_matrix
 
 from dlnlab.losses import Loss, product_value_grad
+from dlnlab.theory.convex_newton import (
+    MARGIN_LOSSES,
+    newton_polish,
+    stiemke_certificate,
+)
 
 F64 = torch.float64
 __all__ = ["ConvexTolerances", "WidthReport", "width_condition", "ConvexReference", "convex_reference"]
@@ -193,12 +198,22 @@ def _stiemke(loss: Loss, X: np.ndarray, T: np.ndarray, A: np.ndarray, G: np.ndar
     return float("inf") if ymin <= 0 else m * float(np.abs(G).sum()) / ymin / max(row, 1e-300)
 
 
+def _separates(loss: Loss, X: np.ndarray, T: np.ndarray, A: np.ndarray) -> bool:
+    """The solver's direction A/||A|| has every margin >= 0 and some > 0 (separable data)."""
+    nA = np.linalg.norm(A)
+    if nA == 0:
+        return False
+    mg = _margins(loss, X @ (A / nA).T, T)
+    return bool(mg.min() >= 0 and mg.max() > 0)
+
+
 def _recession(loss: Loss, X: np.ndarray, T: np.ndarray, tol: ConvexTolerances, A: np.ndarray,
-               G: np.ndarray):
+               G: np.ndarray, cert: tuple | None = None):
     """(no_minimiser, evidence, direction (d_out, d_in) or None).
 
     Logistic / cross-entropy, fast paths first: (1) the solver's own direction A/||A|| separates the data
-    (every margin >= 0, some > 0): no minimiser, exactly; (2) Stiemke's certificate at A: a minimiser.
+    (every margin >= 0, some > 0): no minimiser, exactly; (2) the exact Stiemke certificate (`cert`, else
+    computed at A; dlnlab.theory.convex_newton): a minimiser, exactly; (3) the Stiemke bound at A.
     Otherwise (and always for Poisson) the recession LP decides."""
     m, d_in = X.shape
     if loss.name in ("logistic", "cross_entropy"):
@@ -209,6 +224,10 @@ def _recession(loss: Loss, X: np.ndarray, T: np.ndarray, tol: ConvexTolerances, 
                 D = A / np.abs(A).max()
                 return True, (f"separable: the solver's direction D = A/||A|| has all {mg.size} margins >= 0 "
                               f"({int((mg > 0).sum())} > 0): ell(A + tD) decreases for every A"), D
+        ok, ymin, resid = cert or stiemke_certificate(loss.name, X, T, A)
+        if ok:
+            return False, (f"{loss.name}: exact Stiemke certificate: y > 0 with M^T y = 0 (min y / max y = "
+                           f"{ymin:.2g}, residual {resid:.1g}): no recession direction, a minimiser exists"), None
         b = _stiemke(loss, X, T, A, G)
         if b <= tol.stiemke_rtol:
             return False, (f"{loss.name}: Stiemke certificate at the solver's point: no separating direction "
@@ -283,18 +302,29 @@ def convex_reference(loss: Loss, X, Y, product_ridge: float = 0.0, *, d_out: int
 
     res = minimize(fun, np.zeros(d_out * d_in), jac=True, method="L-BFGS-B",
                    options=dict(maxiter=tol.ref_maxiter, maxcor=30, ftol=0.0, gtol=1e-14 * g0))
-    x = res.x
+    x, n_newton, cert = res.x, 0, None
+    if mu == 0 and loss.name in MARGIN_LOSSES and not _separates(loss, X.numpy(), T.numpy(), x.reshape(d_out, d_in)):
+        # the exact Stiemke certificate (convex_newton) decides existence without the recession LP; when
+        # L-BFGS-B's point (||grad|| ~ 1e-9 g0) is not good enough for it, a Newton polish brings the
+        # gradient to rounding level and the certificate is tried again
+        cert = stiemke_certificate(loss.name, X.numpy(), T.numpy(), x.reshape(d_out, d_in))
+        if not cert[0]:
+            xn, n_newton = newton_polish(loss.name, X.numpy(), T.numpy(), x.reshape(d_out, d_in))
+            (vn, gn), (vx, gx) = fun(xn.ravel()), fun(x)
+            if vn <= vx + 4 * np.finfo(float).eps * abs(vx) and np.linalg.norm(gn) <= np.linalg.norm(gx):
+                x = xn.ravel()
+            cert = None
     A = torch.from_numpy(x).view(d_out, d_in).clone()
     value, grad = product_value_grad(loss, A, X, T, mu)
     gn = float(torch.linalg.matrix_norm(grad)) / g0
     if mu > 0:
         nomin, ev, D = False, f"product_ridge mu = {mu:g} > 0: strongly convex, a unique minimiser", None
     else:
-        nomin, ev, D = _recession(loss, X.numpy(), T.numpy(), tol, A.numpy(), grad.numpy())
+        nomin, ev, D = _recession(loss, X.numpy(), T.numpy(), tol, A.numpy(), grad.numpy(), cert)
     if not loss.smooth:
         ev += "; l1 is not differentiable: ell* is L-BFGS's best value (outside the theorem)"
     return ConvexReference(loss=loss, product_ridge=mu, value=float(value), A_star=None if nomin else A,
                            grad_norm=gn, grad_scale=g0, converged=loss.smooth and gn <= tol.ref_gtol,
-                           no_minimiser=nomin, evidence=ev, n_iter=int(res.nit),
+                           no_minimiser=nomin, evidence=ev, n_iter=int(res.nit) + n_newton,
                            seconds=time.perf_counter() - t0, X=X, targets=T,
                            direction=None if D is None else torch.as_tensor(D, dtype=F64))
