@@ -64,8 +64,23 @@ class Task(Protocol):
     def landscape_data(self): ...  # (X, Y) of the square-loss landscape, or None
 
 
+class _LossOfTask:
+    """What the built-in tasks say about their loss (`objective` None: the square loss)."""
+
+    objective: Loss | None
+
+    @property
+    def square_loss(self) -> bool:
+        """The square loss of the landscape theory (no product ridge): factored steps, Theorem 7."""
+        return self.objective is None
+
+    @property
+    def loss_name(self) -> str:
+        return "square" if self.objective is None else self.objective.name
+
+
 @dataclass
-class RegressionTask:
+class RegressionTask(_LossOfTask):
     """Least squares on X (m, d_x) -> Y (m, d_y), samples as rows (the paper's X is X.T)."""
 
     X: torch.Tensor
@@ -76,15 +91,6 @@ class RegressionTask:
     product_ridge: float = 0.0  # mu of + mu ||W_H...W_1||_F^2 (with `objective` only)
     targets: torch.Tensor | None = None  # Y canonical for `objective` (Loss.check_targets)
     loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
-
-    @property
-    def square_loss(self) -> bool:
-        """The square loss of the landscape theory (no product ridge): factored steps, Theorem 7."""
-        return self.objective is None
-
-    @property
-    def loss_name(self) -> str:
-        return "square" if self.objective is None else self.objective.name
 
     @property
     def d_in(self) -> int:
@@ -150,7 +156,7 @@ class RegressionTask:
 
 
 @dataclass
-class CompletionTask:
+class CompletionTask(_LossOfTask):
     """Matrix completion: fit the observed entries (rows[k], cols[k]) -> values[k] of an n1 x n2 matrix.
 
     The network's end-to-end product A = W_H...W_1 has shape (d_H, d_0) = (n1, n2).
@@ -168,14 +174,6 @@ class CompletionTask:
     product_ridge: float = 0.0
     targets: torch.Tensor | None = None  # (N, 1) canonical values for `objective`
     loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
-
-    @property
-    def square_loss(self) -> bool:
-        return self.objective is None
-
-    @property
-    def loss_name(self) -> str:
-        return "square" if self.objective is None else self.objective.name
 
     @property
     def d_in(self) -> int:

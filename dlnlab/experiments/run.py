@@ -123,7 +123,6 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
         return run_convex_losses(cfg, out_dir)
     jumps = getattr(cfg, "jumps", None)
     if jumps is not None and jumps.enabled:
-
         return run_experiment(cfg, out_dir, extra_hooks, task)
     net = build_net(cfg, task)
     if resume:
