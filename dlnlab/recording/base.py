@@ -94,8 +94,9 @@ class Hook:
 
     Declared data: `tb_tags` maps the per-member columns a hook writes into `rec.metrics` to the
     TensorBoard tags they are charted under, `tb_descriptions` maps columns to the one-line
-    descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms to write at the
-    end of the run. The builder hands the producers to the TensorBoard sink, which reads these."""
+    descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms and
+    `tb_end_texts()` markdown texts to write at the end of the run (the sink asks for both after every
+    hook's `on_end`, so a hook may prepare them there). The builder hands the producers to the TensorBoard sink, which reads these."""
 
     cadence: Cadence | None = None
     tb_tags: dict = {}
@@ -112,6 +113,10 @@ class Hook:
 
     def tb_histograms(self) -> dict:
         """{tag: 1-D array} to write as TensorBoard histograms at the end of the run."""
+        return {}
+
+    def tb_end_texts(self) -> dict:
+        """{tag: markdown} to write as TensorBoard texts at the end of the run (at its last step)."""
         return {}
 
 
