@@ -59,7 +59,8 @@ class RunSummary:
         if self.staircase is not None:
             lines.append(format_staircase(self.staircase))
         if self.out_dir:
-            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
+            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir}; "
+                         f"figure: dlnlab-report {self.out_dir})")
         return "\n".join(lines)
 
 
