@@ -218,8 +218,8 @@ def _loss_panel(ax, d, E) -> None:
                         hi - BOX_FRAC / 2 * (hi - lo))
                 xy, off, va, ha = (x, bottom), (0, 30), "bottom", "center"
             ax.annotate(f"S = {row.S}\n{label}", xy, xytext=off, textcoords="offset points", ha=ha, va=va,
-                        ma="center", fontsize=11, bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9},
-                        zorder=4)
+                        ma="center", fontsize=11, zorder=4,
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9})
     ax.legend(loc="lower left", framealpha=0.9)
 
 

@@ -95,8 +95,9 @@ class Hook:
     Declared data: `tb_tags` maps the per-member columns a hook writes into `rec.metrics` to the
     TensorBoard tags they are charted under, `tb_descriptions` maps columns to the one-line
     descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms and
-    `tb_end_texts()` markdown texts to write at the end of the run (the sink asks for both after every
-    hook's `on_end`, so a hook may prepare them there). The builder hands the producers to the TensorBoard sink, which reads these."""
+    `tb_end_texts()` markdown texts to write at the end of the run (the sink asks for both in its own
+    `on_end`, which runs after the producers' `on_end`, so a producer may prepare them there). The
+    builder hands the producers to the TensorBoard sink, which reads these."""
 
     cadence: Cadence | None = None
     tb_tags: dict = {}
