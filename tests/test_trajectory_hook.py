@@ -67,3 +67,21 @@ def test_ensemble_staircase_print(tmp_path):
         assert list(rows[rows.member == m].S)[:2] == ["{}", "{1}"]
     text = str(s)
     assert "staircase, member 2" in text and "staircase over 3 members" in text
+
+
+def test_depth_two_control_in_the_run_table(tmp_path):
+    """The H = 2 control through the hook (fast; the eps sweep is the slow test_depth_two_control_strict_everywhere):
+    every checkpoint that is not at the global minimum projects onto a strict saddle (H = 2 has no
+    non-strict saddle), and near a saddle plateau the negative curvature is O(1), not O(eps^(H-2)) small."""
+    run(compose(["record.progress=off", "record.tensorboard=false", "model.depth=2", "model.init.scale=1e-4",
+                 "optim.steps=1000", "record.every=5", "classify.curvature_every=1"]), out_dir=str(tmp_path))
+    df = load_run(str(tmp_path))
+    saddle = df.near_S != "{1,2,3,4}"
+    assert saddle.sum() >= 20 and set(df.near_S[saddle]) == {"{}", "{1}", "{1,2}", "{1,2,3}"}
+    assert (df.near_label[saddle] == "strict_saddle").all()
+    assert (df.near_label[~saddle] == "global_min").all()
+    vals = np.array([85, 21, 5, 1.0])
+    near = (np.abs(df.loss.to_numpy()[:, None] - vals) <= 1e-2 * vals).any(1)   # within 1% of a saddle value
+    assert near.sum() >= 10 and (df.lam_min[near] < -0.5).all(), df.lam_min[near].max()
+    rows = pd.read_csv(tmp_path / "staircase.csv", dtype={"S": str})
+    assert (rows.near_label[rows.r < 4] == "strict_saddle").all() and rows.near_label.iloc[-1] == "global_min"

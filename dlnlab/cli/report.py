@@ -1,5 +1,11 @@
-"""`dlnlab-report RUN [--png PATH] [--no-tensorboard]`: the rank-jump report of a run, a table and
-a figure (PNG, and an image in the run's TensorBoard).
+"""`dlnlab-report RUN [--png PATH] [--no-tensorboard]`: the report of a run, a table and a figure.
+
+An ordinary run folder (a run table, not a rank-jump run): the staircase (staircase.csv, if the run
+wrote one) and RUN/report.png, four panels on one step axis: the loss with the theory's plateau values,
+the product's singular values against the target map's, the ranks of all partial products, and
+lam_min and tight_margin (dlnlab.analysis.report).
+
+A rank-jump run: the rank-jump report, a table and a figure (PNG, and an image in the run's TensorBoard).
 
 RUN is the output folder of a jumps experiment (it holds jumps_summary.json and the phase folders
 warmup/, sgd/, gd/), or a single run folder tracked by the rank-jump hook (events.parquet). The table
@@ -18,14 +24,17 @@ from pathlib import Path
 import pandas as pd
 
 from dlnlab.analysis.jumps_report import read_summary, report_figure, report_table
+from dlnlab.analysis.report import STAIRCASE_FILE, is_plain_run, run_report
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlnlab-report",
-                                description="Rank-jump report of a run: a table and a figure.")
-    p.add_argument("run", metavar="RUN", help="a jumps experiment folder or a tracked run folder")
-    p.add_argument("--png", default=None, help="where to save the figure (default RUN/jumps_report.png)")
-    p.add_argument("--no-tensorboard", action="store_true", help="do not add the figure to TensorBoard")
+                                description="Report of a run: a table and a figure.")
+    p.add_argument("run", metavar="RUN", help="a run folder, a jumps experiment folder or a tracked run folder")
+    p.add_argument("--png", default=None,
+                   help="where to save the figure (default RUN/report.png, or RUN/jumps_report.png)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not add the rank-jump figure to TensorBoard")
     return p
 
 
@@ -36,6 +45,8 @@ def run_cli(argv=None, out=None) -> int:
     if not run.is_dir():
         print(f"dlnlab-report: error: {run} is not a folder", file=sys.stderr)
         return 2
+    if is_plain_run(run):
+        return _plain(run, args.png, out)
     table = report_table(run)
     if table.empty:
         print(f"dlnlab-report: error: no run tracked by the rank-jump hook under {run} "
@@ -53,6 +64,18 @@ def run_cli(argv=None, out=None) -> int:
             print(f"FINDING: {f}", file=out)
     _, png = report_figure(run, args.png, tensorboard=not args.no_tensorboard)
     print(f"figure      {png}", file=out)
+    return 0
+
+
+def _plain(run: Path, png, out) -> int:
+    """The staircase table, if any, and report.png of an ordinary run folder."""
+    stairs = run / STAIRCASE_FILE
+    if stairs.exists():
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(pd.read_csv(stairs, dtype={"S": str}).to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+                  file=out)
+    _, path = run_report(run, png)
+    print(f"figure      {path}", file=out)
     return 0
 
 

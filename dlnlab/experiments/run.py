@@ -72,7 +72,8 @@ class RunSummary:
         if self.staircase is not None:
             lines.append(format_staircase(self.staircase))
         if self.out_dir:
-            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir})")
+            lines.append(f"outputs     {self.out_dir}  (tensorboard --logdir {self.out_dir}; "
+                         f"figure: dlnlab-report {self.out_dir})")
         return "\n".join(lines)
 
 
@@ -168,7 +169,9 @@ def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None
     hook = next((h for h in hooks if isinstance(h, TrajectoryHook)), None)
     if hook is None or hook.clf is None or not hook.rows:
         return None
-    rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
+    rows = hook.staircase   # computed in the hook's on_end (also the TensorBoard text)
+    if rows is None:
+        rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
     if out_dir is not None:
         atomic_write(Path(out_dir) / "staircase.csv", rows.to_csv(index=False))
     return rows

@@ -99,8 +99,10 @@ class Hook:
 
     Declared data: `tb_tags` maps the per-member columns a hook writes into `rec.metrics` to the
     TensorBoard tags they are charted under, `tb_descriptions` maps columns to the one-line
-    descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms to write at the
-    end of the run. The builder hands the producers to the TensorBoard sink, which reads these."""
+    descriptions TensorBoard shows with those charts; `tb_histograms()` gives histograms and
+    `tb_end_texts()` markdown texts to write at the end of the run (the sink asks for both in its own
+    `on_end`, which runs after the producers' `on_end`, so a producer may prepare them there). The
+    builder hands the producers to the TensorBoard sink, which reads these."""
 
     cadence: Cadence | None = None
     tb_tags: dict = {}
@@ -117,6 +119,10 @@ class Hook:
 
     def tb_histograms(self) -> dict:
         """{tag: 1-D array} to write as TensorBoard histograms at the end of the run."""
+        return {}
+
+    def tb_end_texts(self) -> dict:
+        """{tag: markdown} to write as TensorBoard texts at the end of the run (at its last step)."""
         return {}
 
     def state_dict(self) -> dict | None:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dlnlab.theory.data import format_S
 
-__all__ = ["StaircaseTolerances", "staircase", "plateau_table", "format_staircase"]
+__all__ = ["StaircaseTolerances", "staircase", "plateau_table", "format_staircase", "staircase_markdown"]
 
 COLUMNS = ["member", "S", "r", "start_step", "end_step", "steps", "records", "loss", "theory_value",
            "near_label", "near_dist", "lam_min"]
@@ -152,4 +152,41 @@ def format_staircase(rows: pd.DataFrame, members: int = 4) -> str:
                                               steps_max=("steps", "max"))
         lines += [f"staircase over {len(ids)} members (steps on each plateau)",
                   s.to_string(float_format=lambda v: f"{v:.4g}")]
+    return "\n".join(lines)
+
+
+MARKDOWN_COLUMNS = ["S", "start_step", "end_step", "steps", "loss", "theory_value", "near_label", "near_dist",
+                    "lam_min"]
+
+
+def staircase_markdown(rows: pd.DataFrame, members: int = 8) -> str:
+    """The staircase as a markdown table (TensorBoard's text plugin renders it): the rows of the
+    first `members` members (a `member` column for ensembles), then for ensembles one row per plateau
+    over all members (members that visited it, median / min / max of its length in steps)."""
+    if rows.empty:
+        return "no plateau visited"
+    ids = sorted(rows["member"].unique())
+    cols = (["member"] if len(ids) > 1 else []) + MARKDOWN_COLUMNS
+    parts = ["One row per plateau visit (as in staircase.csv): steps in optimizer steps; loss and "
+             "theory_value in lab units; near_dist unit-free; lam_min in lab units per weight² (docs/columns.md).",
+             _md_table(rows[rows["member"].isin(ids[:members])], cols)]
+    if len(ids) > members:
+        parts.append(f"(members {ids[0]}..{ids[members - 1]} of {len(ids)} shown)")
+    if len(ids) > 1:
+        s = rows.groupby("S", sort=False).agg(members=("member", "nunique"), theory_value=("theory_value", "first"),
+                                              steps_median=("steps", "median"), steps_min=("steps", "min"),
+                                              steps_max=("steps", "max")).reset_index()
+        parts += [f"**over {len(ids)} members** (steps on each plateau)", _md_table(s, list(s.columns))]
+    return "\n\n".join(parts)
+
+
+def _md_table(df: pd.DataFrame, cols: list) -> str:
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.4g}"
+        return str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
     return "\n".join(lines)

@@ -186,6 +186,8 @@ class TensorBoardHook(Hook):
             for h in self.sources:
                 for tag, values in h.tb_histograms().items():
                     self.writer.add_histogram(tag, values, global_step=trainer.step)
+                for tag, text in h.tb_end_texts().items():
+                    self.writer.add_text(tag, text, global_step=trainer.step)
         finally:
             self.writer.close()
 

@@ -12,16 +12,21 @@ Columns (per member), on every record it labels (every `every_records` records a
 near_label, near_S (strings), near_dist (||theta - theta_proj|| / ||theta||, unit-free),
 tight_margin (unit-free, in [0, 1]); every `curvature_every` labelled records (and the last):
 lam_min, lam_max (LAB units: the paper Hessian / task.paper_scale), NaN on the other records.
-`rows` keeps (step, member, loss, near_label, near_dist, lam_min) for the staircase at the end.
+`rows` keeps (step, member, loss, near_label, near_dist, lam_min) for the staircase, which `on_end`
+turns into `staircase` (one row per plateau visit per member, LAB units; dlnlab.recording.staircase)
+and declares as the TensorBoard text `staircase` (`tb_end_texts`, a markdown table).
 """
 from __future__ import annotations
 
 import logging
 
+import pandas as pd
 import torch
 
 from dlnlab.recording.base import Hook, Record
+from dlnlab.recording.staircase import staircase, staircase_markdown
 from dlnlab.theory.classify import Classifier
+from dlnlab.theory.critical import plateau_values
 from dlnlab.theory.trajectory import (
     CurvatureState,
     curvature,
@@ -39,7 +44,7 @@ class TrajectoryHook(Hook):
     tb_tags = TB_TAGS
 
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
-                 near: bool = True):
+                 near: bool = True, text_members: int = 8):
         self.every, self.curv_every = every_records, curvature_every
         self.full_max_params, self.near = full_max_params, near
         self.clf: Classifier | None = None
@@ -48,8 +53,12 @@ class TrajectoryHook(Hook):
         self.warm: CurvatureState | None = None
         self._warm_idx: torch.Tensor | None = None   # the members self.warm belongs to
         self.rows: list[dict] = []
+        self.staircase: pd.DataFrame | None = None   # set by on_end
+        self.paper_scale = 1.0
+        self.text_members = text_members   # members listed in the TensorBoard text (record.tb_members)
 
     def on_start(self, trainer) -> None:
+        self.paper_scale = float(trainer.task.paper_scale)
         data = trainer.task.landscape_data()
         if data is not None and not any(trainer.ridge_at.values):
             self.clf = Classifier(*data)   # exact tolerances: projected points are critical to 1e-10
@@ -97,3 +106,18 @@ class TrajectoryHook(Hook):
                               "loss": float(loss[k]) if loss is not None else float("nan"),
                               "near_label": near_label[k] or None, "near_dist": float(near_dist[k]),
                               "lam_min": float(lam_min[k])})
+
+    def on_end(self, trainer, status: str) -> None:
+        """The staircase of the rows recorded so far (also after a divergence or an interrupt)."""
+        if self.clf is None or not self.rows:
+            return
+        try:
+            self.staircase = staircase(pd.DataFrame(self.rows), plateau_values(self.clf.data),
+                                       paper_scale=self.paper_scale)
+        except (ValueError, KeyError, RuntimeError) as e:
+            log.warning("trajectory: no staircase: %s", e)
+
+    def tb_end_texts(self) -> dict:
+        if self.staircase is None:
+            return {}
+        return {"staircase": staircase_markdown(self.staircase, self.text_members)}
