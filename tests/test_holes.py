@@ -122,7 +122,8 @@ def test_rerunning_into_the_same_folder_keeps_only_the_new_run(tmp_path):
     (out / "metrics" / "part-00009.parquet.tmp").write_text("a killed writer's leftovers")
     run(compose([*q, "optim.steps=100"]), out_dir=out)
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
+    # the earlier run's step_100..300 are gone; step 0 is the new run's own (default cadence)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_000000000.pt"]
     assert load_runs(out)["step"].tolist() == [0, 100] and not list(out.rglob("*.tmp"))
     (out / "checkpoints" / "step_000000100.pt").write_text("x")
     assert clean_run_dir(out, resume=True) == [] and (out / "checkpoints" / "step_000000100.pt").exists()
