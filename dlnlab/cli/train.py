@@ -18,6 +18,7 @@ from dlnlab.experiments.build import conf_dir, prepare, width_report
 from dlnlab.experiments.config import ConfigError, register
 from dlnlab.experiments.options import check_choices, check_overrides, help_text
 from dlnlab.experiments.resume import (
+    is_experiment,
     is_sweep,
     newest_checkpoint,
     run_state,
@@ -112,6 +113,10 @@ def _resume(cfg, hc, out_dir):
             if key != "resume" and value is not None:
                 given = OmegaConf.merge(given, OmegaConf.create(_nest(key, value)))
     saved_config(target)  # not a run folder: say so before anything else
+    if is_experiment(target):
+        print(f"dlnlab-train: resuming the rank-jump experiment {target} (phases that ended are kept)",
+              file=sys.stderr)
+        return run(given or None, resume=str(target))
     ck = newest_checkpoint(target) if run_state(target) == "resume" else None
     where = f"from step {int(ck['step'])}" if ck is not None else "from the start (no checkpoint)"
     print(f"dlnlab-train: resuming {target} {where}", file=sys.stderr)

@@ -24,6 +24,9 @@ from dlnlab.recording.folder import CONFIG_FILE, read_status
 FREE_KEYS = ("resume", "threads", "name", "record.progress", "record.progress_seconds")
 ENDED = ("finished", "diverged")  # statuses with nothing left to do
 SWEEP_FILE = "multirun.yaml"
+# the config of a rank-jump experiment (jumps.enabled), in its folder (which holds no config.yaml of its
+# own: its phases are the run folders)
+EXPERIMENT_CONFIG = "jumps_config.yaml"
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -40,8 +43,13 @@ def _container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
 
 
+def is_experiment(path) -> bool:
+    """A rank-jump experiment's folder (phases warmup, main, gd as run folders)."""
+    return (Path(path) / EXPERIMENT_CONFIG).exists() and not (Path(path) / CONFIG_FILE).exists()
+
+
 def saved_config(run_dir) -> dict:
-    path = Path(run_dir) / CONFIG_FILE
+    path = Path(run_dir) / (EXPERIMENT_CONFIG if is_experiment(run_dir) else CONFIG_FILE)
     if not Path(run_dir).is_dir():
         raise ConfigError(f"resume={run_dir}: no such folder")
     try:
@@ -58,9 +66,9 @@ def resume_config(cfg, run_dir):
     """The config a resumed run uses: the one saved in `run_dir`, with only the FREE_KEYS taken from
     `cfg` (None: the saved one as it is). Any other difference raises ConfigError naming it."""
     saved = saved_config(run_dir)
-    if (saved.get("jumps") or {}).get("enabled"):
-        raise ConfigError(f"resume={run_dir}: a jumps.enabled experiment (several phases) cannot be resumed "
-                          "yet; rerun it")
+    if (saved.get("jumps") or {}).get("enabled") and not is_experiment(run_dir):
+        raise ConfigError(f"resume={run_dir}: a phase of a rank-jump experiment; resume the experiment's "
+                          f"folder ({Path(run_dir).parent})")
     merged = dict(saved)
     if cfg is not None:
         given, old = _flat(_container(cfg)), _flat(saved)
