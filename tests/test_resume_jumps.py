@@ -8,13 +8,14 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from dlnlab import compose, run
+from dlnlab import ConfigError, compose, run
 from dlnlab.experiments import jumps
 from dlnlab.recording.base import Hook
 from dlnlab.recording.folder import read_status
@@ -103,6 +104,27 @@ def test_an_experiment_killed_in_a_phase_resumes_bitwise(reference, tmp_path, ph
     ended = {n: (out / n / "metrics").stat().st_mtime_ns for n in PHASES[:PHASES.index(phase)]}
     summary = run(None, resume=str(out))
     assert summary.status == "finished"
+    assert read_status(out / phase)["resumed_from"] == 200  # from its checkpoint, not from the start
     assert_same_experiment(reference, out)
     for n, t in ended.items():  # not run again
         assert (out / n / "metrics").stat().st_mtime_ns == t, n
+
+
+def test_a_finished_experiment_is_not_run_again_and_a_phase_folder_is_refused(reference):
+    before = {n: (reference / n / "metrics").stat().st_mtime_ns for n in PHASES}
+    s = run(None, resume=str(reference))
+    assert s.status == "finished" and set(s.phases) == set(PHASES) and s.headline["members"] == 3
+    assert {n: (reference / n / "metrics").stat().st_mtime_ns for n in PHASES} == before
+    with pytest.raises(ConfigError, match="a phase of a rank-jump experiment; resume the experiment"):
+        run(None, resume=str(reference / "sgd"))
+
+
+def test_the_cli_resumes_an_experiment_killed_in_its_gd_reference(reference, tmp_path):
+    out = tmp_path / "exp"
+    kill_in(out, "gd", 250)  # gd_every = 40: the newest checkpoint is at step 0
+    assert read_status(out / "gd")["status"] == "running"
+    p = subprocess.run([str(Path(sys.executable).parent / "dlnlab-train"), f"resume={out}"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "resuming the rank-jump experiment" in p.stderr and "3 members" in p.stdout
+    assert_same_experiment(reference, out)
