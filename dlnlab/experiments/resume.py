@@ -8,6 +8,8 @@ those of a run that was never stopped (same machine, same `threads`).
 
 The resumed run keeps the config saved in the folder (`config.yaml`); an override that would change
 its trajectory is refused (ConfigError), only the options in `FREE_KEYS` may change.
+A rank-jump experiment's folder (`jumps_config.yaml`, phases as run folders) resumes as a whole:
+`dlnlab.experiments.jumps.run_experiment(..., resume=True)` uses the helpers here for each phase.
 """
 from __future__ import annotations
 
