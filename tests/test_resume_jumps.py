@@ -128,3 +128,27 @@ def test_the_cli_resumes_an_experiment_killed_in_its_gd_reference(reference, tmp
     assert p.returncode == 0, p.stderr
     assert "resuming the rank-jump experiment" in p.stderr and "3 members" in p.stdout
     assert_same_experiment(reference, out)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_experiments_resumes_each(tmp_path):
+    """Job 0 had ended (read back, nothing run), job 1 stopped before its GD reference (which runs)."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "dlnlab-train"
+    sweep = tmp_path / "sweep"
+    args = [*OVERRIDES, "optim.steps=200", "jumps.warmup.steps=200", "task.seed=0,1"]
+    subprocess.run([exe, "-m", *args, f"hydra.sweep.dir={sweep}"], check=True, capture_output=True)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    reference = tmp_path / "reference"
+    shutil.copytree(jobs[1], reference)
+    shutil.rmtree(jobs[1] / "gd")
+    s = json.loads((jobs[1] / "jumps_summary.json").read_text())
+    del s["phases"]["gd"]
+    (jobs[1] / "jumps_summary.json").write_text(json.dumps({**s, "status": "running", "headline": {}}))
+    before = {n: (jobs[0] / n / "metrics").stat().st_mtime_ns for n in PHASES}
+    done = subprocess.run([exe, f"resume={sweep}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("resuming the rank-jump experiment") == 2
+    assert {n: (jobs[0] / n / "metrics").stat().st_mtime_ns for n in PHASES} == before
+    assert_same_experiment(reference, jobs[1])

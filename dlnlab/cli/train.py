@@ -94,7 +94,10 @@ def _resume(cfg, hc, out_dir):
     target = cfg.resume
     if is_sweep(target):
         _drop_resume_override(out_dir)
-        state = run_state(out_dir) if (Path(out_dir) / CONFIG_FILE).exists() else "new"
+        if is_experiment(out_dir):  # a rank-jump experiment: it knows which of its phases ended
+            state = "experiment"
+        else:
+            state = run_state(out_dir) if (Path(out_dir) / CONFIG_FILE).exists() else "new"
         if state == "ended":
             print(f"dlnlab-train: {out_dir}: had ended ({read_status(out_dir).get('status')}), skipped",
                   file=sys.stderr)

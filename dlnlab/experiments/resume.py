@@ -57,6 +57,9 @@ def saved_config(run_dir) -> dict:
     try:
         saved = yaml.safe_load(path.read_text())
     except OSError:
+        if (Path(run_dir) / "jumps_summary.json").exists():
+            raise ConfigError(f"resume={run_dir}: a rank-jump experiment without {EXPERIMENT_CONFIG} "
+                              "(written by an older dlnlab); rerun it") from None
         raise ConfigError(f"resume={run_dir}: not a run folder (no {CONFIG_FILE}); "
                           f"a sweep folder holds {SWEEP_FILE}") from None
     if not isinstance(saved, dict):
