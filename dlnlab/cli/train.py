@@ -18,6 +18,7 @@ from dlnlab.experiments.build import conf_dir, prepare, width_report
 from dlnlab.experiments.config import ConfigError, register
 from dlnlab.experiments.options import check_choices, check_overrides, help_text
 from dlnlab.experiments.resume import (
+    is_experiment,
     is_sweep,
     newest_checkpoint,
     run_state,
@@ -93,7 +94,10 @@ def _resume(cfg, hc, out_dir):
     target = cfg.resume
     if is_sweep(target):
         _drop_resume_override(out_dir)
-        state = run_state(out_dir) if (Path(out_dir) / CONFIG_FILE).exists() else "new"
+        if is_experiment(out_dir):  # a rank-jump experiment: it knows which of its phases ended
+            state = "experiment"
+        else:
+            state = run_state(out_dir) if (Path(out_dir) / CONFIG_FILE).exists() else "new"
         if state == "ended":
             print(f"dlnlab-train: {out_dir}: had ended ({read_status(out_dir).get('status')}), skipped",
                   file=sys.stderr)
@@ -112,6 +116,10 @@ def _resume(cfg, hc, out_dir):
             if key != "resume" and value is not None:
                 given = OmegaConf.merge(given, OmegaConf.create(_nest(key, value)))
     saved_config(target)  # not a run folder: say so before anything else
+    if is_experiment(target):
+        print(f"dlnlab-train: resuming the rank-jump experiment {target} (phases that ended are kept)",
+              file=sys.stderr)
+        return run(given or None, resume=str(target))
     ck = newest_checkpoint(target) if run_state(target) == "resume" else None
     where = f"from step {int(ck['step'])}" if ck is not None else "from the start (no checkpoint)"
     print(f"dlnlab-train: resuming {target} {where}", file=sys.stderr)

@@ -8,7 +8,10 @@ The output folder itself holds no status.json, so `load_runs(out)` / `load_event
 phases as three runs. Optionally (`jumps.polish_steps`) the main phase's end points are GD-polished
 and labelled (at most `jumps.polish_members` of them). `dlnlab.run` dispatches here when
 `jumps.enabled=true` (conf/experiment: one_way_jumps, rank_staircase, annealed, depth2_control,
-no_ridge_control).
+no_ridge_control). The experiment's config is saved as `<out>/jumps_config.yaml`, and
+`jumps_summary.json` is rewritten after each phase ends, so that `run_experiment(..., resume=True)`
+(`dlnlab-train resume=<out>`) goes on after a stop: phases that ended are read back (the warm-up's end
+point from its last.pt), the stopped one resumes from its newest checkpoint, the others run.
 
     from dlnlab import compose
     from dlnlab.experiments.jumps import run_experiment
@@ -18,6 +21,7 @@ no_ridge_control).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import time
@@ -26,13 +30,22 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.config import check_options, label_tolerances, rank_tolerances
-from dlnlab.experiments.guards import threads_for
+from dlnlab.experiments.guards import clean_run_dir, threads_for
+from dlnlab.experiments.resume import (
+    ENDED,
+    EXPERIMENT_CONFIG,
+    clear_after,
+    newest_checkpoint,
+    run_state,
+)
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
+from dlnlab.recording.folder import atomic_write, remove_tmp_files
 from dlnlab.recording.jumps import RANK_TYPES, SUMMARY_FILE, RankJumpHook, _atomic_json
 from dlnlab.theory.ridge_labels import RidgePoint
 from dlnlab.theory.ridge_labels import classify as ridge_classify
@@ -126,12 +139,42 @@ def _copy_overrides(out_dir: Path, phase_dir: Path) -> None:
         shutil.copy(src, phase_dir / ".hydra" / "overrides.yaml")
 
 
-def _run_phase(cfg, task, net, out_dir, hooks_extra=()):
+def _run_phase(cfg, task, net, out_dir, hooks_extra=(), resume: bool = False):
+    """Train one phase; `resume`: go on from the newest checkpoint in `out_dir` (none: start over there)."""
+    ck = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if resume:
+            ck = newest_checkpoint(out_dir)
+            if ck is None:
+                clean_run_dir(out_dir)
+            else:
+                clear_after(out_dir, int(ck["step"]))
     trainer = build_trainer(cfg, task, net, build_hooks(cfg, out_dir, hooks_extra), out_dir)
-    result = trainer.run()
+    if ck is not None:
+        trainer.resume(ck)
+    try:
+        result = trainer.run()
+    finally:
+        if out_dir is not None:
+            remove_tmp_files(out_dir)
     return trainer, result
+
+
+def _read_back(out: Path | None, resume: bool, old: dict, name: str) -> dict | None:
+    """The summary entry of a phase that ended before a resume (None: run or resume it)."""
+    if not resume or out is None:
+        return None
+    info = (old.get("phases") or {}).get(name)
+    if info and info.get("status") in ENDED and run_state(out / name) == "ended":
+        return info
+    return None
+
+
+def _end_point(phase_dir: Path) -> list[torch.Tensor]:
+    """Member 0 of a phase's last.pt: the weights the phase ended with (the warm-up's hand-off)."""
+    ck = torch.load(phase_dir / "checkpoints" / "last.pt", weights_only=True)
+    return [w[0] for w in ck["weights"]]
 
 
 def _label_dict(pt: RidgePoint) -> dict:
@@ -140,9 +183,11 @@ def _label_dict(pt: RidgePoint) -> dict:
     return d
 
 
-def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None) -> JumpsSummary:
+def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None,
+                   resume: bool = False) -> JumpsSummary:
     """Run the phases of a `jumps.enabled` config (see the module docstring); returns a JumpsSummary
-    and, with out_dir, writes the phase folders and `<out_dir>/jumps_summary.json`."""
+    and, with out_dir, writes the phase folders and `<out_dir>/jumps_summary.json`. `resume`: go on
+    with the experiment in `out_dir` (phases that ended are read back, not run again)."""
 
     t_start = time.perf_counter()
     if threads_for(cfg):
@@ -167,21 +212,41 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
                         "threshold_y_star": mode_threshold(lam0, a, H),
                         "tie_y": tie_value(lam0, a, H) if lam0 > 0 else None}
 
-    trackers: dict[str, RankJumpHook] = {}
+    old: dict = {}
+    if out is not None and resume:
+        try:
+            old = json.loads((out / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            old = {}
+    elif out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / EXPERIMENT_CONFIG, yaml.safe_dump(_container(cfg), sort_keys=False))
+    # per phase: its tracker, or the findings of a phase read back ("<phase>: ..." lines)
+    trackers: dict[str, RankJumpHook | list] = {}
+
+    def read_back(name):
+        info = _read_back(out, resume, old, name)
+        if info is not None:
+            trackers[name] = [f for f in old.get("findings") or [] if f.startswith(f"{name}: ")]
+        return info
 
     def tracker_for(name):
         return RankJumpHook(rank_tolerances(cfg), sub(name), label_every=j.label_every,
                             label_final=j.label_final, label_tol=ltol)
 
-    def finish(status):
-        summary.status = status
+    def save():  # after each phase (status running) and at the end: what a resume reads back
         summary.wall_time = time.perf_counter() - t_start
-        summary.findings = [f"{n}: {f}" for n, t in trackers.items() for f in t.findings()]
-        for f in summary.findings:
-            log.warning("FINDING: %s", f)
+        summary.findings = [f if isinstance(t, list) else f"{n}: {f}"
+                            for n, t in trackers.items() for f in (t if isinstance(t, list) else t.findings())]
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             _atomic_json(summary.to_dict(), out / SUMMARY_FILE)
+
+    def finish(status):
+        summary.status = status
+        save()
+        for f in summary.findings:
+            log.warning("FINDING: %s", f)
         return summary
 
     # 1. warm-up: GD, one network, from model.init
@@ -194,20 +259,28 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
                                             "optim.ridge_values": [], "optim.cycle": 0,
                                             "model.ensemble": 1, "record.every": j.warmup.every,
                                             "record.log_spaced": 0})
-        net = build_net(cw, task)
-        if out is not None:
-            _copy_overrides(out, sub("warmup"))
-        # tracked like the other phases: an increase of the layer rank under GD counts here too
-        trackers["warmup"] = tracker = tracker_for("warmup")
-        tr, res = _run_phase(cw, task, net, sub("warmup"), [tracker])
-        start = net.member(0)
-        pt = ridge_classify(start, task, ridge_w, tol=ltol) if j.label_final else None
-        summary.phases["warmup"] = {"dir": str(sub("warmup")) if out else None, "status": res.status,
-                                    "steps": res.step, "wall_time": res.wall_time, "lr": j.warmup.lr,
-                                    "ridge": ridge_w, "label": _label_dict(pt) if pt else None,
-                                    "tracker": tracker.summary()}
-        if res.status not in ("finished",):
-            return finish(res.status)
+        info = read_back("warmup")
+        if info is not None:  # ended before a resume: its end point as the run had it in memory
+            summary.phases["warmup"] = info
+            if info["status"] != "finished":
+                return finish(info["status"])
+            start = _end_point(sub("warmup"))
+        else:
+            net = build_net(cw, task)
+            if out is not None:
+                _copy_overrides(out, sub("warmup"))
+            # tracked like the other phases: an increase of the layer rank under GD counts here too
+            trackers["warmup"] = tracker = tracker_for("warmup")
+            tr, res = _run_phase(cw, task, net, sub("warmup"), [tracker], resume)
+            start = net.member(0)
+            pt = ridge_classify(start, task, ridge_w, tol=ltol) if j.label_final else None
+            summary.phases["warmup"] = {"dir": str(sub("warmup")) if out else None, "status": res.status,
+                                        "steps": res.step, "wall_time": res.wall_time, "lr": j.warmup.lr,
+                                        "ridge": ridge_w, "label": _label_dict(pt) if pt else None,
+                                        "tracker": tracker.summary()}
+            if res.status not in ("finished",):
+                return finish(res.status)
+            save()
 
     # 2. main phase (cfg.optim, all members from the warm-up end point) and 3. the GD reference
     phases = [(main_name, phase_config(cfg, main_name), list(extra_hooks))]
@@ -218,6 +291,10 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
         phases.append(("gd", phase_config(cfg, "gd", **gd_changes), []))
     status = "finished"
     for name, pc, extra in phases:
+        info = read_back(name)
+        if info is not None:  # ended before a resume (status finished or diverged)
+            summary.phases[name] = info
+            continue
         net = build_net(pc, task)
         if start is not None:
             with torch.no_grad():
@@ -226,7 +303,7 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
         trackers[name] = tracker = tracker_for(name)
         if out is not None:
             _copy_overrides(out, sub(name))
-        tr, res = _run_phase(pc, task, net, sub(name), [tracker, *extra])
+        tr, res = _run_phase(pc, task, net, sub(name), [tracker, *extra], resume)
         ridge_end = _ridge_at(pc, max(res.step - 1, 0))
         info = {"dir": str(sub(name)) if out else None, "status": res.status, "steps": res.step,
                 "wall_time": res.wall_time, "members": net.E, "lr": pc.optim.lr, "ridge_end": ridge_end,
@@ -238,6 +315,7 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
                                     j.polish_lr if j.polish_lr is not None else j.warmup.lr, ltol,
                                     tr.active, j.polish_members)
         summary.phases[name] = info
+        save()
         if res.status == "interrupted":
             status = "interrupted"
             break

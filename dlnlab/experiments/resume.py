@@ -8,6 +8,8 @@ those of a run that was never stopped (same machine, same `threads`).
 
 The resumed run keeps the config saved in the folder (`config.yaml`); an override that would change
 its trajectory is refused (ConfigError), only the options in `FREE_KEYS` may change.
+A rank-jump experiment's folder (`jumps_config.yaml`, phases as run folders) resumes as a whole:
+`dlnlab.experiments.jumps.run_experiment(..., resume=True)` uses the helpers here for each phase.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from dlnlab.recording.folder import CONFIG_FILE, read_status
 FREE_KEYS = ("resume", "threads", "name", "record.progress", "record.progress_seconds")
 ENDED = ("finished", "diverged")  # statuses with nothing left to do
 SWEEP_FILE = "multirun.yaml"
+# the config of a rank-jump experiment (jumps.enabled), in its folder (which holds no config.yaml of its
+# own: its phases are the run folders)
+EXPERIMENT_CONFIG = "jumps_config.yaml"
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -40,13 +45,21 @@ def _container(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
 
 
+def is_experiment(path) -> bool:
+    """A rank-jump experiment's folder (phases warmup, main, gd as run folders)."""
+    return (Path(path) / EXPERIMENT_CONFIG).exists() and not (Path(path) / CONFIG_FILE).exists()
+
+
 def saved_config(run_dir) -> dict:
-    path = Path(run_dir) / CONFIG_FILE
+    path = Path(run_dir) / (EXPERIMENT_CONFIG if is_experiment(run_dir) else CONFIG_FILE)
     if not Path(run_dir).is_dir():
         raise ConfigError(f"resume={run_dir}: no such folder")
     try:
         saved = yaml.safe_load(path.read_text())
     except OSError:
+        if (Path(run_dir) / "jumps_summary.json").exists():
+            raise ConfigError(f"resume={run_dir}: a rank-jump experiment without {EXPERIMENT_CONFIG} "
+                              "(written by an older dlnlab); rerun it") from None
         raise ConfigError(f"resume={run_dir}: not a run folder (no {CONFIG_FILE}); "
                           f"a sweep folder holds {SWEEP_FILE}") from None
     if not isinstance(saved, dict):
@@ -58,9 +71,9 @@ def resume_config(cfg, run_dir):
     """The config a resumed run uses: the one saved in `run_dir`, with only the FREE_KEYS taken from
     `cfg` (None: the saved one as it is). Any other difference raises ConfigError naming it."""
     saved = saved_config(run_dir)
-    if (saved.get("jumps") or {}).get("enabled"):
-        raise ConfigError(f"resume={run_dir}: a jumps.enabled experiment (several phases) cannot be resumed "
-                          "yet; rerun it")
+    if (saved.get("jumps") or {}).get("enabled") and not is_experiment(run_dir):
+        raise ConfigError(f"resume={run_dir}: a phase of a rank-jump experiment; resume the experiment's "
+                          f"folder ({Path(run_dir).parent})")
     merged = dict(saved)
     if cfg is not None:
         given, old = _flat(_container(cfg)), _flat(saved)

@@ -107,7 +107,8 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
     saved there (`cfg` may then be None; options of `cfg` that would change the trajectory raise
     ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again.
     With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
-    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead; with
+    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead (`resume`: the
+    experiment's folder; phases that ended are not run again); with
     `convex_losses.enabled` it is the table B.3 grid of `dlnlab.experiments.convex_losses` (a
     `ConvexLossesSummary`)."""
     if resume is None and cfg is not None:
@@ -124,7 +125,7 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
         return run_convex_losses(cfg, out_dir)
     jumps = getattr(cfg, "jumps", None)
     if jumps is not None and jumps.enabled:
-        return run_experiment(cfg, out_dir, extra_hooks, task)
+        return run_experiment(cfg, out_dir, extra_hooks, task, resume=bool(resume))
     net = build_net(cfg, task)
     if resume:
         if run_state(resume) == "ended":
