@@ -91,6 +91,7 @@ class RegressionTask(_LossOfTask):
     product_ridge: float = 0.0  # mu of + mu ||W_H...W_1||_F^2 (with `objective` only)
     targets: torch.Tensor | None = None  # Y canonical for `objective` (Loss.check_targets)
     loss_of_product = True  # the loss reads W_H...W_1 only: `loss([P])` is the loss at product P
+    _grams: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (Sxx, Syx) float64
 
     @property
     def d_in(self) -> int:
@@ -119,6 +120,19 @@ class RegressionTask(_LossOfTask):
         if self.objective is None:
             return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
         return _with_ridge(self.objective.value(forward(weights, self.X), self.targets), weights, self.product_ridge)
+
+    def product_loss_grad(self, P: torch.Tensor):
+        """At end-to-end products P (E, d_y, d_x): (the loss, exactly `loss([P])`; its gradient with
+        respect to P in float64, in closed form 2 (P Sxx - Syx) with Sxx = X^T X / m and
+        Syx = Y^T X / m computed once), or None under another objective (autograd then)."""
+        if self.objective is not None:
+            return None
+        if self._grams is None:
+            X, Y = self.X.double(), self.Y.double()
+            self._grams = (X.T @ X / X.shape[0], Y.T @ X / X.shape[0])
+        Sxx, Syx = self._grams
+        loss = self.loss([P])
+        return loss, 2.0 * (P.double() @ Sxx - Syx)
 
     def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """idx: (E, B) sample indices, one row per ensemble member."""

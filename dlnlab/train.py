@@ -136,6 +136,16 @@ class RidgeSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        self._update()
+
+    @torch.no_grad()
+    def factored_step(self) -> None:
+        """The step of `factors` without torch.optim's per-call wrapper (profiler records, step
+        hooks): the same in-place updates, bit for bit; the trainer's loop then does its post-step
+        work itself. A one-network step is bound by per-call dispatch, not arithmetic."""
+        self._update()
+
+    def _update(self) -> None:
         factors, self.factors = self.factors, None
         if factors is not None and len(self.param_groups) != 1:
             raise ValueError("RidgeSGD: factored steps need the layers W_1..W_H as one parameter group")
@@ -343,8 +353,8 @@ class Trainer:
         arrays = getattr(task, "batch_arrays", None)  # optional in Task
         batch = arrays(idx) if arrays is not None else None
         if batch is not None:
-            with torch.no_grad():
-                losses, acts, deltas = dln_batch_factors([w.detach() for w in self.net.weights], *batch)
+            with torch.no_grad():  # the optimizer's list of W_1..W_H: no ParameterList indexing per step
+                losses, acts, deltas = dln_batch_factors(self.optimizer.param_groups[0]["params"], *batch)
             self.optimizer.factors = (acts, deltas)
             return losses
         ws = list(self.net.weights)
@@ -371,7 +381,6 @@ class Trainer:
                     raise Interrupted(f"signal {self._signal}")
                 g = self.optimizer.param_groups[0]
                 g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)
-                self.optimizer.zero_grad(set_to_none=True)
                 losses = self._loss()
                 finite = torch.isfinite(losses)
                 if not bool(finite.all()):
@@ -380,9 +389,13 @@ class Trainer:
                         self.optimizer.factors = None  # this step is not taken
                         break
                     losses = torch.where(finite, losses, torch.zeros_like(losses))
-                if self.optimizer.factors is None:
+                if self.optimizer.factors is None:  # autograd: torch.optim's step, with its hooks
+                    self.optimizer.zero_grad(set_to_none=True)
                     losses.sum().backward()
-                self.optimizer.step()
+                    self.optimizer.step()  # runs _after_step (a step post-hook)
+                else:  # the factored step: no gradient tensors to clear, no wrapper to pay for
+                    self.optimizer.factored_step()
+                    self._after_step(self.optimizer, (), {})
             self._defer = False
             self.status = "diverged" if self._stop else "finished"
         except (KeyboardInterrupt, Interrupted):

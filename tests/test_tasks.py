@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,17 @@ def test_the_built_in_tasks_implement_the_task_protocol():
     assert isinstance(make_regression(16, 4, 3), Task)
     assert isinstance(make_completion(5, 4, 1), Task)
     assert not isinstance(object(), Task)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_product_loss_grad_is_the_loss_and_its_autograd_gradient(dtype):
+    """The metrics hook's closed form: the loss bit for bit as `loss([P])`, dL/dP = 2 (P Sxx - Syx)."""
+    task = make_regression(m=12, d_x=4, d_y=3, spectrum=[3.0, 2.0, 1.0], noise=0.1, seed=0).to(dtype)
+    P = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    Pg = P.clone().requires_grad_(True)
+    want = task.loss([Pg])
+    (G,) = torch.autograd.grad(want.sum(), [Pg])
+    loss, got = task.product_loss_grad(P)
+    assert torch.equal(loss, want.detach()) and got.dtype == torch.float64
+    torch.testing.assert_close(got, G.double(), rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=1e-6)
+    assert dataclasses.replace(task, objective=object()).product_loss_grad(P) is None  # autograd then

@@ -279,3 +279,22 @@ def test_gradient_norm_of_a_task_whose_loss_reads_the_layers(task):
     rec = Record(0, [w.detach() for w in net.weights], torch.ones(2, dtype=torch.bool), 0.01, 0.0)
     MetricsHook(rank_floor=1.0).on_record(SimpleNamespace(task=LayerPenalty()), rec)
     torch.testing.assert_close(rec.metrics["grad_norm"], torch.sqrt(sum(g.pow(2).sum((-1, -2)) for g in grads)))
+
+
+@pytest.mark.parametrize("optim", ["gd", "sgd"])
+def test_trainer_loop_is_bitwise_the_plain_optimizer_step(task, optim):
+    """The trainer's factored step skips torch.optim's wrapper (dispatch cost only): its weights are
+    bit for bit those of dln_batch_factors + RidgeSGD.step() through the wrapper, with ridge."""
+    net = DeepLinearNet([4, 5, 6, 3], ensemble=3, init="gaussian", seed=2)
+    ref = DeepLinearNet([4, 5, 6, 3], ensemble=3, init="gaussian", seed=2)
+    Trainer(net, task, optim=optim, lr=0.01, ridge=0.1, steps=40, batch_size=2, seed=5).run()
+    opt = RidgeSGD(ref.parameters(), lr=0.01, ridge=0.1)
+    sampler = IndexSampler(task.n_samples, 2, 5, 3) if optim == "sgd" else None
+    for _ in range(40):
+        batch = task.batch_arrays(None if sampler is None else sampler.next())
+        with torch.no_grad():
+            _, acts, deltas = dln_batch_factors([w.detach() for w in ref.weights], *batch)
+        opt.factors = (acts, deltas)
+        opt.step()
+    for a, b in zip(net.weights, ref.weights):
+        assert torch.equal(a.detach(), b.detach())

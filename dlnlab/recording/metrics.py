@@ -79,8 +79,9 @@ def _loss_and_grad_sq(task, weights: list, prods: dict, ridge: float):
 
     A task whose loss is a function of the end-to-end product P alone (`loss_of_product`, as the
     built-in ones) needs autograd only on the one-layer "network" [P]; the chain rule through the
-    partial products, at hand for the spectra, gives dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T. Any
-    other task gets autograd through the layers."""
+    partial products, at hand for the spectra, gives dL/dW_h = P_{H..h+1}^T G P_{h-1..1}^T; a task
+    with `product_loss_grad` (the square loss) gives G = dL/dP in closed form, with no autograd at
+    all. Any other task gets autograd through the layers."""
     H = len(weights)
     if not getattr(task, "loss_of_product", False):  # optional in Task
         ws = [w.clone().requires_grad_(True) for w in weights]
@@ -89,11 +90,16 @@ def _loss_and_grad_sq(task, weights: list, prods: dict, ridge: float):
             grads = torch.autograd.grad(loss.sum(), ws)
         return loss.detach(), sum((g + 2 * ridge * w).double().pow(2).sum((-1, -2))
                                   for g, w in zip(grads, weights))
-    P = prods[(H, 1)].to(weights[0].dtype, copy=True).requires_grad_(True)  # not prods itself
-    with torch.enable_grad():
-        loss = task.loss([P])
-        (G,) = torch.autograd.grad(loss.sum(), [P])
-    G = G.double()
+    closed = getattr(task, "product_loss_grad", None)  # optional: the square loss in closed form
+    got = None if closed is None else closed(prods[(H, 1)].to(weights[0].dtype))
+    if got is not None:
+        loss, G = got
+    else:
+        P = prods[(H, 1)].to(weights[0].dtype, copy=True).requires_grad_(True)  # not prods itself
+        with torch.enable_grad():
+            loss = task.loss([P])
+            (G,) = torch.autograd.grad(loss.sum(), [P])
+        G = G.double()
     grad_sq = 0.0
     for h in range(1, H + 1):
         g = G if h == H else prods[(H, h + 1)].transpose(-1, -2) @ G
