@@ -45,7 +45,8 @@ def test_default_columns(default_run):
     assert ((df.tight_margin >= 0) & (df.tight_margin <= 1 + 1e-12)).all()
 
 
-@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5"])
+@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5",
+                                      "classify.near_members=0"])
 def test_config_validation(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         prepare(compose([override]))
@@ -67,6 +68,18 @@ def test_ensemble_staircase_print(tmp_path):
         assert list(rows[rows.member == m].S)[:2] == ["{}", "{1}"]
     text = str(s)
     assert "staircase, member 2" in text and "staircase over 3 members" in text
+
+
+def test_a_large_ensemble_gets_the_numbers_for_its_first_members_only(tmp_path):
+    """A projection and a Lanczos run per member cost too much at E = 256: classify.near_members
+    bounds them; the other members get NaN, as a diverged member does."""
+    run(compose(["record.progress=off", "record.tensorboard=false", "model.ensemble=3", "optim.steps=300",
+                 "classify.near_members=2"]), out_dir=str(tmp_path))
+    df = load_run(str(tmp_path))
+    first = df[df.member < 2]
+    assert first.near_dist.notna().all() and first.tight_margin.notna().all()
+    assert df[df.member == 2].near_dist.isna().all() and df[df.member == 2].lam_min.isna().all()
+    assert first.lam_min.notna().any()
 
 
 def test_depth_two_control_in_the_run_table(tmp_path):

@@ -150,7 +150,7 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
                                     text_members=r.tb_members))
         if c.near or c.curvature_every:
             hooks.append(TrajectoryHook(c.every_records, c.curvature_every, c.full_max_params, c.near,
-                                        text_members=r.tb_members))
+                                        text_members=r.tb_members, members=c.near_members))
     hooks += list(extra)
     producers = list(hooks)
     if out_dir is not None:

@@ -224,6 +224,7 @@ class ClassifyConfig:
     near: bool = True  # near_label, near_S, near_dist, tight_margin on every labelled record
     curvature_every: int = 10  # lam_min, lam_max every n-th labelled record and the last (0: never)
     full_max_params: int = 2000  # exact Hessian eigenvalues up to this many parameters, Lanczos above
+    near_members: int = 16  # ... for the first n members of an ensemble (NaN for the others)
 
 
 @dataclass
@@ -335,6 +336,7 @@ def validate(cfg) -> None:
     _need(c.ridge_members >= 0, "classify.ridge_members", "an integer >= 0", c.ridge_members)
     _need(c.curvature_every >= 0, "classify.curvature_every", "an integer >= 0 (0: never)", c.curvature_every)
     _need(c.full_max_params >= 0, "classify.full_max_params", "an integer >= 0", c.full_max_params)
+    _need(c.near_members >= 1, "classify.near_members", "an integer >= 1", c.near_members)
     _need(c.grad_rtol >= 0, "classify.grad_rtol", "a number >= 0", c.grad_rtol)
     _need(0 < c.rank_rtol < 1, "classify.rank_rtol", "a tolerance in (0, 1)", c.rank_rtol)
     _need(c.rank_band >= 1 and c.rank_rtol * c.rank_band < 1, "classify.rank_band",

@@ -44,8 +44,11 @@ class TrajectoryHook(Hook):
     tb_tags = TB_TAGS
 
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
-                 near: bool = True, text_members: int = 8):
+                 near: bool = True, text_members: int = 8, members: int = 16):
         self.every, self.curv_every = every_records, curvature_every
+        # the first `members` members only: a projection and a Lanczos run per member and record cost
+        # too much for a large ensemble (the others get NaN, as diverged members do)
+        self.members = members
         self.full_max_params, self.near = full_max_params, near
         self.clf: Classifier | None = None
         self.n = 0          # records seen
@@ -75,6 +78,7 @@ class TrajectoryHook(Hook):
         ok = rec.active.clone()
         for w in ws:
             ok &= torch.isfinite(w).flatten(1).all(1)
+        ok[self.members:] = False
         idx = ok.nonzero().squeeze(1)
         sub = [w[idx] for w in ws]
         m = rec.metrics
