@@ -262,10 +262,14 @@ class Trainer:
         for k in torch.nonzero(new).flatten().tolist():
             self.diverged_at[k] = self.step
         self.active &= ~new
-        self.optimizer.active_mask = self.active.to(self.net.weights[0].device,
-                                                    self.net.weights[0].dtype).view(-1, 1, 1)
+        self._mask_frozen()
         if not self.active.any():
             self._stop = True
+
+    def _mask_frozen(self) -> None:
+        """The optimizer's (E, 1, 1) mask of members still training, on the weights' device."""
+        w0 = self.net.weights[0]
+        self.optimizer.active_mask = self.active.to(w0.device, w0.dtype).view(-1, 1, 1)
 
     # -- checkpoints and resume -------------------------------------------------------------------
     def hook_states(self) -> dict:
@@ -304,7 +308,7 @@ class Trainer:
         self.active = ck["active"].clone().bool()
         self.diverged_at = [None if d < 0 else int(d) for d in ck["diverged_at"]]
         if not bool(self.active.all()):
-            self.optimizer.active_mask = self.active.to(self.net.weights[0].dtype).view(-1, 1, 1)
+            self._mask_frozen()
         self._stop = not bool(self.active.any())
         self._hook_states = dict(ck.get("hooks") or {})
 
