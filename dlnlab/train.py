@@ -14,11 +14,20 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record
+from dlnlab.steps import (
+    IndexSampler,
+    RidgeSGD,
+    dln_batch_factors,
+    run_steps,
+    sampler_generator,
+)
+
+__all__ = ["Schedule", "Trainer", "TrainResult", "Interrupted", "STATUSES", "log_steps",
+           "IndexSampler", "RidgeSGD", "dln_batch_factors", "run_steps", "sampler_generator"]
 
 
 class Schedule:
@@ -40,136 +49,6 @@ class Schedule:
         while k < len(self.milestones) and step >= self.milestones[k]:
             k += 1
         return self.values[k]
-
-
-def sampler_generator(seed: int, member: int) -> torch.Generator:
-    """SGD's sample stream of member k, independent of its initialisation stream."""
-    state = np.random.SeedSequence([int(seed) + int(member), 0x5D6]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-class IndexSampler:
-    """Minibatch indices drawn uniformly with replacement, one generator per member.
-
-    Draws come in chunks of `chunk` steps per member, so the per-step cost does not grow with E
-    and member k's stream does not depend on E.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, ensemble: int, chunk: int = 1024):
-        self.n, self.batch, self.chunk = int(n), int(batch_size), int(chunk)
-        self.gens = [sampler_generator(seed, k) for k in range(ensemble)]
-        self.buf = None
-        self.pos = chunk
-
-    def next(self) -> torch.Tensor:
-        if self.pos == self.chunk:
-            self.buf = torch.stack([torch.randint(self.n, (self.chunk, self.batch), generator=g)
-                                    for g in self.gens], dim=1)  # (chunk, E, B)
-            self.pos = 0
-        idx = self.buf[self.pos]
-        self.pos += 1
-        return idx
-
-    def state_dict(self) -> dict:
-        return {"gens": [g.get_state() for g in self.gens], "buf": self.buf, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        for g, s in zip(self.gens, state["gens"]):
-            g.set_state(s)
-        self.buf, self.pos = state["buf"], int(state["pos"])
-
-
-def dln_batch_factors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                      rows: torch.Tensor | None = None, loss=None):
-    """Loss and the gradient of a deep linear network on a batch, in factored form.
-
-    weights: [W_1..W_H], each (E, d_h, d_{h-1}); x: (E, B, d_0) inputs, or (B, d_0) shared by every
-    member (full batch); y: (E, B, d_H) or (B, d_H) targets likewise, or with `rows` (E, B) the
-    target value (E, B) of output coordinate rows[e, b] only
-    (matrix completion: x one-hot columns, rows the observed rows). The loss per member is the mean
-    over the batch of the squared error (the tasks' convention), or with `loss` (a dlnlab.losses.Loss
-    with a closed-form `grad_out`; y its canonical targets, (E, B, 1) with `rows`) `loss.value` of the
-    outputs, whose per-sample gradient `loss.grad_out` replaces the square residual 2 (out - y) / B.
-    Returns (losses (E,), acts, deltas)
-    with dL/dW_h = deltas[h]^T @ acts[h] (0-based h): the activations a_{h-1} entering layer h and the
-    back-propagated errors at its output. A gradient of rank <= B never has to be formed."""
-    acts = [x]
-    for w in weights[:-1]:
-        acts.append(acts[-1] @ w.transpose(-1, -2))
-    out = acts[-1] @ weights[-1].transpose(-1, -2)
-    B = out.shape[-2]
-    if loss is not None:
-        o = out if rows is None else out.gather(-1, rows.unsqueeze(-1))
-        losses = loss.value(o, y)
-        g = loss.grad_out(o, y)
-        delta = g if rows is None else torch.zeros_like(out).scatter_(-1, rows.unsqueeze(-1), g)
-    elif rows is None:
-        resid = out - y
-        losses = resid.pow(2).sum(-1).mean(-1)
-        delta = resid * (2.0 / B)
-    else:
-        resid = out.gather(-1, rows.unsqueeze(-1)).squeeze(-1) - y
-        losses = resid.pow(2).mean(-1)
-        delta = torch.zeros_like(out).scatter_(-1, rows.unsqueeze(-1), (resid * (2.0 / B)).unsqueeze(-1))
-    deltas = [delta]
-    for w in weights[:0:-1]:  # W_H .. W_2: the error at each hidden layer, from the old weights
-        deltas.append(deltas[-1] @ w)
-    return losses, acts, deltas[::-1]
-
-
-class RidgeSGD(torch.optim.Optimizer):
-    """theta <- theta - lr * (grad + 2 * ridge * theta), skipping frozen (diverged) members.
-
-    Ridge is applied here rather than in the loss so a step costs no extra autograd work; it is
-    the exact gradient of lambda * sum_h ||W_h||_F^2.
-
-    Two ways to give it the gradient: `p.grad` (autograd, any loss), or `factors` = (acts, deltas)
-    from `dln_batch_factors`: then W_h <- (1 - 2 lr lambda) W_h - lr deltas[h]^T acts[h] is one
-    in-place baddbmm per layer, with no gradient tensor at all (several times faster for ensembles,
-    whose steps are bound by memory traffic).
-    """
-
-    def __init__(self, params, lr: float, ridge: float = 0.0):
-        super().__init__(params, {"lr": lr, "ridge": ridge})
-        self.active_mask: torch.Tensor | None = None  # (E, 1, 1), None while every member trains
-        self.factors: tuple | None = None  # (acts, deltas) for the next step, consumed by it
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        self._update()
-
-    @torch.no_grad()
-    def factored_step(self) -> None:
-        """The step of `factors` without torch.optim's per-call wrapper (profiler records, step
-        hooks): the same in-place updates, bit for bit; the trainer's loop then does its post-step
-        work itself. A one-network step is bound by per-call dispatch, not arithmetic."""
-        self._update()
-
-    def _update(self) -> None:
-        factors, self.factors = self.factors, None
-        if factors is not None and len(self.param_groups) != 1:
-            raise ValueError("RidgeSGD: factored steps need the layers W_1..W_H as one parameter group")
-        for group in self.param_groups:
-            lr, ridge = group["lr"], group["ridge"]
-            for h, p in enumerate(group["params"]):
-                if factors is not None:
-                    self._factored_update(p, factors[1][h], factors[0][h], lr, ridge)
-                    continue
-                if p.grad is None:
-                    continue
-                d = p.grad.add(p, alpha=2 * ridge) if ridge else p.grad
-                if self.active_mask is not None:  # where, not a product: NaN * 0 would be NaN
-                    d = torch.where(self.active_mask.bool(), d, 0.0)
-                p.sub_(d, alpha=lr)
-
-    def _factored_update(self, p, delta, act, lr: float, ridge: float) -> None:
-        act = act.expand(p.shape[0], *act.shape[-2:])  # full batch: the same x for every member
-        beta = 1.0 - 2.0 * lr * ridge
-        if self.active_mask is None:
-            p.baddbmm_(delta.transpose(-1, -2), act, beta=beta, alpha=-lr)
-        else:  # frozen members keep their weights, even NaN ones that would poison the product
-            new = torch.baddbmm(p, delta.transpose(-1, -2), act, beta=beta, alpha=-lr)
-            p.copy_(torch.where(self.active_mask.bool(), new, p))
 
 
 STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
@@ -200,7 +79,7 @@ class Trainer:
                  lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
                  config: dict | None = None, out_dir=None, info: dict | None = None,
-                 device: str | torch.device = "cpu", checkpoint_every: int = 0):
+                 device: str | torch.device = "cpu", checkpoint_every: int = 0, fused: bool = True):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
         # `device`: the network and the task's tensors train there; hooks see `task` and the weights
@@ -238,6 +117,9 @@ class Trainer:
         self._defer = False  # True between steps and while finishing: signals are noted, not raised
         self._finishing = False
         self.optimizer.register_step_post_hook(self._after_step)
+        # the fast path between records (dlnlab.steps.run_steps): the square loss's factored step on
+        # the CPU, while every member trains; the same weights bit for bit as the general loop
+        self.fused = bool(fused) and self.device.type == "cpu" and _plain_square_batches(task)
 
     # -- state seen by hooks -------------------------------------------------------------------
     @property
@@ -366,6 +248,32 @@ class Trainer:
         self.optimizer.factors = None
         return losses
 
+    def _fused_segment(self) -> bool:
+        """Steps up to the next record through `run_steps`; False when the next step is the general
+        loop's (a member's loss is not finite there: it freezes the member)."""
+        n = min(self._next_record, self.steps) - self.step
+        if n <= 0:
+            return False
+        idx = None if self.sampler is None else self.sampler.take(n)
+        if idx is not None:
+            n = idx.shape[0]
+        x, y, _ = self._train_task.batch_arrays(idx)
+        s = self.step
+        lrs = [self.lr_at(t) for t in range(s, s + n)]
+        ridges = [self.ridge_at(t) for t in range(s, s + n)]
+        taken = run_steps(self.optimizer.param_groups[0]["params"], x, y, lrs, ridges,
+                          lambda: self._signal is not None)
+        if idx is not None:
+            self.sampler.rewind(n - taken)
+        if taken:
+            g = self.optimizer.param_groups[0]
+            g["lr"], g["ridge"] = lrs[taken - 1], ridges[taken - 1]
+            self.step += taken
+            if self.step >= self._next_record:
+                self._record()
+                self._schedule_next()
+        return taken == n or self._signal is not None
+
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
         restore = self._install_signals()
@@ -383,6 +291,8 @@ class Trainer:
                 self._defer = True
                 if self._signal is not None:
                     raise Interrupted(f"signal {self._signal}")
+                if self.fused and self.optimizer.active_mask is None and self._fused_segment():
+                    continue
                 g = self.optimizer.param_groups[0]
                 g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)
                 losses = self._loss()
@@ -464,6 +374,13 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
         return restore
+
+
+def _plain_square_batches(task) -> bool:
+    """Whether the task hands out plain square-loss batches (x, y, None): those `run_steps` takes."""
+    arrays = getattr(task, "batch_arrays", None)
+    batch = arrays(None) if arrays is not None else None
+    return batch is not None and len(batch) == 3 and batch[2] is None
 
 
 def log_steps(last: int, per_decade: int) -> set[int]:

@@ -298,3 +298,59 @@ def test_trainer_loop_is_bitwise_the_plain_optimizer_step(task, optim):
         opt.step()
     for a, b in zip(net.weights, ref.weights):
         assert torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("E", [1, 3])
+@pytest.mark.parametrize("optim", ["gd", "sgd"])
+def test_fused_loop_takes_the_general_loops_steps_bit_for_bit(task, optim, E):
+    """Between records the trainer runs `run_steps` (fused=True, the default): with a schedule,
+    ridge and records every 7 steps, the weights and every record equal the general loop's."""
+    runs = []
+    for fused in (True, False):
+        net = DeepLinearNet([4, 5, 6, 3], ensemble=E, init="gaussian", seed=2)
+        col = Collect()
+        tr = Trainer(net, task, optim=optim, lr=0.01, ridge=0.1, steps=45, batch_size=2, seed=5,
+                     lr_schedule=Schedule(0.01, [20], [0.01, 0.02]), hooks=[MetricsHook(), col],
+                     cadence=Cadence(every=7), fused=fused)
+        assert tr.fused is fused
+        tr.run()
+        runs.append((net, col, tr))
+    (a, ca, ta), (b, cb, tb) = runs
+    for wa, wb in zip(a.weights, b.weights):
+        assert torch.equal(wa.detach(), wb.detach())
+    assert [s for s, _ in ca.rows] == [s for s, _ in cb.rows] == [0, 7, 14, 21, 28, 35, 42, 45]
+    for (_, ma), (_, mb) in zip(ca.rows, cb.rows):
+        assert all(torch.equal(ma[k], mb[k]) for k in ("loss", "rank"))
+    assert ta.lr == tb.lr == 0.02
+
+
+def test_fused_loop_hands_a_diverging_step_to_the_general_loop(task):
+    """A member whose loss turns non-finite mid-segment is frozen at the same step either way."""
+    results = []
+    for fused in (True, False):
+        net = DeepLinearNet([4, 5, 3], ensemble=3, init="gaussian", scale=0.5, seed=0)
+        with torch.no_grad():
+            for w in net.weights:
+                w[1] *= 40
+        tr = Trainer(net, task, lr=0.05, steps=60, hooks=[MetricsHook()], cadence=Cadence(25), fused=fused)
+        results.append((tr.run(), net))
+    (ra, na), (rb, nb) = results
+    assert ra.diverged_at == rb.diverged_at and ra.diverged_at[1] is not None
+    for wa, wb in zip(na.weights, nb.weights):
+        assert torch.equal(wa.detach().nan_to_num(7.0), wb.detach().nan_to_num(7.0))
+
+
+def test_sampler_take_and_rewind_keep_the_stream():
+    a, b = IndexSampler(50, 2, seed=1, ensemble=2, chunk=8), IndexSampler(50, 2, seed=1, ensemble=2, chunk=8)
+    got = a.take(5)
+    assert got.shape == (5, 2, 2)
+    a.rewind(2)
+    got = torch.cat([got[:3], a.take(100)])  # stops at the chunk's end: 5 more
+    assert got.shape[0] == 8
+    got = torch.cat([got, a.take(3)])
+    assert torch.equal(got, torch.stack([b.next() for _ in range(11)]))
+
+
+def test_completion_and_other_losses_keep_the_general_loop():
+    comp = make_completion(3, 4, 1, [2.0], 0.1, observed_fraction=0.75, seed=0)
+    assert not Trainer(DeepLinearNet([4, 3, 3]), comp, optim="sgd").fused

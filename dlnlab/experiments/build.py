@@ -177,7 +177,8 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
                    config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
                    out_dir=out_dir, info=run_info(cfg, task),
                    device=resolve_device(getattr(cfg, "device", "cpu")),
-                   checkpoint_every=checkpoint_every(cfg.record) if out_dir is not None else 0)
+                   checkpoint_every=checkpoint_every(cfg.record) if out_dir is not None else 0,
+                   fused=o.fused)
 
 
 def prepare(cfg):

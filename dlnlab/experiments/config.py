@@ -97,6 +97,7 @@ class OptimConfig:
     lr_values: List[float] = field(default_factory=list)  # lr of each phase of the schedule
     ridge_values: List[float] = field(default_factory=list)  # lambda of each phase of the schedule
     cycle: int = 0  # > 0: the schedule repeats with this period (periodic learning rates)
+    fused: bool = True  # square-loss steps between records in one tight loop (same weights bit for bit); false: the general loop
 
 
 OPTIMIZERS = ("gd", "sgd")

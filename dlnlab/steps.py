@@ -1,0 +1,213 @@
+"""What one training step is made of: its batch, its gradient in factored form, its update.
+
+    IndexSampler        minibatch indices, one generator per member (member k trains like seed + k)
+    dln_batch_factors   loss and the factored gradient dL/dW_h = deltas_h^T acts_h, no autograd
+    RidgeSGD            theta <- theta - lr (grad + 2 lambda theta), from p.grad or from the factors
+    run_steps           the plain square-loss step in a tight loop: the trainer's fast path
+
+A small network's step is bound by per-call dispatch, not arithmetic: the general loop pays for the
+sampler, the task's batch, the schedule and the optimizer once per step. Between two records
+nothing of that changes shape, so `run_steps` takes the whole segment's batches at once and runs
+only the step's own tensor operations, with the arithmetic of `dln_batch_factors` followed by
+`RidgeSGD`'s factored update bit for bit (tests/test_train.py): torch.bmm called directly is the
+kernel `@` reaches for these shapes, without `@`'s broadcasting logic on every call (half the cost
+of a one-network step). torch.mm would be as fast but rounds differently at small shapes, and member
+k of an ensemble must train exactly like the network seeded k.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["sampler_generator", "IndexSampler", "dln_batch_factors", "RidgeSGD", "run_steps"]
+
+
+def sampler_generator(seed: int, member: int) -> torch.Generator:
+    """SGD's sample stream of member k, independent of its initialisation stream."""
+    state = np.random.SeedSequence([int(seed) + int(member), 0x5D6]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class IndexSampler:
+    """Minibatch indices drawn uniformly with replacement, one generator per member.
+
+    Draws come in chunks of `chunk` steps per member, so the per-step cost does not grow with E
+    and member k's stream does not depend on E.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, ensemble: int, chunk: int = 1024):
+        self.n, self.batch, self.chunk = int(n), int(batch_size), int(chunk)
+        self.gens = [sampler_generator(seed, k) for k in range(ensemble)]
+        self.buf = None
+        self.pos = chunk
+
+    def next(self) -> torch.Tensor:
+        return self.take(1)[0]
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next k draws at once, (k, E, B) with 1 <= k <= n: the stream of k calls of `next`
+        (k falls short of n at the end of a chunk)."""
+        if self.pos == self.chunk:
+            self.buf = torch.stack([torch.randint(self.n, (self.chunk, self.batch), generator=g)
+                                    for g in self.gens], dim=1)  # (chunk, E, B)
+            self.pos = 0
+        k = min(int(n), self.chunk - self.pos)
+        idx = self.buf[self.pos:self.pos + k]
+        self.pos += k
+        return idx
+
+    def rewind(self, k: int) -> None:
+        """Give back the last k draws of the last `take` (they come again next)."""
+        self.pos -= int(k)
+
+    def state_dict(self) -> dict:
+        return {"gens": [g.get_state() for g in self.gens], "buf": self.buf, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, s in zip(self.gens, state["gens"]):
+            g.set_state(s)
+        self.buf, self.pos = state["buf"], int(state["pos"])
+
+
+def dln_batch_factors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      rows: torch.Tensor | None = None, loss=None):
+    """Loss and the gradient of a deep linear network on a batch, in factored form.
+
+    weights: [W_1..W_H], each (E, d_h, d_{h-1}); x: (E, B, d_0) inputs, or (B, d_0) shared by every
+    member (full batch); y: (E, B, d_H) or (B, d_H) targets likewise, or with `rows` (E, B) the
+    target value (E, B) of output coordinate rows[e, b] only
+    (matrix completion: x one-hot columns, rows the observed rows). The loss per member is the mean
+    over the batch of the squared error (the tasks' convention), or with `loss` (a dlnlab.losses.Loss
+    with a closed-form `grad_out`; y its canonical targets, (E, B, 1) with `rows`) `loss.value` of the
+    outputs, whose per-sample gradient `loss.grad_out` replaces the square residual 2 (out - y) / B.
+    Returns (losses (E,), acts, deltas)
+    with dL/dW_h = deltas[h]^T @ acts[h] (0-based h): the activations a_{h-1} entering layer h and the
+    back-propagated errors at its output. A gradient of rank <= B never has to be formed."""
+    acts = [x]
+    for w in weights[:-1]:
+        acts.append(acts[-1] @ w.transpose(-1, -2))
+    out = acts[-1] @ weights[-1].transpose(-1, -2)
+    B = out.shape[-2]
+    if loss is not None:
+        o = out if rows is None else out.gather(-1, rows.unsqueeze(-1))
+        losses = loss.value(o, y)
+        g = loss.grad_out(o, y)
+        delta = g if rows is None else torch.zeros_like(out).scatter_(-1, rows.unsqueeze(-1), g)
+    elif rows is None:
+        resid = out - y
+        losses = resid.pow(2).sum(-1).mean(-1)
+        delta = resid * (2.0 / B)
+    else:
+        resid = out.gather(-1, rows.unsqueeze(-1)).squeeze(-1) - y
+        losses = resid.pow(2).mean(-1)
+        delta = torch.zeros_like(out).scatter_(-1, rows.unsqueeze(-1), (resid * (2.0 / B)).unsqueeze(-1))
+    deltas = [delta]
+    for w in weights[:0:-1]:  # W_H .. W_2: the error at each hidden layer, from the old weights
+        deltas.append(deltas[-1] @ w)
+    return losses, acts, deltas[::-1]
+
+
+class RidgeSGD(torch.optim.Optimizer):
+    """theta <- theta - lr * (grad + 2 * ridge * theta), skipping frozen (diverged) members.
+
+    Ridge is applied here rather than in the loss so a step costs no extra autograd work; it is
+    the exact gradient of lambda * sum_h ||W_h||_F^2.
+
+    Two ways to give it the gradient: `p.grad` (autograd, any loss), or `factors` = (acts, deltas)
+    from `dln_batch_factors`: then W_h <- (1 - 2 lr lambda) W_h - lr deltas[h]^T acts[h] is one
+    in-place baddbmm per layer, with no gradient tensor at all (several times faster for ensembles,
+    whose steps are bound by memory traffic).
+    """
+
+    def __init__(self, params, lr: float, ridge: float = 0.0):
+        super().__init__(params, {"lr": lr, "ridge": ridge})
+        self.active_mask: torch.Tensor | None = None  # (E, 1, 1), None while every member trains
+        self.factors: tuple | None = None  # (acts, deltas) for the next step, consumed by it
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._update()
+
+    @torch.no_grad()
+    def factored_step(self) -> None:
+        """The step of `factors` without torch.optim's per-call wrapper (profiler records, step
+        hooks): the same in-place updates, bit for bit; the trainer's loop then does its post-step
+        work itself. A one-network step is bound by per-call dispatch, not arithmetic."""
+        self._update()
+
+    def _update(self) -> None:
+        factors, self.factors = self.factors, None
+        if factors is not None and len(self.param_groups) != 1:
+            raise ValueError("RidgeSGD: factored steps need the layers W_1..W_H as one parameter group")
+        for group in self.param_groups:
+            lr, ridge = group["lr"], group["ridge"]
+            for h, p in enumerate(group["params"]):
+                if factors is not None:
+                    self._factored_update(p, factors[1][h], factors[0][h], lr, ridge)
+                    continue
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=2 * ridge) if ridge else p.grad
+                if self.active_mask is not None:  # where, not a product: NaN * 0 would be NaN
+                    d = torch.where(self.active_mask.bool(), d, 0.0)
+                p.sub_(d, alpha=lr)
+
+    def _factored_update(self, p, delta, act, lr: float, ridge: float) -> None:
+        act = act.expand(p.shape[0], *act.shape[-2:])  # full batch: the same x for every member
+        beta = 1.0 - 2.0 * lr * ridge
+        if self.active_mask is None:
+            p.baddbmm_(delta.transpose(-1, -2), act, beta=beta, alpha=-lr)
+        else:  # frozen members keep their weights, even NaN ones that would poison the product
+            new = torch.baddbmm(p, delta.transpose(-1, -2), act, beta=beta, alpha=-lr)
+            p.copy_(torch.where(self.active_mask.bool(), new, p))
+
+
+@torch.no_grad()
+def run_steps(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+              lrs: Sequence[float], ridges: Sequence[float],
+              interrupted: Callable[[], bool] | None = None) -> int:
+    """Take len(lrs) square-loss steps in place, stopping early where the general loop must decide.
+
+    Args:
+        weights: [W_1..W_H], each (E, d_h, d_{h-1}); updated in place.
+        x, y: the steps' batches (n, E, B, d_0) and (n, E, B, d_H), or one full batch (m, d_0),
+            (m, d_H) shared by every member and step (gradient descent).
+        lrs, ridges: the learning rate and lambda of each step.
+        interrupted: asked before each step; True stops the loop there.
+
+    Returns:
+        The number of steps taken. It is short of len(lrs) when `interrupted` said so, or before a
+        step whose batch loss is not finite for some member: the caller's general step freezes the
+        diverged members there.
+    """
+    per_step = x.ndim == 4
+    ws = list(weights)
+    E = ws[0].shape[0]
+    if not per_step:  # the full batch, as the batched ops' broadcasting would expand it
+        x = x.expand(E, *x.shape)
+    wts = [w.transpose(-1, -2) for w in ws]
+    bmm, H = torch.bmm, len(ws)
+    for t in range(len(lrs)):
+        if interrupted is not None and interrupted():
+            return t
+        xt, yt = (x[t], y[t]) if per_step else (x, y)
+        acts = [xt]
+        for h in range(H - 1):
+            acts.append(bmm(acts[-1], wts[h]))
+        resid = bmm(acts[-1], wts[-1]) - yt
+        # one sum for the divergence test: a member's loss is finite iff this sum is (up to an
+        # overflow of the sum itself, which only sends the step to the general loop)
+        if not math.isfinite(float(resid.pow(2).sum())):
+            return t
+        deltas = [resid * (2.0 / resid.shape[-2])]
+        for w in ws[:0:-1]:
+            deltas.append(bmm(deltas[-1], w))
+        deltas.reverse()
+        lr = lrs[t]
+        beta = 1.0 - 2.0 * lr * ridges[t]
+        for h in range(H):
+            ws[h].baddbmm_(deltas[h].transpose(-1, -2), acts[h], beta=beta, alpha=-lr)
+    return len(lrs)
