@@ -118,7 +118,7 @@ class Trainer:
         self._finishing = False
         self.optimizer.register_step_post_hook(self._after_step)
         # the fast path between records (dlnlab.steps.run_steps): the square loss's factored step on
-        # the CPU, while every member trains; the same weights bit for bit as the general loop
+        # the CPU; the same weights bit for bit as the general loop
         self.fused = bool(fused) and self.device.type == "cpu" and _plain_square_batches(task)
 
     # -- state seen by hooks -------------------------------------------------------------------
@@ -257,12 +257,20 @@ class Trainer:
         idx = None if self.sampler is None else self.sampler.take(n)
         if idx is not None:
             n = idx.shape[0]
-        x, y, _ = self._train_task.batch_arrays(idx)
+        params = self.optimizer.param_groups[0]["params"]
+        # with frozen members, the members still training as one smaller batch: each member's
+        # batched arithmetic does not depend on the others, so this is still the general loop's step
+        keep = None if self.optimizer.active_mask is None else self.active.nonzero().squeeze(1)
+        ws = params if keep is None else [p.detach()[keep] for p in params]
+        x, y, _ = self._train_task.batch_arrays(idx if idx is None or keep is None else idx[:, keep])
         s = self.step
         lrs = [self.lr_at(t) for t in range(s, s + n)]
         ridges = [self.ridge_at(t) for t in range(s, s + n)]
-        taken = run_steps(self.optimizer.param_groups[0]["params"], x, y, lrs, ridges,
-                          lambda: self._signal is not None)
+        taken = run_steps(ws, x, y, lrs, ridges, lambda: self._signal is not None)
+        if keep is not None:
+            with torch.no_grad():
+                for p, w in zip(params, ws):
+                    p.index_copy_(0, keep, w)
         if idx is not None:
             self.sampler.rewind(n - taken)
         if taken:
@@ -291,7 +299,7 @@ class Trainer:
                 self._defer = True
                 if self._signal is not None:
                     raise Interrupted(f"signal {self._signal}")
-                if self.fused and self.optimizer.active_mask is None and self._fused_segment():
+                if self.fused and self._fused_segment():
                     continue
                 g = self.optimizer.param_groups[0]
                 g["lr"], g["ridge"] = self.lr_at(self.step), self.ridge_at(self.step)

@@ -324,15 +324,18 @@ def test_fused_loop_takes_the_general_loops_steps_bit_for_bit(task, optim, E):
     assert ta.lr == tb.lr == 0.02
 
 
-def test_fused_loop_hands_a_diverging_step_to_the_general_loop(task):
-    """A member whose loss turns non-finite mid-segment is frozen at the same step either way."""
+@pytest.mark.parametrize("optim", ["gd", "sgd"])
+def test_fused_loop_hands_a_diverging_step_to_the_general_loop(task, optim):
+    """A member whose loss turns non-finite mid-segment is frozen at the same step either way, and
+    the others train on, as a smaller batch, exactly as under the general loop's mask."""
     results = []
     for fused in (True, False):
         net = DeepLinearNet([4, 5, 3], ensemble=3, init="gaussian", scale=0.5, seed=0)
         with torch.no_grad():
             for w in net.weights:
                 w[1] *= 40
-        tr = Trainer(net, task, lr=0.05, steps=60, hooks=[MetricsHook()], cadence=Cadence(25), fused=fused)
+        tr = Trainer(net, task, optim=optim, lr=0.05, steps=60, batch_size=3, hooks=[MetricsHook()],
+                     cadence=Cadence(25), fused=fused)
         results.append((tr.run(), net))
     (ra, na), (rb, nb) = results
     assert ra.diverged_at == rb.diverged_at and ra.diverged_at[1] is not None
