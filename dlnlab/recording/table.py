@@ -23,6 +23,9 @@ from dlnlab.recording.folder import (
 )
 
 
+KEEP_PARTS_BYTES = 64 * 2**20  # parts kept in memory for the end's compaction, at most
+
+
 class TableHook(Hook):
     """Writes `rec.metrics` as rows (step, member, member_status, ...) to metrics/part-NNNNN.parquet,
     plus status.json and config.yaml. A part is written every `flush_every` records or
@@ -41,6 +44,10 @@ class TableHook(Hook):
         self.objects: list = []
         self.part = 0
         self.t0 = time.time()
+        # the parts written by this process, kept for `compact` while they are small: reading them
+        # back costs more than the whole end of a short run (None: read the parts from disk)
+        self.written: list | None = []
+        self.written_bytes = 0
 
     def on_start(self, trainer) -> None:
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
@@ -48,6 +55,7 @@ class TableHook(Hook):
         resumed = getattr(trainer, "resumed_from", None)
         if resumed is not None:  # the rows up to the checkpoint stay, later ones go
             self.part = truncate_table(self.dir / METRICS_DIR, resumed)
+            self.written = None
         else:  # a reused folder must not show an earlier run's table, message or end time as this one's
             for old in (self.dir / METRICS_DIR).glob("*.parquet"):
                 old.unlink()
@@ -109,6 +117,11 @@ class TableHook(Hook):
         # dictionary pages only for the text columns: on floats they cost time and save nothing
         atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=list(self.object_names)))
         self.part += 1
+        if self.written is not None:
+            self.written.append(table)
+            self.written_bytes += table.nbytes
+            if self.written_bytes > KEEP_PARTS_BYTES:
+                self.written = None
         self.blocks, self.objects = [], []
         self.last_flush = time.monotonic()
         if trainer is not None:
@@ -129,8 +142,10 @@ class TableHook(Hook):
         if len(parts) == 1:
             os.replace(parts[0], self.dir / METRICS_DIR / TABLE_FILE)
             return
+        kept = self.written if self.written is not None and len(self.written) == len(parts) else None
+        tables = kept or [pq.read_table(p) for p in parts]
         # parts written before and after a hook added a column differ: permissive fills the gaps
-        table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+        table = pa.concat_tables(tables, promote_options="permissive")
         atomic_write(self.dir / METRICS_DIR / TABLE_FILE, lambda tmp: pq.write_table(table, tmp))
         for p in parts:
             p.unlink()
