@@ -17,6 +17,7 @@ Targets (issue numbers in brackets):
                 classifier (target >= 3x), its recording/no-hook ratio (>= 0.9), E = 256 recorded
                 (>= 100x the loop, >= 0.5x the same ensemble without hooks), Theorem 7 labels per
                 member-checkpoint at E = 256 (<= 0.1 ms); peak memory of each section
+  gpu      [13] E = 4096 recorded on CUDA against the same on the CPU (skipped without CUDA)
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 from bench_jumps import bench_r1, bench_tracker
 from bench_landscape import bench_classify as bench_landscape
 from bench_peer import bench_peer as bench_peer_sections
+from bench_peer import dlnlab_sps
 
 from dlnlab.experiments.build import (
     build_hooks,
@@ -138,7 +140,28 @@ def bench_peer() -> None:
     print("        (memory: peak RSS above the RSS at the section's start, sampled every 2 ms)")
 
 
-SECTIONS = {"train": bench_train, "classify": bench_classify, "jumps": bench_jumps, "load": bench_load, "peer": bench_peer}
+def bench_gpu(E: int = 4096, steps: int = 300) -> None:
+    """E members recorded at the default cadence (every 100 steps), the peer section's shapes, on
+    CUDA and on the CPU: model-steps/s of each and their ratio (float32 and float64)."""
+    if not torch.cuda.is_available():
+        print("gpu     no CUDA device here: skipped (run `scripts/bench.py gpu` on a machine with one)")
+        return
+    print(f"gpu     {torch.cuda.get_device_name()}: E={E}, {steps} SGD steps, H=4 width=32 m=256, recorded "
+          f"every 100 steps (records on the CPU in float64)")
+    for precision in ("float32", "float64"):
+        sps = {}
+        for device in ("cuda", "cpu"):
+            over = [f"model.ensemble={E}", f"device={device}", f"precision={precision}"]
+            sps[device] = dlnlab_sps(over, steps, hooks=True) * E
+            sps[device + " no hooks"] = dlnlab_sps(over, steps, hooks=False) * E
+        print(f"        {precision}: cuda {sps['cuda']:.0f} model-steps/s recorded ({sps['cuda no hooks']:.0f} "
+              f"without hooks), cpu {sps['cpu']:.0f} ({sps['cpu no hooks']:.0f}); "
+              f"cuda / cpu recorded {sps['cuda'] / sps['cpu']:.1f}x, without hooks "
+              f"{sps['cuda no hooks'] / sps['cpu no hooks']:.1f}x")
+
+
+SECTIONS = {"train": bench_train, "classify": bench_classify, "jumps": bench_jumps, "load": bench_load,
+            "peer": bench_peer, "gpu": bench_gpu}
 
 
 def main(argv) -> None:
