@@ -54,6 +54,9 @@ class Schedule:
 STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 
 
+RECORD_BATCH_RECORDS, RECORD_BATCH_MEMBERS = 16, 64  # the automatic `record_batch`, at most
+
+
 class Interrupted(Exception):
     """SIGTERM, turned into an exception so that the run ends like a Ctrl-C."""
 
@@ -79,7 +82,8 @@ class Trainer:
                  lr_schedule: Schedule | None = None, ridge_schedule: Schedule | None = None,
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
                  config: dict | None = None, out_dir=None, info: dict | None = None,
-                 device: str | torch.device = "cpu", checkpoint_every: int = 0, fused: bool = True):
+                 device: str | torch.device = "cpu", checkpoint_every: int = 0, fused: bool = True,
+                 record_batch: int = 0):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
         # `device`: the network and the task's tensors train there; hooks see `task` and the weights
@@ -120,6 +124,13 @@ class Trainer:
         # the fast path between records (dlnlab.steps.run_steps): the square loss's factored step on
         # the CPU; the same weights bit for bit as the general loop
         self.fused = bool(fused) and self.device.type == "cpu" and _plain_square_batches(task)
+        # records handed to the hooks together (0: auto): a small network's record costs per-call
+        # dispatch, so its hooks take several records as one stack of members; up to
+        # RECORD_BATCH_MEMBERS members in all, so that a waiting batch is always quick to finish
+        if int(record_batch) < 0:
+            raise ValueError(f"record_batch={record_batch}: allowed an integer >= 0 (0: auto)")
+        self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_MEMBERS // net.E))
+        self._pending: list = []  # (record, hooks due) waiting to be handed over
 
     # -- state seen by hooks -------------------------------------------------------------------
     @property
@@ -197,6 +208,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def _record(self, final: bool = False) -> None:
         if final:  # every hook sees the last state once, whatever its cadence
+            self._dispatch()  # the records still waiting first: `_seen` must know them
             due = [h for h in self.hooks if self._seen.get(id(h)) != self.step]
         else:
             due = [h for h in self.hooks if h.cadence.due(self.step)]
@@ -207,13 +219,29 @@ class Trainer:
                      lr=self.lr, ridge=self.ridge, final=last,
                      checkpoint=bool(not last and self.checkpoint_every
                                      and self.step % self.checkpoint_every == 0))
+        wait = (self.record_batch > 1 and not last and not rec.checkpoint
+                and not any(h.immediate(rec) for h in due))
+        if wait:  # the live weights move on before the hooks see this record
+            rec.weights = [w.clone() for w in rec.weights]
+        self._pending.append((rec, due))
+        if not wait or len(self._pending) >= self.record_batch:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the waiting records over, hook by hook in the hooks' order, each hook all of its
+        records at once (`Hook.on_records`): a producer's columns are there before the sinks read."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
         # a signal during a record aborts it (no waiting), except the final one while finishing
         defer, self._defer = self._defer, self._finishing
         try:
             with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
-                for h in due:
-                    self._seen[id(h)] = self.step
-                    h.on_record(self, rec)
+                for h in self.hooks:
+                    recs = [rec for rec, due in pending if any(d is h for d in due)]
+                    if recs:
+                        self._seen[id(h)] = recs[-1].step
+                        h.on_records(self, recs)
         finally:
             self._defer = defer
 
@@ -348,6 +376,10 @@ class Trainer:
         # SIGTERM must not wait for a full record (minutes at large E); the run resumes from its last
         # checkpoint. One failing hook must not keep the others (table, checkpoint) from saving.
         errors = []
+        try:  # at most `record_batch` records of a small network: quick, also after an interrupt
+            self._dispatch()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
         if self.status != "interrupted":
             try:
                 self._record(final=True)

@@ -147,7 +147,8 @@ def test_diverged_member_is_frozen_while_the_others_go_on(task):
     assert torch.isnan(final["rank"][1])
 
 
-def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path):
+@pytest.mark.parametrize("record_batch", [1, 4])
+def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path, record_batch):
 
     class CtrlC(Hook):
         def on_record(self, trainer, rec):
@@ -156,7 +157,8 @@ def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path):
 
     net = DeepLinearNet([4, 5, 3], seed=0)
     hooks = [MetricsHook(), TableHook(tmp_path), CheckpointHook(tmp_path / "ck"), CtrlC()]
-    result = Trainer(net, task, lr=0.01, steps=1000, hooks=hooks, cadence=Cadence(20)).run()
+    result = Trainer(net, task, lr=0.01, steps=1000, hooks=hooks, cadence=Cadence(20),
+                     record_batch=record_batch).run()
     assert result.status == "interrupted" and result.step == 60
     df = load_run(tmp_path)
     assert df["step"].tolist() == [0, 20, 40, 60] and set(df["status"]) == {"interrupted"}

@@ -132,6 +132,9 @@ class RecordConfig:
     # progress_seconds (log files, SLURM) | on: the bar, even without a terminal | off: nothing
     progress: str = "auto"
     progress_seconds: float = 10.0  # seconds between status lines when stderr is not a terminal (> 0)
+    # records handed to the hooks together, as one stack of members (the same numbers, far fewer
+    # calls for a small network); 0 = auto: up to 16 records and 64 members; 1 = each at its step
+    batch: int = 0
 
 
 @dataclass
@@ -325,6 +328,7 @@ def validate(cfg) -> None:
     _need(ce is None or ce % r.every == 0, "record.checkpoint_every",
           f"null (10 x record.every), 0 (only the last) or a multiple of record.every = {r.every}", ce)
     _need(r.tb_members >= 0, "record.tb_members", "an integer >= 0", r.tb_members)
+    _need(r.batch >= 0, "record.batch", "an integer >= 0 (0: auto)", r.batch)
     _need(r.tb_singular_values >= 0, "record.tb_singular_values", "an integer >= 0", r.tb_singular_values)
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)

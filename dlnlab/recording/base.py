@@ -76,6 +76,47 @@ class Spectra:
     finite: torch.Tensor    # (E,) bool: the member's products are finite
 
 
+    @staticmethod
+    def stack(parts: list) -> "Spectra":
+        """The spectra of several records as one stack of members, record by record."""
+        cat = torch.cat
+        first = parts[0]
+        return Spectra(products={k: cat([p.products[k] for p in parts]) for k in first.products},
+                       singular_values={k: cat([p.singular_values[k] for p in parts]) for k in first.singular_values},
+                       ranks={k: cat([p.ranks[k] for p in parts]) for k in first.ranks},
+                       theta_sq=cat([p.theta_sq for p in parts]),
+                       balances=[cat([p.balances[h] for p in parts]) for h in range(len(first.balances))],
+                       finite=cat([p.finite for p in parts]))
+
+    def rows(self, sl: slice) -> "Spectra":
+        """The members `sl` of a stack (one record's)."""
+        return Spectra(products={k: v[sl] for k, v in self.products.items()},
+                       singular_values={k: v[sl] for k, v in self.singular_values.items()},
+                       ranks={k: v[sl] for k, v in self.ranks.items()}, theta_sq=self.theta_sq[sl],
+                       balances=[b[sl] for b in self.balances], finite=self.finite[sl])
+
+
+def stack_weights(recs: list) -> list:
+    """The records' weights as one stack of members, record by record: member k of the n-th record
+    is row n * E + k (`record_rows(n, E)`). Every per-member computation gives the same numbers on
+    the stack as on each record (batched CPU kernels work matrix by matrix)."""
+    return [torch.cat([r.weights[h] for r in recs]) for h in range(len(recs[0].weights))]
+
+
+def record_rows(n: int, E: int) -> slice:
+    """The rows of the n-th record's members in a stack of records of E members each."""
+    return slice(n * E, (n + 1) * E)
+
+
+def split_columns(columns: dict, recs: list) -> None:
+    """Hand each record its rows of per-member columns computed on a stack (tensors or lists)."""
+    E = recs[0].active.shape[0]
+    for n, rec in enumerate(recs):
+        sl = record_rows(n, E)
+        for key, v in columns.items():
+            rec.metrics[key] = v[sl]
+
+
 @dataclass
 class Record:
     """One checkpoint as the hooks see it. Hooks communicate only through its declared fields:
@@ -116,6 +157,19 @@ class Hook:
 
     def on_end(self, trainer, status: str) -> None:
         pass
+
+    def on_records(self, trainer, recs: list) -> None:
+        """Several records at once, in step order (the trainer hands small networks' records over in
+        batches: `Trainer.record_batch`). A hook whose work is batched over members overrides this
+        and treats the records as one stack of members (`stack_weights`, `Spectra.stack`)."""
+        for rec in recs:
+            self.on_record(trainer, rec)
+
+    def immediate(self, rec: Record) -> bool:
+        """True when `rec` must be handled at its own step, because the hook then reads the trainer's
+        live state (a checkpoint's optimizer and sampler); the trainer then hands over at once the
+        records that were waiting and this one."""
+        return False
 
     def tb_histograms(self) -> dict:
         """{tag: 1-D array} to write as TensorBoard histograms at the end of the run."""

@@ -81,6 +81,9 @@ class CheckpointHook(Hook):
                 g[ok] = w[ok]
             self._good_step[ok] = rec.step
 
+    def immediate(self, rec: Record) -> bool:
+        return bool(rec.checkpoint or (self.every and rec.step % self.every == 0))
+
     def on_record(self, trainer, rec: Record) -> None:
         self._remember(rec)
         if (rec.checkpoint or (self.every and rec.step % self.every == 0)) and not rec.final:

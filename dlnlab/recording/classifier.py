@@ -27,7 +27,7 @@ import logging
 
 import torch
 
-from dlnlab.recording.base import Hook, Record
+from dlnlab.recording.base import Hook, Record, Spectra, split_columns, stack_weights
 from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
 from dlnlab.theory.classify_batch import LABELS
 from dlnlab.theory.ridge_labels import classify as ridge_classify
@@ -96,22 +96,32 @@ class ClassifierHook(Hook):
         self._last_text = [tuple(k) for k in state["last_text"]]
 
     def on_record(self, trainer, rec: Record) -> None:
-        self.n += 1
-        if self.mode == "theorem7":
-            if rec.final or (self.n - 1) % self.every == 0:
-                self._theorem7(trainer, rec)
-        elif rec.final or (self.ridge_every and (self.n - 1) % self.ridge_every == 0):
-            self._ridge(trainer, rec)
+        self.on_records(trainer, [rec])
 
-    def _theorem7(self, trainer, rec: Record) -> None:
+    def on_records(self, trainer, recs: list) -> None:
+        due = []
+        for rec in recs:
+            self.n += 1
+            if self.mode == "theorem7":
+                if rec.final or (self.n - 1) % self.every == 0:
+                    due.append(rec)
+            elif rec.final or (self.ridge_every and (self.n - 1) % self.ridge_every == 0):
+                self._ridge(trainer, rec)
+        if due:
+            self._theorem7(trainer, due)
+
+    def _theorem7(self, trainer, recs: list) -> None:
+        """Theorem 7 for the records' members at once (one stack of members)."""
         scale = trainer.task.paper_scale
-        # all members at once, on the products and spectra the metrics hook published (float64);
-        # the weights in their training dtype: the classifier's noise floors follow the input precision
-        sp = rec.spectra
+        # on the products and spectra the metrics hook published (float64); the weights in their
+        # training dtype: the classifier's noise floors follow the input precision
+        spectra = [r.spectra for r in recs]
+        sp = None if any(p is None for p in spectra) else (spectra[0] if len(recs) == 1 else Spectra.stack(spectra))
         shared = {} if sp is None else dict(products=sp.products, singular_values=sp.singular_values,
                                              finite=sp.finite)
-        b = self.clf.classify_ensemble([w.detach() for w in rec.weights], **shared)
-        m = rec.metrics
+        weights = [w.detach() for w in recs[0].weights] if len(recs) == 1 else stack_weights(recs)
+        b = self.clf.classify_ensemble(weights, **shared)
+        m = {}
         m["label"] = b.label
         codes = torch.tensor([float(LABEL_CODES[lab]) for lab in LABELS], dtype=torch.float64)
         m["label_code"] = codes[torch.tensor([LABELS.index(lab) for lab in b.label])]
@@ -123,9 +133,12 @@ class ClassifierHook(Hook):
         m["nearest_S"] = [fmt[S] for S in b.nearest_S]
         m["nearest_value"] = b.nearest_value / scale
         m["classify_grad_norm"] = b.grad_norm.clone()
-        self.latest = [f"{lab} (S = {S or nS})" for lab, S, nS in zip(m["label"], m["S"], m["nearest_S"])]
-        self._text(rec, m["label"], [f"S = {S}" if S else f"nearest plateau S = {nS}"
-                                     for S, nS in zip(m["S"], m["nearest_S"])])
+        split_columns(m, recs)
+        for rec in recs:
+            c = rec.metrics
+            self.latest = [f"{lab} (S = {S or nS})" for lab, S, nS in zip(c["label"], c["S"], c["nearest_S"])]
+            self._text(rec, c["label"], [f"S = {S}" if S else f"nearest plateau S = {nS}"
+                                         for S, nS in zip(c["S"], c["nearest_S"])])
 
     def _ridge(self, trainer, rec: Record) -> None:
 

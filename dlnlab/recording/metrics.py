@@ -11,7 +11,15 @@ from dlnlab.linalg import (
     numerical_rank,
     partial_products,
 )
-from dlnlab.recording.base import Hook, Record, Spectra, product_key
+from dlnlab.recording.base import (
+    Hook,
+    Record,
+    Spectra,
+    product_key,
+    record_rows,
+    split_columns,
+    stack_weights,
+)
 
 
 class MetricsHook(Hook):
@@ -33,19 +41,32 @@ class MetricsHook(Hook):
             self.rank_floor = float(torch.linalg.matrix_norm(trainer.task.target(), ord=2))
 
     def on_record(self, trainer, rec: Record) -> None:
-        weights = [w.detach() for w in rec.weights]
+        self.on_records(trainer, [rec])
+
+    def on_records(self, trainer, recs: list) -> None:
+        # records of one lambda as one stack of members: the same numbers, a fraction of the calls
+        start = 0
+        for n in range(1, len(recs) + 1):
+            if n == len(recs) or recs[n].ridge != recs[start].ridge:
+                self._measure(trainer, recs[start:n])
+                start = n
+
+    def _measure(self, trainer, recs: list) -> None:
+        E = recs[0].active.shape[0]
+        weights = stack_weights(recs) if len(recs) > 1 else [w.detach() for w in recs[0].weights]
+        ridge = recs[0].ridge
         H = len(weights)
         prods = partial_products([w.double() for w in weights])
-        loss, grad_sq = _loss_and_grad_sq(trainer.task, weights, prods, rec.ridge)
+        loss, grad_sq = _loss_and_grad_sq(trainer.task, weights, prods, ridge)
         theta_sq = torch.cat([w.flatten(1) for w in weights], 1).double().pow(2).sum(1)
-        m = rec.metrics
+        m = {}
         m["loss"] = loss
-        m["reg_loss"] = loss + rec.ridge * theta_sq.to(loss.dtype)
+        m["reg_loss"] = loss + ridge * theta_sq.to(loss.dtype)
         m["paper_loss"] = loss * trainer.task.paper_scale
         m["grad_norm"] = torch.sqrt(grad_sq).to(loss.dtype)
         m["theta_sq"] = theta_sq.to(loss.dtype)
-        m["lr"] = torch.full_like(m["loss"], rec.lr)
-        m["ridge"] = torch.full_like(m["loss"], rec.ridge)
+        m["lr"] = torch.tensor([r.lr for r in recs], dtype=loss.dtype).repeat_interleave(E)
+        m["ridge"] = torch.full_like(m["loss"], ridge)
         # Finite layers can still overflow in a long product (a member about to diverge): its
         # spectra are NaN like a diverged member's, and the SVD never sees it.
         finite = finite_members(prods.values())
@@ -70,8 +91,15 @@ class MetricsHook(Hook):
         balances = [b if all_finite else torch.where(finite, b, nan) for b in balancedness(weights)]
         for h, b in enumerate(balances, start=1):
             m[f"balance_{h}"] = b
-        rec.spectra = Spectra(products=prods, singular_values=svs, ranks=rks, theta_sq=theta_sq,
-                              balances=balances, finite=finite)
+        spectra = Spectra(products=prods, singular_values=svs, ranks=rks, theta_sq=theta_sq,
+                          balances=balances, finite=finite)
+        if len(recs) == 1:
+            recs[0].metrics.update(m)
+            recs[0].spectra = spectra
+            return
+        split_columns(m, recs)
+        for n, rec in enumerate(recs):
+            rec.spectra = spectra.rows(record_rows(n, E))
 
 
 def _loss_and_grad_sq(task, weights: list, prods: dict, ridge: float):

@@ -22,7 +22,6 @@ from dlnlab.recording.folder import (
     write_status,
 )
 
-
 KEEP_PARTS_BYTES = 64 * 2**20  # parts kept in memory for the end's compaction, at most
 
 
@@ -114,8 +113,10 @@ class TableHook(Hook):
                  for k in self.object_names]
         table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
         path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
-        # dictionary pages only for the text columns: on floats they cost time and save nothing
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=list(self.object_names)))
+        # dictionary pages only for the text columns: on floats they cost time and save nothing;
+        # no column statistics in a part (a third of its write; the compacted table has them)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=list(self.object_names),
+                                                      write_statistics=False))
         self.part += 1
         if self.written is not None:
             self.written.append(table)
