@@ -6,6 +6,10 @@ A hook is any object with a `cadence` (or None: the trainer's record cadence) an
     on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
     on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
 
+Small networks' records are handed over a few at a time (`Trainer.record_batch`), in step order:
+`on_records(trainer, recs)` calls `on_record` for each unless a hook batches them itself; a hook
+that reads the trainer's live state at a record (a checkpoint) says so with `immediate(rec)`.
+
 A hook that holds state across records (counters, first passages...) also gives `state_dict()` and
 `load_state_dict(state)`, so that a run resumed from a checkpoint goes on bitwise like one that was
 never stopped; `on_start` sees `trainer.resumed_from` (None, or the step resumed from).
