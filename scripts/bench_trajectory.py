@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from dlnlab.theory.classify import Classifier
 from dlnlab.theory.data import LandscapeData
 from dlnlab.tasks import make_regression
 from dlnlab.theory.lanczos import SquareLossHVP
@@ -46,8 +47,13 @@ def main():
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--records", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--labels-only", action="store_true", help="only the projection/labels/margin lines")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    for E in (1, 256):
+        projection_labels_margin(E, a.threads)
+    if a.labels_only:
+        return
     task = make_regression(64, 6, 4, [8.0, 4.0, 2.0, 1.0])
     data = LandscapeData.from_xy(task.X, task.Y)
     dims = [6] + [a.width] * (a.depth - 1) + [4]
@@ -81,6 +87,30 @@ def main():
     total = t_warm + t_tm + t_pr
     print(f"TOTAL curvature(warm) + margin + projection: {total * per:.3f} ms/member-record "
           f"(with labels {(t_warm + t_tm + t_lab) * per:.3f}); target 0.5")
+
+
+def projection_labels_margin(E: int, threads: int) -> None:
+    """ms per member-record of the projection + Theorem 7 labels and of tight_margin at the peer
+    shapes (H = 4, width 32, d_x = d_y = 32, m = 256), new (batched) and old (the per-point
+    classifier on each projected member) in one run."""
+    task = make_regression(256, 32, 32)
+    data = LandscapeData.from_xy(task.X, task.Y)
+    clf = Classifier(data)
+    ws = checkpoints(data, [32] * 5, E, 0.05, 1000, 5e-4, torch.Generator().manual_seed(1))
+    per = 1e3 / E
+    n = 3 if E > 1 else 20
+    t_new, pr = timed(lambda: project_to_critical(ws, data, classifier=clf), n)
+
+    def old():
+        p = project_to_critical(ws, data, label=False, classifier=clf)
+        return [c.label for c in (clf._classify_one([w[e] for w in p.weights_proj], False, "auto", 2.0 ** -52)
+                                  for e in range(E))]
+    t_old, labels = timed(old, max(1, n // 3))
+    assert labels == pr.near_label
+    t_tm, _ = timed(lambda: tight_margin(ws, pr.r, data), n)
+    print(f"E = {E:3d} d_x = d_y = 32: projection + labels {t_new * per:.3f} ms/member-record (per-point labels "
+          f"{t_old * per:.3f}); tight_margin {t_tm * per:.3f}; total {(t_new + t_tm) * per:.3f} (target 0.1; "
+          f"r {sorted(set(pr.r.tolist()))}, labels {sorted(set(pr.near_label))})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 import torch
 from landscape_data import clean_data, gaussian_data
 
+from dlnlab.linalg import partial_products, singular_values
 from dlnlab.analysis.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
@@ -138,6 +139,19 @@ def test_tight_margin_zero_exactly_at_tightened_points():
     for name, (ws, tight) in cases.items():
         m = float(tight_margin(ws, 1, data)[0])
         assert (m == 0.0) if tight else (m > 0.1), (name, m)
+
+
+def test_tight_margin_with_shared_spectra_is_the_same():
+    """The hook passes the checkpoint's partial products and spectra (the metrics hook's): the margin
+    is the one computed from the weights alone."""
+    X, Y = gaussian_data(14, 6, 4, seed=8)
+    data = LandscapeData.from_xy(X, Y)
+    ws, _ = _near_points(data, [6, 5, 5, 5, 4], 8, 1e-2, seed=3)
+    pp = partial_products(ws)
+    r = torch.arange(8) % 4
+    want = tight_margin(ws, r, data)
+    got = tight_margin(ws, r, data, products=pp, singular_values=singular_values(pp))
+    assert torch.equal(got, want) and float(want.max()) > 1e-6
 
 
 def test_tight_margin_is_unit_free():

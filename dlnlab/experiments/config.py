@@ -228,7 +228,7 @@ class ClassifyConfig:
     near: bool = True  # near_label, near_S, near_dist, tight_margin on every labelled record
     curvature_every: int = 10  # lam_min, lam_max every n-th labelled record and the last (0: never)
     full_max_params: int = 2000  # exact Hessian eigenvalues up to this many parameters, Lanczos above
-    near_members: int = 16  # ... for the first n members of an ensemble (NaN for the others)
+    near_members: int = 16  # lam_min, lam_max for the first n members of an ensemble only (NaN for the others)
 
 
 @dataclass

@@ -124,7 +124,7 @@ class ClassifierHook(Hook):
         m = {}
         m["label"] = b.label
         codes = torch.tensor([float(LABEL_CODES[lab]) for lab in LABELS], dtype=torch.float64)
-        m["label_code"] = codes[torch.tensor([LABELS.index(lab) for lab in b.label])]
+        m["label_code"] = codes[b.code]
         m["label_reason"] = b.reason
         fmt = {S: _fmt_S(S) for S in set(b.nearest_S) | {S for S in b.S if S is not None}}
         m["S"] = ["" if S is None else fmt[S] for S in b.S]

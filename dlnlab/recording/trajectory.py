@@ -46,8 +46,9 @@ class TrajectoryHook(Hook):
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
                  near: bool = True, text_members: int = 8, members: int = 16):
         self.every, self.curv_every = every_records, curvature_every
-        # the first `members` members only: a projection and a Lanczos run per member and record cost
-        # too much for a large ensemble (the others get NaN, as diverged members do)
+        # curvature for the first `members` members only: a Lanczos run per member and record costs
+        # too much for a large ensemble (the others get NaN, as diverged members do); the projection,
+        # its label and the tight margin are batched and cheap, so every member gets them
         self.members = members
         self.full_max_params, self.near = full_max_params, near
         self.clf: Classifier | None = None
@@ -78,18 +79,26 @@ class TrajectoryHook(Hook):
         ok = rec.active.clone()
         for w in ws:
             ok &= torch.isfinite(w).flatten(1).all(1)
+        every = ok.nonzero().squeeze(1)
         ok[self.members:] = False
         idx = ok.nonzero().squeeze(1)
         sub = [w[idx] for w in ws]
         m = rec.metrics
         nan = torch.full((E,), float("nan"), dtype=torch.float64)
         near_label, near_S, near_dist, margin = [""] * E, [""] * E, nan.clone(), nan.clone()
-        if self.near and idx.numel():
+        if self.near and every.numel():
             try:
-                p = project_to_critical(sub, data, classifier=self.clf)
-                near_dist[idx], margin[idx] = p.near_dist, tight_margin(sub, p.r, data)
-                for j, k in enumerate(idx.tolist()):
-                    near_label[k], near_S[k] = p.near_label[j], p.S_str[j]
+                allw = [w[every] for w in ws]
+                p = project_to_critical(allw, data, classifier=self.clf)
+                near_dist[every] = p.near_dist
+                # the checkpoint's partial products and spectra, as the metrics hook published them
+                sp = rec.spectra
+                shared = {} if sp is None or sp.products[(len(ws), 1)].dtype != torch.float64 else dict(
+                    products={k: v[every] for k, v in sp.products.items()},
+                    singular_values={k: v[every] for k, v in sp.singular_values.items()})
+                margin[every] = tight_margin(allw, p.r, data, **shared)
+                for k, lab, S in zip(every.tolist(), p.near_label, p.S_str):
+                    near_label[k], near_S[k] = lab, S
             except (RuntimeError, torch.linalg.LinAlgError) as e:   # a projection that misses 1e-10
                 log.warning("trajectory: no projection at step %d: %s", rec.step, e)
         if self.near:

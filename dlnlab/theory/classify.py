@@ -44,6 +44,7 @@ from dlnlab.linalg import partial_products
 from dlnlab.theory.classify_batch import classify_ensemble
 from dlnlab.theory.data import LandscapeData, as_weights, dims_of, format_S
 from dlnlab.theory.hessian import hessian_min_eig
+from dlnlab.theory.pivots import factor_scale, rank_spec, sandwiches
 from dlnlab.theory.verdicts import (
     TRAINING_TOLERANCES,
     Classification,
@@ -281,35 +282,11 @@ class Classifier:
         """Register the blocks B1(i,j), B2(i,j) to rank in `mats`; return {(i,j): (key1, key2)}, where a
         key is a tuple (a matrix in mats) or an int (a known exact rank: identity blocks, Sxy)."""
         d = self.data
-        spec = {}
-        left: dict[int, torch.Tensor] = {}      # W_{j-1}...W_1 Sxy
-        for i in range(2, H + 1):
-            for j in range(1, i):
-                # B2(i,j) = W_{i-1}...W_{j+1}
-                if i == j + 1:
-                    k2 = ws[j - 1].shape[0]                                   # identity I_{d_j}
-                else:
-                    k2 = ("B2", i, j)
-                    mats[k2] = ch[(i - 1, j + 1)]
-                    floors[k2] = math.prod(fro[j:i - 1])
-                # B1(i,j) = W_{j-1}...W_1 Sxy W_H...W_{i+1}
-                if i == H and j == 1:
-                    k1 = d.assumptions.sxy_rank                               # Sxy itself
-                elif j == 1 and self._sxy_inj:
-                    k1 = ("C", H, i + 1)                                      # rk(W_H...W_{i+1})
-                    mats[k1] = ch[(H, i + 1)]
-                    floors[k1] = math.prod(fro[i:])
-                elif i == H and self._sxy_surj:
-                    k1 = ("C", j - 1, 1)                                      # rk(W_{j-1}...W_1)
-                    mats[k1] = ch[(j - 1, 1)]
-                    floors[k1] = math.prod(fro[:j - 1])
-                else:
-                    if j not in left:
-                        left[j] = d.Sxy if j == 1 else ch[(j - 1, 1)] @ d.Sxy
-                    k1 = ("B1", i, j)
-                    mats[k1] = left[j] if i == H else left[j] @ ch[(H, i + 1)]
-                    floors[k1] = math.prod(fro[:j - 1]) * self._sxy_fro * math.prod(fro[i:])
-                spec[(i, j)] = (k1, k2)
+        spec, sources = rank_spec(H, dims_of(ws), d.assumptions.sxy_rank, self._sxy_inj, self._sxy_surj)
+        b1 = sandwiches(ch, d.Sxy, [s[1:] for s in sources.values() if s[0] == "B1"], H)
+        for key, src in sources.items():
+            mats[key] = b1[src[1:]] if src[0] == "B1" else ch[src[1:]]
+            floors[key] = factor_scale(src, fro, self._sxy_fro, H)
         return spec
 
 

@@ -9,8 +9,9 @@ Every number is computed for all members together (losses, gradients, Gamma, the
 and ranks, the Lemma 24 ranks), and the decisions of Theorem 7 are masks over members. Products and
 singular values already at hand (the metrics hook's, `rec.spectra`) can be passed in: the same
 float64 matrices, so the same singular values. Members in the rare branches are handed to the
-per-point classifier one by one: non-finite weights or products, a product rank inside the tolerance
-gap (its `ambiguous_values`), and the pivot test of S = {1..r}, r < r_max (§5 step 5). Batched
+per-point classifier one by one: non-finite weights or products, and a product rank inside the
+tolerance gap (its `ambiguous_values`). The pivot test of S = {1..r}, r < r_max (§5 step 5) ranks
+each block of `dlnlab.theory.pivots.rank_spec` once for all members that need it. Batched
 matrix products and SVDs of float64 stacks equal the per-matrix ones bit for bit on the CPU, so the
 verdicts are those of `Classifier._classify_one` (tests/test_classify_batch.py).
 """
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from dlnlab.linalg import finite_members, partial_products
+from dlnlab.linalg import singular_values as spectra_of
 from dlnlab.theory.data import format_S
+from dlnlab.theory.pivots import factor_scale, rank_spec, sandwiches
 from dlnlab.theory.verdicts import Classification, _block_name
 
 __all__ = ["LABELS", "EnsembleClassification", "classify_ensemble"]
@@ -49,19 +52,29 @@ class EnsembleClassification:
     H: int
     grad_tol: float
     assumptions_ok: bool
+    code: torch.Tensor = None   # (E,) int64: index of the label in LABELS
+    pivots: list = field(default_factory=list)  # the pivots (i, j) of the pivot test, in order
+    pivot_ran: torch.Tensor = None  # (E,) bool: the member went through the pivot test
+    block_ranks: torch.Tensor = None  # (E, n_pivots, 2) int64: (rk B1, rk B2) where the test ran
+    loose: torch.Tensor = None  # (E, n_pivots) bool: both blocks of rank > r
+    ambiguous_values: dict = field(default_factory=dict)  # member -> its deciding singular values
     single: dict = field(default_factory=dict)  # member -> Classification (classified one by one)
 
     def member(self, e: int) -> Classification:
         if e in self.single:
             return self.single[e]
         cv = float(self.critical_value[e])
+        loose, ranks = None, None
+        if self.pivot_ran is not None and bool(self.pivot_ran[e]):
+            loose = tuple(p for p, x in zip(self.pivots, self.loose[e].tolist()) if x)
+            ranks = {p: (a, b) for p, (a, b) in zip(self.pivots, self.block_ranks[e].tolist())}
         return Classification(
             label=self.label[e], S=self.S[e], r=int(self.r[e]), r_max=self.r_max, H=self.H,
             critical_value=None if math.isnan(cv) else cv, loss=float(self.loss[e]),
-            grad_norm=float(self.grad_norm[e]), grad_tol=self.grad_tol, loose_pivots=None, reason=self.reason[e],
+            grad_norm=float(self.grad_norm[e]), grad_tol=self.grad_tol, loose_pivots=loose, reason=self.reason[e],
             nearest_S=self.nearest_S[e], nearest_value=float(self.nearest_value[e]),
             gamma_diag=tuple(self.gamma_diag[e].tolist()), assumptions_ok=self.assumptions_ok,
-            warnings=self.warnings[e])
+            warnings=self.warnings[e], block_ranks=ranks, ambiguous_values=self.ambiguous_values.get(e, ()))
 
     def members(self) -> list:
         return [self.member(e) for e in range(len(self.label))]
@@ -172,10 +185,9 @@ def classify_ensemble(clf, weights, eps: float = 0.0, products: dict | None = No
         assump_bad, gam_bad, size_bad, decided = rest, none, none, none
     lead = nmask.long().cumprod(-1).sum(-1) if k else torch.zeros(E, dtype=torch.long)
     top = lead >= r  # with |S| = r: S = {1..r}
+    piv = decided & (r < r_max) & top                      # the pivot test (§5 step 5)
     code[decided & (r == r_max) & top] = _GM
     code[decided & ~((r == r_max) & top)] = _SS
-    single |= decided & (r < r_max) & top   # the pivot test: one by one
-    decided &= ~single
     # Lemma 24 ranks of the members whose S is decided (shared singular values when given)
     lemma = []
     if bool(decided.any()):
@@ -187,12 +199,16 @@ def classify_ensemble(clf, weights, eps: float = 0.0, products: dict | None = No
             s_top = s[:, 0] if s.shape[-1] else torch.zeros(E, dtype=torch.float64)
             rk = (s > torch.maximum(tol.rank_rtol * s_top, floor_rtol * floors[key]).unsqueeze(-1)).sum(-1)
             lemma.append((_block_name(("C",) + key), rk))
-    # columns
+    pt = _pivot_test(clf, ch, fro, dims, floor_rtol, piv, r, singular_values)
+    code[piv] = pt.code
+    # columns: the strings are formatted once per distinct decision, not once per member
     labels = [LABELS[c] for c in code.tolist()]
     cv = torch.where(decided, nearest_value, torch.full_like(nearest_value, math.nan))
     r_l, g_l, L_l = r.tolist(), gnorm.tolist(), L.tolist()
     data_w = clf._data_warnings
-    reasons, sets, warns = [""] * E, [None] * E, [data_w] * E
+    reasons, warns = [""] * E, [data_w] * E
+    dec_l = decided.tolist()
+    sets = [S if on else None for S, on in zip(nearest, dec_l)]
     for e in torch.nonzero(notcrit).flatten().tolist():
         reasons[e] = f"||grad L|| = {g_l[e]:.3g} > tolerance {gtol:.3g}"
     if not ok:
@@ -209,35 +225,144 @@ def classify_ensemble(clf, weights, eps: float = 0.0, products: dict | None = No
         for e in torch.nonzero(size_bad).flatten().tolist():
             S = nearest[e]
             reasons[e] = f"|S| = {len(S)} (S = {format_S(S)}) differs from the rank r = {r_l[e]} of the product"
-    lemma_l = [(name, rk.tolist()) for name, rk in lemma]
-    for e in torch.nonzero(decided).flatten().tolist():
-        S, re = nearest[e], r_l[e]
-        sets[e] = S
-        w = list(data_w)
-        cv_e = values[S]
-        if abs(L_l[e] - cv_e) > tol.value_rtol * d.tr_syy:
-            w.append(f"loss {L_l[e]:.10g} differs from the critical value {cv_e:.10g} of S = {format_S(S)}")
-        w += [f"Lemma 24 check failed: rk({name}) = {rk[e]} != r = {re}" for name, rk in lemma_l if rk[e] != re]
-        warns[e] = tuple(w)
-        if re == r_max:
-            reasons[e] = (f"r = r_max = {r_max} and S = {{1..r_max}}: global minimizer (Theorem 7.1)"
-                          if labels[e] == "global_min" else
-                          f"r = r_max = {r_max} and S = {format_S(S)} != {{1..r_max}}: strict saddle (Theorem 7.1)")
-        else:
-            reasons[e] = (f"r = {re} < r_max = {r_max} and S = {format_S(S)} != {{1..r}}: strict saddle "
-                          "(Theorem 7.2)")
+    if bool(decided.any()):
+        _decided_columns(clf, decided, piv, code, r, nmask, nearest_value, L, lemma, pt, reasons, warns)
     out = EnsembleClassification(
         label=labels, S=sets, r=r, critical_value=cv, loss=L, grad_norm=gnorm, nearest_S=nearest,
         nearest_value=nearest_value, gamma_diag=gdiag, reason=reasons, warnings=warns, r_max=r_max, H=H,
-        grad_tol=gtol, assumptions_ok=ok)
+        grad_tol=gtol, assumptions_ok=ok, code=code, pivots=pt.pivots, pivot_ran=piv,
+        block_ranks=pt.block_ranks, loose=pt.loose, ambiguous_values=pt.amb_values)
     for e in torch.nonzero(single).flatten().tolist():  # the rare branches, member by member
         _set_member(out, e, clf._classify_one([w[e] for w in orig], False, "auto", eps))
     return out
 
 
+@dataclass
+class _PivotTest:
+    """The pivot test's columns over all E members (zeros where it did not run)."""
+    pivots: list
+    code: torch.Tensor          # (n,) labels of the tested members, in member order
+    block_ranks: torch.Tensor   # (E, n_pivots, 2)
+    loose: torch.Tensor         # (E, n_pivots) both blocks of rank > r
+    amb: torch.Tensor           # (E, n_pivots) neither certainly loose nor certainly tight
+    prop4: torch.Tensor         # (E, n_pivots) a block of rank < r (Prop. 4 fails)
+    amb_values: dict            # member -> ambiguous_values
+    H: int
+    r_max: int
+
+
+def _pivot_test(clf, ch, fro, dims, floor_rtol, piv, r, singular_values) -> _PivotTest:
+    """Rank every block of `rank_spec` for the members in `piv` (each matrix once, batched) and decide
+    Theorem 7.2 for them as Classifier._classify_one does pivot by pivot."""
+    d, tol, H, E = clf.data, clf.tol, len(fro), piv.shape[0]
+    spec, sources = rank_spec(H, dims, d.assumptions.sxy_rank, clf._sxy_inj, clf._sxy_surj)
+    n_p = len(spec)
+    ranks = torch.zeros(E, n_p, 2, dtype=torch.long)
+    flags = torch.zeros(3, E, n_p, dtype=torch.bool)
+    idx = torch.nonzero(piv).flatten()
+    if not idx.numel():
+        return _PivotTest(list(spec), torch.zeros(0, dtype=torch.long), ranks, *flags, {}, H, min(dims))
+    rr, band = r[idx], tol.rank_band
+    sub = {k: ch[k][idx] for k in {s[1:] for s in sources.values() if s[0] == "P"}}
+    b1_keys = [s[1:] for s in sources.values() if s[0] == "B1"]
+    if b1_keys:
+        sub.update({k: ch[k][idx] for k in [(j - 1, 1) for _, j in b1_keys if j > 1]
+                    + [(H, i + 1) for i, _ in b1_keys if i < H]})
+    b1 = sandwiches(sub, d.Sxy, b1_keys, H)
+    mats = {key: b1[src[1:]] if src[0] == "B1" else sub[src[1:]] for key, src in sources.items()
+            if not (src[0] == "P" and singular_values is not None)}
+    sv = spectra_of(mats) if mats else {}
+    if singular_values is not None:
+        sv.update({key: singular_values[src[1:]][idx] for key, src in sources.items() if src[0] == "P"})
+    fro_sub = [f[idx] for f in fro]
+    info = {}   # key -> (rank, lo, hi, in-band mask, thr)
+    for key, src in sources.items():
+        s = sv[key]
+        s_top = s[:, 0] if s.shape[-1] else torch.zeros(len(idx), dtype=torch.float64)
+        thr = torch.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro_sub, clf._sxy_fro, H))
+        t = thr.unsqueeze(-1)
+        info[key] = ((s > t).sum(-1), (s > t * band).sum(-1), (s > t / band).sum(-1),
+                     (s > t / band) & (s <= t * band), thr)
+    cols = []
+    for (k1, k2) in spec.values():
+        b = [info[k] if isinstance(k, tuple) else (torch.full_like(rr, k),) * 3 for k in (k1, k2)]
+        cols.append((b[0][0], b[1][0], (b[0][0] > rr) & (b[1][0] > rr), (b[0][1] > rr) & (b[1][1] > rr),
+                     ~((b[0][2] <= rr) | (b[1][2] <= rr)), (b[0][0] < rr) | (b[1][0] < rr)))
+    rk = torch.stack([torch.stack([c[0], c[1]], -1) for c in cols], 1)
+    loose, certain, unsure, prop4 = (torch.stack([c[n] for c in cols], 1) for n in range(2, 6))
+    unsure &= ~certain
+    strict, amb = certain.any(1), unsure.any(1)
+    code = torch.where(strict, _SS, torch.where(amb, _AM, _NS))
+    ranks[idx], flags[0, idx], flags[1, idx], flags[2, idx] = rk, loose, unsure, prop4
+    amb_values = {}
+    keys = list(spec.values())
+    for n in torch.nonzero(amb & ~strict).flatten().tolist():   # inside the tolerance gap: rare
+        vals = []
+        for p in torch.nonzero(unsure[n]).flatten().tolist():
+            for key in keys[p]:
+                if isinstance(key, tuple):
+                    s, band_mask, thr = sv[key][n], info[key][3][n], float(info[key][4][n])
+                    vals += [(_block_name(key), v, thr) for v in s[band_mask].tolist()]
+        amb_values[int(idx[n])] = tuple(vals)
+    return _PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
+
+
+def _decided_columns(clf, decided, piv, code, r, nmask, nearest_value, L, lemma, pt, reasons, warns) -> None:
+    """reason and warnings of the members whose S is decided: one string per distinct decision; the
+    warnings of a member only where one of its checks fails."""
+    d, tol, E = clf.data, clf.tol, r.shape[0]
+    idx = torch.nonzero(decided).flatten()
+    key = torch.cat([code[:, None], r[:, None], piv[:, None].long(), nmask.long(), pt.loose.long(),
+                     pt.amb.long()], 1)[idx]
+    uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((uniq.shape[0],), E, dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(idx.numel()), "amin", include_self=True)
+    strs = [_reason(clf, int(idx[n]), code, r, piv, nmask, pt) for n in first.tolist()]
+    for e, u in zip(idx.tolist(), inv.tolist()):
+        reasons[e] = strs[u]
+    lw = (L - nearest_value).abs() > tol.value_rtol * d.tr_syy
+    bad = lw | pt.prop4.any(1)
+    for _, rk in lemma:
+        bad |= rk != r
+    r_l = r.tolist()
+    for e in torch.nonzero(decided & bad).flatten().tolist():
+        w, re = list(clf._data_warnings), r_l[e]
+        S = tuple(int(i) + 1 for i in torch.nonzero(nmask[e]).flatten().tolist())
+        if bool(lw[e]):
+            w.append(f"loss {float(L[e]):.10g} differs from the critical value {float(nearest_value[e]):.10g} "
+                     f"of S = {format_S(S)}")
+        w += [f"Lemma 24 check failed: rk({name}) = {int(rk[e])} != r = {re}" for name, rk in lemma if int(rk[e]) != re]
+        for (i, j), p4, (b1, b2) in zip(pt.pivots, pt.prop4[e].tolist(), pt.block_ranks[e].tolist()):
+            if p4:
+                w.append(f"Prop. 4 check failed at pivot ({i},{j}): block ranks {b1}, {b2} < r = {re}")
+        warns[e] = tuple(w)
+
+
+def _reason(clf, e, code, r, piv, nmask, pt) -> str:
+    """The reason of Classifier._classify_one for a decided member e."""
+    H, r_max, re, c = pt.H, pt.r_max, int(r[e]), int(code[e])
+    S = tuple(int(i) + 1 for i in torch.nonzero(nmask[e]).flatten().tolist())
+    if bool(piv[e]):
+        if c == _SS:
+            pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)
+            return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, pivot(s) {pv} not tightened "
+                    "(both blocks of rank > r): strict saddle (Theorem 7.2, Prop. 14)")
+        if c == _AM:
+            return ("S = {1..r}, r < r_max, and whether pivot(s) "
+                    + " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.amb[e].tolist()) if x)
+                    + " are tightened depends on singular values inside the tolerance gap")
+        return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, all {H * (H - 1) // 2} pivots "
+                "tightened: non-strict saddle (Theorem 7.2, Prop. 15/17)")
+    if re == r_max:
+        return (f"r = r_max = {r_max} and S = {{1..r_max}}: global minimizer (Theorem 7.1)" if c == _GM else
+                f"r = r_max = {r_max} and S = {format_S(S)} != {{1..r_max}}: strict saddle (Theorem 7.1)")
+    return f"r = {re} < r_max = {r_max} and S = {format_S(S)} != {{1..r}}: strict saddle (Theorem 7.2)"
+
+
 def _set_member(out: EnsembleClassification, e: int, c: Classification) -> None:
     """Member e classified on its own: its Classification and its entries in the columns."""
     out.single[e] = c
+    out.code[e] = LABELS.index(c.label)
     out.label[e], out.S[e], out.reason[e], out.warnings[e] = c.label, c.S, c.reason, c.warnings
     out.nearest_S[e] = c.nearest_S
     out.r[e] = c.r

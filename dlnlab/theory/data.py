@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -217,6 +218,12 @@ class LandscapeData:
         """
         S = set(int(i) for i in S)
         return self.ls_loss + float(sum(float(self.lam[i - 1]) for i in range(1, self.k + 1) if i not in S))
+
+    @cached_property
+    def top_values(self) -> torch.Tensor:
+        """(k+1,) float64: critical_value({1..r}) for r = 0..k, the plateau values of small-init
+        training. Computed on first use and kept (read on every record of a run)."""
+        return torch.tensor([self.critical_value(range(1, r + 1)) for r in range(self.k + 1)], dtype=F64)
 
     def check_dims(self, dims: Sequence[int]) -> list[int]:
         dims = [int(d) for d in dims]

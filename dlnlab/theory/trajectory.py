@@ -19,15 +19,17 @@ from typing import Any, Sequence
 import torch
 
 from dlnlab.linalg import partial_products, product
+from dlnlab.linalg import singular_values as spectra_of
 from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import loss_of_product
 from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
-from dlnlab.theory.lanczos import SquareLossHVP, join, lanczos_extremes
+from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
+from dlnlab.theory.pivots import block_sources, factor_scale, sandwiches
 
 F64 = torch.float64
 
 __all__ = ["TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin",
-           "project_to_critical", "plateau_r", "pivot_blocks"]
+           "project_to_critical", "plateau_r"]
 
 
 @dataclass(frozen=True)
@@ -125,39 +127,6 @@ def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: in
 # ------------------------------------------------------------------------------------------------
 # Pivot margin
 
-def pivot_blocks(ws: Sequence[torch.Tensor], Sxy: torch.Tensor) -> dict:
-    """{(i, j): (B1, B2, n1, n2)} for every pivot 1 <= j < i <= H (docs/theory.md §3, Definition 3):
-    B1 = W_{j-1}..W_1 Sxy W_H..W_{i+1}, B2 = W_{i-1}..W_{j+1} (None: the identity I_{d_j}); n1, n2 (E,)
-    are the products of the spectral norms of each block's factors (its natural scale).
-
-    TODO(dedup): dlnlab.theory.classify.Classifier._pivot_blocks builds the same blocks, but replaces some by
-    rank-equivalent matrices (rank shortcuts), which changes their singular values; one shared
-    builder of the true blocks belongs in the theory layer.
-    """
-    H = len(ws)
-    pp = partial_products(ws)
-    norms = [torch.linalg.matrix_norm(w, ord=2) for w in ws]
-    one = torch.ones_like(norms[0])
-    sxy_norm = float(torch.linalg.matrix_norm(Sxy, ord=2))
-
-    def nprod(a, b):  # prod of ||W_h||_2, h = a..b
-        out = one
-        for h in range(a, b + 1):
-            out = out * norms[h - 1]
-        return out
-
-    blocks = {}
-    for i in range(2, H + 1):
-        for j in range(1, i):
-            B2 = pp[(i - 1, j + 1)] if i - 1 >= j + 1 else None
-            left = Sxy if j == 1 else pp[(j - 1, 1)] @ Sxy
-            B1 = left if i == H else left @ pp[(H, i + 1)]
-            if B1.ndim == 2:
-                B1 = B1.expand(ws[0].shape[0], *B1.shape)
-            blocks[(i, j)] = (B1, B2, nprod(1, j - 1) * sxy_norm * nprod(i + 1, H), nprod(j + 1, i - 1))
-    return blocks
-
-
 def _sigma_at(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """s[e, r_e] for descending singular values s (E, n); 0 where r_e >= n (the block has rank <= r)."""
     pad = torch.cat([s, torch.zeros(s.shape[0], 1, dtype=s.dtype)], 1)
@@ -174,7 +143,8 @@ def _as_r(S_or_r: Any, E: int) -> torch.Tensor:
     return torch.full((E,), len(tuple(S_or_r)), dtype=torch.long)
 
 
-def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None) -> torch.Tensor:
+def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None, *,
+                 products: dict | None = None, singular_values: dict | None = None) -> torch.Tensor:
     """max over pivots (i, j) of [sigma_{r+1}(B1) / n1] * [sigma_{r+1}(B2) / n2] (docs/theory.md §9).
 
     Unit-free by dividing each block's (r+1)-th singular value by the product of the spectral norms of
@@ -184,26 +154,46 @@ def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None) 
     plateau of S = {1..r} the learned layers have O(1) norms and the unlearned directions O(eps), so
     a pivot whose blocks hold k and H-2-k layers gives eps^k * eps^(H-2-k) = eps^(H-2).
 
+    The blocks are the true ones of `dlnlab.theory.pivots` (no rank shortcut). Every B2 block and every
+    spectral norm is a partial product's spectrum: pass the checkpoint's (the metrics hook's `Spectra`)
+    and only the B1 blocks, which hold Sxy, are decomposed here.
+
     Args:
         weights: [W_1..W_H], (E, d_h, d_{h-1}) or 2-D.
         S_or_r: r (int), S (a tuple, r = |S|) or (E,) ranks per member.
         data: LandscapeData, or X with Y given.
+        products, singular_values: {(b, a): W_b..W_a} float64 and their descending singular values,
+            of these weights and members (optional).
 
     Returns:
         (E,) float64 margins (0 for H = 2 never happens: B2 = I and B1 = Sxy both exceed rank r < r_max).
     """
     d = as_data(data, Y)
     ws = _batched(weights)
-    E = ws[0].shape[0]
+    E, H = ws[0].shape[0], len(ws)
     r = _as_r(S_or_r, E)
+    src = block_sources(H)
+    pp = products if products is not None else partial_products(ws)
+    need = {s for pair in src.values() for s in pair if s[0] == "P"} | {("P", h, h) for h in range(1, H + 1)}
+    sv = dict(singular_values) if singular_values is not None else {}
+    mats = {s[1:]: pp[s[1:]] for s in need if s[1:] not in sv}
+    b1 = sandwiches(pp, d.Sxy, [s[1:] for s, _ in src.values() if s[0] == "B1"], H)
+    mats.update({("B1",) + k: m for k, m in b1.items()})
+    sv.update(spectra_of(mats))
+    norms = [sv[(h, h)][:, 0] for h in range(1, H + 1)]
+    sxy_s = torch.linalg.svdvals(d.Sxy)
+    sxy_norm = float(sxy_s[0]) if sxy_s.numel() else 0.0
     best = torch.zeros(E, dtype=F64)
-    for (i, j), (B1, B2, n1, n2) in pivot_blocks(ws, d.Sxy).items():
-        f1 = _sigma_at(torch.linalg.svdvals(B1), r) / n1.clamp(min=1e-300)
-        if B2 is None:
-            f2 = (r < ws[j - 1].shape[-2]).to(F64)
-        else:
-            f2 = _sigma_at(torch.linalg.svdvals(B2), r) / n2.clamp(min=1e-300)
-        best = torch.maximum(best, f1 * f2)
+    for (i, j), pair in src.items():
+        f = []
+        for s in pair:
+            if s[0] == "I":
+                f.append((r < ws[j - 1].shape[-2]).to(F64))
+                continue
+            sig = sxy_s.expand(E, -1) if s[0] == "S" else sv[s[1:] if s[0] == "P" else s]
+            n = factor_scale(s, norms, sxy_norm, H)
+            f.append(_sigma_at(sig, r) / (n.clamp(min=1e-300) if torch.is_tensor(n) else max(n, 1e-300)))
+        best = torch.maximum(best, f[0] * f[1])
     return best
 
 
@@ -235,7 +225,7 @@ def plateau_r(weights: Sequence[Any], data: LandscapeData, r_max: int | None = N
     ws = _batched(weights)
     dims = [ws[0].shape[-1]] + [w.shape[-2] for w in ws]
     top = min(min(dims) if r_max is None else r_max, data.k)
-    vals = torch.tensor([data.critical_value(range(1, r + 1)) for r in range(top + 1)], dtype=F64)
+    vals = data.top_values[:top + 1]
     L = loss_of_product(product(ws), data)
     return (L[:, None] - vals[None, :]).abs().argmin(1)
 
@@ -281,7 +271,7 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
         weights: [W_1..W_H], (E, d_h, d_{h-1}) or 2-D.
         data: LandscapeData, or X with Y given.
         r: None (the plateau nearest to the loss: `plateau_r`), an int, or (E,) ints.
-        label: classify the projected points with Theorem 7 (a per-member Python loop: the costly part).
+        label: classify the projected points with Theorem 7 (batched: Classifier.classify_ensemble).
         tol: TrajectoryTolerances (grad_rtol, polish_iters).
         classifier: a prebuilt dlnlab.theory.classify.Classifier for `data` (saves its setup per call).
 
@@ -306,18 +296,19 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
     if not bool((grad_rel <= tol.grad_rtol).all()):
         raise RuntimeError(f"projection not critical: max ||grad||/tr(Syy) = {float(grad_rel.max()):.3g} "
                            f"> {tol.grad_rtol:g}")
-    theta, theta_p = join(ws), join(proj)
-    dist = torch.linalg.vector_norm(theta - theta_p, dim=1) / torch.linalg.vector_norm(theta, dim=1).clamp(min=1e-300)
-    S = [tuple(range(1, int(v) + 1)) for v in rr]
+    diff = sum(((w - p) ** 2).sum((-2, -1)) for w, p in zip(ws, proj))
+    dist = diff.sqrt() / sum((w * w).sum((-2, -1)) for w in ws).sqrt().clamp(min=1e-300)
     labels = None
-    if label:
-        clf = classifier or Classifier(d)
-        labels = [c.label for c in clf.classify(proj)]
-    value = torch.tensor([d.critical_value(s) for s in S], dtype=F64)
-    return Projection(proj, rr, S, labels, dist, grad_rel, value, [format_S(s) for s in S])
+    if label:     # all members at once, the verdicts of the per-point classifier
+        labels = (classifier or Classifier(d)).classify_ensemble(proj).label
+    tops = {v: tuple(range(1, v + 1)) for v in set(rr.tolist())}
+    names = {v: format_S(S) for v, S in tops.items()}
+    rl = rr.tolist()
+    return Projection(proj, rr, [tops[v] for v in rl], labels, dist, grad_rel, d.top_values[rr.clamp(max=d.k)],
+                      [names[v] for v in rl])
 
 
 def _grad_rel(ws: list[torch.Tensor], d: LandscapeData) -> torch.Tensor:
     """(E,) ||grad L||_F / tr(Syy), closed form."""
     g = SquareLossHVP(ws, d.A, d.Sxx).grad()
-    return torch.linalg.vector_norm(join(g), dim=1) / max(d.tr_syy, 1e-300)
+    return sum((x * x).sum((-2, -1)) for x in g).sqrt() / max(d.tr_syy, 1e-300)
