@@ -23,7 +23,7 @@ import logging
 import pandas as pd
 import torch
 
-from dlnlab.recording.base import Hook, Record
+from dlnlab.recording.base import Hook, Record, Spectra, split_columns, stack_weights
 from dlnlab.recording.staircase import staircase, staircase_markdown
 from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import plateau_values
@@ -68,57 +68,101 @@ class TrajectoryHook(Hook):
             self.clf = Classifier(*data)   # exact tolerances: projected points are critical to 1e-10
 
     def on_record(self, trainer, rec: Record) -> None:
-        self.n += 1
-        if self.clf is None or not (rec.final or (self.n - 1) % self.every == 0):
+        self.on_records(trainer, [rec])
+
+    def on_records(self, trainer, recs: list) -> None:
+        due = []
+        for rec in recs:
+            self.n += 1
+            if self.clf is not None and (rec.final or (self.n - 1) % self.every == 0):
+                due.append(rec)
+        if not due:
             return
-        self.labelled += 1
-        data, scale = self.clf.data, trainer.task.paper_scale
-        ws = [w.detach().to(torch.float64) for w in rec.weights]
-        E = ws[0].shape[0]
+        if self.near:
+            try:  # the records' members as one stack: one projection and one margin for all
+                self._near(due)
+            except (RuntimeError, torch.linalg.LinAlgError):   # then record by record, as alone
+                for rec in due:
+                    try:
+                        self._near([rec])
+                    except (RuntimeError, torch.linalg.LinAlgError) as e:   # misses 1e-10
+                        log.warning("trajectory: no projection at step %d: %s", rec.step, e)
+                        self._near_columns([rec], None, None)
+        for rec in due:
+            self.labelled += 1
+            self._curvature(trainer, rec)
+            self._rows(rec)
+
+    def _near(self, recs: list) -> None:
+        """near_label, near_S, near_dist, tight_margin of every finite member of the records."""
+        data = self.clf.data
+        ws = [w.to(torch.float64) for w in (stack_weights(recs) if len(recs) > 1 else recs[0].weights)]
         # members that diverged (inactive or non-finite) get NaN / empty text, never an SVD
-        ok = rec.active.clone()
+        ok = torch.cat([r.active for r in recs])
         for w in ws:
             ok &= torch.isfinite(w).flatten(1).all(1)
         every = ok.nonzero().squeeze(1)
-        ok[self.members:] = False
-        idx = ok.nonzero().squeeze(1)
-        sub = [w[idx] for w in ws]
-        m = rec.metrics
+        if not every.numel():
+            self._near_columns(recs, None, None)
+            return
+        allw = [w[every] for w in ws]
+        p = project_to_critical(allw, data, classifier=self.clf)
+        # the checkpoint's partial products and spectra, as the metrics hook published them
+        spectra = [r.spectra for r in recs]
+        sp = None if any(x is None for x in spectra) else (spectra[0] if len(recs) == 1 else Spectra.stack(spectra))
+        shared = {} if sp is None or sp.products[(len(ws), 1)].dtype != torch.float64 else dict(
+            products={k: v[every] for k, v in sp.products.items()},
+            singular_values={k: v[every] for k, v in sp.singular_values.items()})
+        self._near_columns(recs, every, (p, tight_margin(allw, p.r, data, **shared)))
+
+    @staticmethod
+    def _near_columns(recs: list, every, got) -> None:
+        n = len(recs) * recs[0].active.shape[0]
+        nan = torch.full((n,), float("nan"), dtype=torch.float64)
+        near_label, near_S, near_dist, margin = [""] * n, [""] * n, nan.clone(), nan.clone()
+        if got is not None:
+            p, margin[every] = got
+            near_dist[every] = p.near_dist
+            for k, lab, S in zip(every.tolist(), p.near_label, p.S_str):
+                near_label[k], near_S[k] = lab, S
+        split_columns({"near_label": near_label, "near_S": near_S, "near_dist": near_dist,
+                       "tight_margin": margin}, recs)
+
+    def _curvature(self, trainer, rec: Record) -> None:
+        """lam_min, lam_max of the first `members` finite members, every `curv_every` labelled records."""
+        E = rec.active.shape[0]
         nan = torch.full((E,), float("nan"), dtype=torch.float64)
-        near_label, near_S, near_dist, margin = [""] * E, [""] * E, nan.clone(), nan.clone()
-        if self.near and every.numel():
-            try:
-                allw = [w[every] for w in ws]
-                p = project_to_critical(allw, data, classifier=self.clf)
-                near_dist[every] = p.near_dist
-                # the checkpoint's partial products and spectra, as the metrics hook published them
-                sp = rec.spectra
-                shared = {} if sp is None or sp.products[(len(ws), 1)].dtype != torch.float64 else dict(
-                    products={k: v[every] for k, v in sp.products.items()},
-                    singular_values={k: v[every] for k, v in sp.singular_values.items()})
-                margin[every] = tight_margin(allw, p.r, data, **shared)
-                for k, lab, S in zip(every.tolist(), p.near_label, p.S_str):
-                    near_label[k], near_S[k] = lab, S
-            except (RuntimeError, torch.linalg.LinAlgError) as e:   # a projection that misses 1e-10
-                log.warning("trajectory: no projection at step %d: %s", rec.step, e)
-        if self.near:
-            m["near_label"], m["near_S"], m["near_dist"], m["tight_margin"] = near_label, near_S, near_dist, margin
         lam_min, lam_max = nan.clone(), nan.clone()
-        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0) and idx.numel():
-            warm = self.warm if self._warm_idx is not None and torch.equal(self._warm_idx, idx) else None
-            try:
-                lo, hi, self.warm = curvature(sub, data, full_max_params=self.full_max_params, warm=warm)
-                self._warm_idx = idx
-                lam_min[idx], lam_max[idx] = lo / scale, hi / scale
-            except (RuntimeError, torch.linalg.LinAlgError) as e:
-                log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
-        m["lam_min"], m["lam_max"] = lam_min, lam_max
+        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0):
+            ws = [w.detach().to(torch.float64) for w in rec.weights]
+            ok = rec.active.clone()
+            for w in ws:
+                ok &= torch.isfinite(w).flatten(1).all(1)
+            ok[self.members:] = False
+            idx = ok.nonzero().squeeze(1)
+            if idx.numel():
+                warm = self.warm if self._warm_idx is not None and torch.equal(self._warm_idx, idx) else None
+                try:
+                    lo, hi, self.warm = curvature([w[idx] for w in ws], self.clf.data,
+                                                  full_max_params=self.full_max_params, warm=warm)
+                    self._warm_idx = idx
+                    scale = trainer.task.paper_scale
+                    lam_min[idx], lam_max[idx] = lo / scale, hi / scale
+                except (RuntimeError, torch.linalg.LinAlgError) as e:
+                    log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
+        rec.metrics["lam_min"], rec.metrics["lam_max"] = lam_min, lam_max
+
+    def _rows(self, rec: Record) -> None:
+        m = rec.metrics
+        E = rec.active.shape[0]
         loss = m.get("loss")
-        for k in range(E):
-            self.rows.append({"step": rec.step, "member": k,
-                              "loss": float(loss[k]) if loss is not None else float("nan"),
-                              "near_label": near_label[k] or None, "near_dist": float(near_dist[k]),
-                              "lam_min": float(lam_min[k])})
+        loss = [float("nan")] * E if loss is None else loss.tolist()
+        near_label = m.get("near_label") or [""] * E
+        nan = [float("nan")] * E
+        near_dist = m["near_dist"].tolist() if "near_dist" in m else nan
+        for k, (lo, lab, dist, lam) in enumerate(zip(loss, near_label, near_dist, m["lam_min"].tolist())):
+            self.rows.append({"step": rec.step, "member": k, "loss": lo, "near_label": lab or None,
+                              "near_dist": dist, "lam_min": lam})
 
     def on_end(self, trainer, status: str) -> None:
         """The staircase of the rows recorded so far (also after a divergence or an interrupt)."""

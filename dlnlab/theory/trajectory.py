@@ -287,9 +287,12 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
         idx = (rr == rv).nonzero().squeeze(1)
         sub = _snap([w[idx] for w in ws], d, rv)
         for _ in range(tol.polish_iters):                      # re-snapping removes rounding residue
-            if bool((_grad_rel(sub, d) <= tol.grad_rtol).all()):
+            # only the members that miss: a member's point must not depend on the others
+            bad = (_grad_rel(sub, d) > tol.grad_rtol).nonzero().squeeze(1)
+            if not bad.numel():
                 break
-            sub = _snap(sub, d, rv)
+            for s, again in zip(sub, _snap([s[bad] for s in sub], d, rv)):
+                s[bad] = again
         for h in range(len(ws)):
             proj[h][idx] = sub[h]
     grad_rel = _grad_rel(proj, d)
