@@ -54,6 +54,21 @@ def _near_points(data, dims, n, noise, seed):
     return _stack(pts), torch.arange(n) % 2 == 0
 
 
+@pytest.mark.parametrize("r", [0, 1, 2])
+def test_projection_labels_outside_assumption_1_are_the_classifiers(r):
+    """lam = (9, 9, 1): Theorem 7 does not apply, and the labels read from the construction say so
+    as the numerical classifier does."""
+    X, Y = clean_data()
+    Y = Y.clone()
+    Y[1, 1] = 3.0
+    data = LandscapeData.from_xy(X, Y)
+    assert not data.assumptions.ok
+    g = torch.Generator().manual_seed(0)
+    ws = [0.3 * torch.randn(3, a, b, generator=g, dtype=F64) for a, b in [(4, 4), (4, 4), (3, 4)]]
+    labels = project_to_critical(ws, data, r=r).near_label
+    assert labels == ["ambiguous"] * 3 == project_to_critical(ws, data, r=r, label="classifier").near_label
+
+
 def _zshapes(dims, r):
     return [(dims[1] - r, dims[0])] + [(dims[h] - r, dims[h - 1] - r) for h in range(2, len(dims))]
 
@@ -65,6 +80,8 @@ def test_projection_is_critical_and_hessian_agrees_with_label(dims):
     ws, clean = _near_points(data, dims, 8, 1e-2, seed=2)
     pr = project_to_critical(ws, data)
     assert float(pr.grad_rel.max()) <= CRIT_RTOL
+    # the labels read from the construction's ranks are the numerical classifier's
+    assert pr.near_label == project_to_critical(ws, data, label="classifier").near_label
     lmin, lmax, _ = curvature(pr.weights_proj, data)
     H = len(dims) - 1
     for e, lab in enumerate(pr.near_label):

@@ -29,7 +29,7 @@ from dlnlab.theory.pivots import block_sources, factor_scale, sandwiches
 F64 = torch.float64
 
 __all__ = ["TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin",
-           "project_to_critical", "plateau_r"]
+           "project_to_critical", "projection_labels", "plateau_r"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ def _snap(ws: list[torch.Tensor], data: LandscapeData, r: int) -> list[torch.Ten
 
 
 def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: Any = None,
-                        label: bool = True, tol: TrajectoryTolerances = DEFAULT,
+                        label: bool | str = True, tol: TrajectoryTolerances = DEFAULT,
                         classifier: Classifier | None = None) -> Projection:
     """Project each member onto an exactly critical point of the nearest plateau S = {1..r}.
 
@@ -271,7 +271,9 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
         weights: [W_1..W_H], (E, d_h, d_{h-1}) or 2-D.
         data: LandscapeData, or X with Y given.
         r: None (the plateau nearest to the loss: `plateau_r`), an int, or (E,) ints.
-        label: classify the projected points with Theorem 7 (batched: Classifier.classify_ensemble).
+        label: Theorem 7's label of the projected points: True (`projection_labels`, from the ranks
+            the construction gives), "classifier" (the numerical classifier, batched: the same labels
+            at a few SVDs per member), or False (none).
         tol: TrajectoryTolerances (grad_rtol, polish_iters).
         classifier: a prebuilt dlnlab.theory.classify.Classifier for `data` (saves its setup per call).
 
@@ -302,13 +304,38 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
     diff = sum(((w - p) ** 2).sum((-2, -1)) for w, p in zip(ws, proj))
     dist = diff.sqrt() / sum((w * w).sum((-2, -1)) for w in ws).sqrt().clamp(min=1e-300)
     labels = None
-    if label:     # all members at once, the verdicts of the per-point classifier
+    if label == "classifier":   # the numerical classifier on the projected points (the test oracle)
         labels = (classifier or Classifier(d)).classify_ensemble(proj).label
+    elif label:
+        labels = projection_labels(rr, [ws[0].shape[-1]] + [w.shape[-2] for w in ws], d)
     tops = {v: tuple(range(1, v + 1)) for v in set(rr.tolist())}
     names = {v: format_S(S) for v, S in tops.items()}
     rl = rr.tolist()
     return Projection(proj, rr, [tops[v] for v in rl], labels, dist, grad_rel, d.top_values[rr.clamp(max=d.k)],
                       [names[v] for v in rl])
+
+
+def projection_labels(r: torch.Tensor, dims: Sequence[int], data: LandscapeData) -> list[str]:
+    """Theorem 7's labels of projected points of S = {1..r} (docs/theory.md §6), from their ranks.
+
+    A projected point has every layer of rank exactly r by construction (V_h C_h V_{h-1}^T with
+    invertible r x r cores), so no rank has to be measured: r = r_max is a global minimiser (S is
+    the top set); for r < r_max and H = 2 the one pivot has blocks Sxy and I_{d_1}, both of rank
+    > r, hence a strict saddle; for H >= 3 every pivot has a block holding a layer (rank r), so the
+    point is tightened: a non-strict saddle. Outside Assumption 1 Theorem 7 does not apply
+    ("ambiguous", as the classifier says).
+
+    Args:
+        r: (E,) plateau ranks. dims: [d_0..d_H]. data: LandscapeData.
+
+    Returns:
+        E labels.
+    """
+    if not data.assumptions.ok:
+        return ["ambiguous"] * r.shape[0]
+    r_max, H = min(dims), len(dims) - 1
+    saddle = "strict_saddle" if H == 2 else "nonstrict_saddle"
+    return ["global_min" if v == r_max else saddle for v in r.tolist()]
 
 
 def _grad_rel(ws: list[torch.Tensor], d: LandscapeData) -> torch.Tensor:
