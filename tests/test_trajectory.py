@@ -12,14 +12,15 @@ import pytest
 import torch
 from landscape_data import clean_data, gaussian_data
 
-from dlnlab.linalg import partial_products, singular_values
 from dlnlab.analysis.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
+from dlnlab.linalg import partial_products, singular_values
 from dlnlab.recording.base import Hook
 from dlnlab.theory.critical import plateau_values
 from dlnlab.theory.data import LandscapeData
 from dlnlab.theory.hessian import full_hessian, square_loss_fn
+from dlnlab.theory.pivots import b1_cores, block_sources, sandwiches
 from dlnlab.theory.points import normal_form, saddle_family
 from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
 
@@ -169,6 +170,24 @@ def test_tight_margin_with_shared_spectra_is_the_same():
     want = tight_margin(ws, r, data)
     got = tight_margin(ws, r, data, products=pp, singular_values=singular_values(pp))
     assert torch.equal(got, want) and float(want.max()) > 1e-6
+
+
+@pytest.mark.parametrize("dims", [[6, 9, 8, 7, 4], [3, 5, 5, 2], [6, 4, 4, 4, 5]])
+def test_b1_cores_have_the_singular_values_of_the_pivot_blocks(dims):
+    """The margin decomposes B1 = L Sxy R through the triangular factors of L and R (at most d_x x d_y):
+    the same singular values as the blocks themselves, to rounding."""
+    X, Y = gaussian_data(14, dims[0], dims[-1], seed=4)
+    data = LandscapeData.from_xy(X, Y)
+    g = torch.Generator().manual_seed(5)
+    ws = [torch.randn(3, dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(len(dims) - 1)]
+    pp, H = partial_products(ws), len(ws)
+    keys = [k[1:] for k, _ in block_sources(H).values() if k[0] == "B1"]
+    full, cores = sandwiches(pp, data.Sxy, keys, H), b1_cores(pp, data.Sxy, keys, H)
+    for key in keys:
+        s, c = torch.linalg.svdvals(full[key]), torch.linalg.svdvals(cores[("B1",) + key])
+        n = min(s.shape[-1], c.shape[-1])
+        assert bool((s[:, n:] <= 1e-12 * s[:, :1]).all()) and bool((c[:, n:] <= 1e-12 * c[:, :1]).all())
+        torch.testing.assert_close(c[:, :n], s[:, :n], rtol=0, atol=1e-12 * float(s.max()))
 
 
 def test_tight_margin_is_unit_free():

@@ -204,7 +204,7 @@ def classify_ensemble(clf, weights, eps: float = 0.0, products: dict | None = No
     # columns: the strings are formatted once per distinct decision, not once per member
     labels = [LABELS[c] for c in code.tolist()]
     cv = torch.where(decided, nearest_value, torch.full_like(nearest_value, math.nan))
-    r_l, g_l, L_l = r.tolist(), gnorm.tolist(), L.tolist()
+    r_l, g_l = r.tolist(), gnorm.tolist()
     data_w = clf._data_warnings
     reasons, warns = [""] * E, [data_w] * E
     dec_l = decided.tolist()

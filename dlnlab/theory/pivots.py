@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pivots", "block_sources", "sandwiches", "factor_scale", "rank_spec"]
+__all__ = ["pivots", "block_sources", "sandwiches", "b1_cores", "factor_scale", "rank_spec"]
 
 
 def pivots(H: int) -> list[tuple[int, int]]:
@@ -56,6 +56,30 @@ def sandwiches(products: dict, Sxy: torch.Tensor, keys, H: int) -> dict:
         if j not in left:
             left[j] = Sxy if j == 1 else products[(j - 1, 1)] @ Sxy
         out[(i, j)] = left[j] if i == H else left[j] @ products[(H, i + 1)]
+    return out
+
+
+def b1_cores(pp: dict, Sxy: torch.Tensor, keys, H: int) -> dict:
+    """{("B1", i, j): a matrix with the singular values of B1(i, j) = L Sxy R}, L = W_{j-1}..W_1,
+    R = W_H..W_{i+1}. A factor with more rows (L) or columns (R) than Sxy is replaced by the
+    triangular factor of its QR decomposition, which has its singular values and right (left)
+    singular vectors: the block then shrinks to at most d_x x d_y, however wide the layers. For
+    singular values only (the tight margin); a rank test that must round as the per-point
+    classifier does uses `sandwiches`."""
+    dx, dy = Sxy.shape
+    left, right, out = {}, {}, {}
+    for i, j in keys:
+        if j not in left:
+            L = pp[(j - 1, 1)] if j > 1 else None
+            if L is not None and L.shape[-2] > dx:
+                L = torch.linalg.qr(L).R
+            left[j] = Sxy if L is None else L @ Sxy
+        if i not in right:
+            R = pp[(H, i + 1)] if i < H else None
+            if R is not None and R.shape[-1] > dy:
+                R = torch.linalg.qr(R.transpose(-1, -2)).R.transpose(-1, -2)
+            right[i] = R
+        out[("B1", i, j)] = left[j] if right[i] is None else left[j] @ right[i]
     return out
 
 

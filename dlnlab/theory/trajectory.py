@@ -24,7 +24,7 @@ from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import loss_of_product
 from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
 from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
-from dlnlab.theory.pivots import block_sources, factor_scale, sandwiches
+from dlnlab.theory.pivots import b1_cores, block_sources, factor_scale
 
 F64 = torch.float64
 
@@ -177,8 +177,7 @@ def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None, 
     need = {s for pair in src.values() for s in pair if s[0] == "P"} | {("P", h, h) for h in range(1, H + 1)}
     sv = dict(singular_values) if singular_values is not None else {}
     mats = {s[1:]: pp[s[1:]] for s in need if s[1:] not in sv}
-    b1 = sandwiches(pp, d.Sxy, [s[1:] for s, _ in src.values() if s[0] == "B1"], H)
-    mats.update({("B1",) + k: m for k, m in b1.items()})
+    mats.update(b1_cores(pp, d.Sxy, [s[1:] for s, _ in src.values() if s[0] == "B1"], H))
     sv.update(spectra_of(mats))
     norms = [sv[(h, h)][:, 0] for h in range(1, H + 1)]
     sxy_s = torch.linalg.svdvals(d.Sxy)
