@@ -1,7 +1,11 @@
 """Cost of the trajectory numbers per member-record, batched (issue 10 target: <= 0.5 ms at E = 256,
 H = 4, width 32, the default teacher's d_x = 6, d_y = 4; P = 2368 > full_max_params, so Lanczos).
 
-    .venv/bin/python scripts/bench_trajectory.py [--E 256] [--width 32] [--records 5]
+    .venv/bin/python scripts/bench_trajectory.py [--E 256] [--width 32] [--records 5] [--curvature-only]
+
+First the curvature entry (`curvature_bench`): Lanczos at H = 4, width 32 with d_x = d_y = 32 (P = 4096),
+ms per member per warm call at E = 1 and E = 256, HVPs per member, and the largest error against
+eigvalsh of the exact Hessian at a small size (P = 100), relative to max|lam| and on plateau members to |lam_min|.
 
 Members are small-init GD checkpoints near the S = {1} plateau (eps = 0.03 with per-member noise), and
 successive records are a few GD steps apart, so the warm start is exercised as in a run. Reports ms per
@@ -15,8 +19,10 @@ import time
 
 import torch
 
-from dlnlab.theory.data import LandscapeData
+from dlnlab.linalg import product
 from dlnlab.tasks import make_regression
+from dlnlab.theory.critical import loss_of_product
+from dlnlab.theory.data import LandscapeData
 from dlnlab.theory.lanczos import SquareLossHVP
 from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
 
@@ -29,6 +35,54 @@ def checkpoints(data, dims, E, eps, steps, lr, gen):
         g = SquareLossHVP(ws, data.A, data.Sxx).grad()
         ws = [w - lr / data.m * gw for w, gw in zip(ws, g)]
     return ws
+
+
+def gd(ws, data, steps, lr):
+    for _ in range(steps):
+        g = SquareLossHVP(ws, data.A, data.Sxx).grad()
+        ws = [w - lr / data.m * gw for w, gw in zip(ws, g)]
+    return ws
+
+
+def curvature_bench(E_list=(1, 256), records=4):
+    """Warm Lanczos calls along small-init GD checkpoints (init scales 0.25..1 x 0.03 / 32^0.25, 1500
+    steps, records 100 steps apart), H = 4, width 32, d_x = d_y = 32; then the error against eigvalsh
+    at P = 100 (near-saddle and plateau members)."""
+    spectrum = [8.0, 4.0, 2.0, 1.0] + [0.5 - 0.015 * i for i in range(28)]   # distinct: Assumption 1
+    task = make_regression(64, 32, 32, spectrum)
+    data = LandscapeData.from_xy(task.X, task.Y)
+    for E in E_list:
+        gen = torch.Generator().manual_seed(1)
+        eps = 0.03 / 32 ** 0.25 * (0.25 + 0.75 * torch.rand(E, 1, 1, generator=gen, dtype=torch.float64))
+        ws = gd([eps * torch.randn(E, 32, 32, generator=gen, dtype=torch.float64) for _ in range(4)], data, 1500, 0.008)
+        t, (_, _, st) = timed(lambda: curvature(ws, data), 1)
+        cold = (t, float(st.hvps.double().mean()))
+        ts, hv, mx = [], [], []
+        for _ in range(records):
+            ws = gd(ws, data, 100, 0.008)
+            t, (_, _, st) = timed(lambda: curvature(ws, data, warm=st), 1)
+            ts.append(t)
+            hv.append(float(st.hvps.double().mean()))
+            mx.append(int(st.n_hvp))
+        print(f"curvature E = {E:3d}, P = 4096: cold {cold[0] / E * 1e3:7.2f} ms/member ({cold[1]:.1f} HVPs); "
+              f"warm {sum(ts) / len(ts) / E * 1e3:7.2f} ms/member per call, HVPs per member "
+              f"{sum(hv) / len(hv):.1f} (slowest member {max(mx)})")
+    # accuracy against the exact Hessian at P = 100, default tolerances
+    small = make_regression(64, 6, 4, [8.0, 4.0, 2.0, 1.0])
+    d = LandscapeData.from_xy(small.X, small.Y)
+    dims = [6, 5, 5, 5, 4]
+    gen = torch.Generator().manual_seed(2)
+    eps = torch.linspace(0.03, 0.06, 32, dtype=torch.float64).view(32, 1, 1)
+    ws = gd([eps * torch.randn(32, dims[h + 1], dims[h], generator=gen, dtype=torch.float64) for h in range(4)], d, 600, 0.008)
+    ex_min, ex_max, _ = curvature(ws, d)                       # exact: eigvalsh of the full Hessians
+    lmin, lmax, st = curvature(ws, d, full_max_params=0)
+    scale = torch.maximum(ex_min.abs(), ex_max.abs())
+    err = torch.maximum((lmin - ex_min).abs(), (lmax - ex_max).abs()) / scale
+    on = (loss_of_product(product(ws), d) / d.critical_value((1,)) - 1).abs() <= 1e-3
+    rel = ((lmin - ex_min).abs() / ex_min.abs())[on]
+    print(f"accuracy P = 100, E = 32: max |err| / max|lam| = {float(err.max()):.1e} (bound lanczos_rtol); "
+          f"on the S = {{1}} plateau ({int(on.sum())} members) max |lam_min err| / |lam_min| = "
+          f"{float(rel.max()) if rel.numel() else float('nan'):.1e}; HVPs per member {float(st.hvps.double().mean()):.1f}")
 
 
 def timed(fn, n):
@@ -45,9 +99,13 @@ def main():
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--records", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--curvature-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    curvature_bench()
+    if a.curvature_only:
+        return
     task = make_regression(64, 6, 4, [8.0, 4.0, 2.0, 1.0])
     data = LandscapeData.from_xy(task.X, task.Y)
     dims = [6] + [a.width] * (a.depth - 1) + [4]
