@@ -17,18 +17,24 @@ from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
 from dlnlab.linalg import partial_products, singular_values
 from dlnlab.recording.base import Hook
-from dlnlab.theory.critical import plateau_values
+from dlnlab.linalg import product
+from dlnlab.theory.critical import loss_of_product, plateau_values
+from dlnlab.tasks import make_regression
 from dlnlab.theory.data import LandscapeData
 from dlnlab.theory.hessian import full_hessian, square_loss_fn
 from dlnlab.theory.pivots import b1_cores, block_sources, sandwiches
 from dlnlab.theory.points import normal_form, saddle_family
-from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
+from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
+from dlnlab.theory.trajectory import DEFAULT, TrajectoryTolerances, curvature, project_to_critical, tight_margin
 
 F64 = torch.float64
 PSD_RTOL = 1e-8        # lam_min >= -PSD_RTOL * lam_max counts as PSD (non-strict saddles, global minima)
 CRIT_RTOL = 1e-10      # ||grad|| / tr(Syy) of a projected point
 EIG_ATOL = 1e-10       # batched vs per-member eigenvalues (relative to max(1, |lam_max|))
-LANCZOS_RTOL = 1e-8    # Lanczos vs full, relative to |lam_max|
+LANCZOS_RTOL = DEFAULT.lanczos_rtol   # Lanczos vs exact, relative to max|lam|: the residual bound it stops on
+TIGHT_RTOL = 1e-11     # a tight Lanczos run (lanczos_rtol = TIGHT_RTOL) vs exact, relative to max|lam|
+PLATEAU_REL = 1e-4     # plateau checkpoints: default-tolerance lam_min vs exact, relative to |lam_min|
+RES_RTOL = 1e-8        # reported Ritz residuals vs ||H v - lam v|| recomputed, relative to max|lam|
 SLOPE_RTOL = 0.25      # log-log slopes within 25% of the prediction
 H2_PLATEAU_RTOL = 1e-2  # staircase band for the H = 2 control (see that test)
 
@@ -111,23 +117,98 @@ def test_batched_curvature_equals_per_member_hessian():
         assert abs(float(lmin[e] - ev[0])) <= tol and abs(float(lmax[e] - ev[-1])) <= tol
 
 
-def test_lanczos_matches_full_and_warm_start_helps():
+def _exact(ws, data):
+    """(lam_min, lam_max, Hessians) per member from torch.func Hessians (independent of SquareLossHVP)."""
+    Hs = torch.stack([full_hessian(square_loss_fn(data), [w[e] for w in ws]) for e in range(ws[0].shape[0])])
+    ev = torch.linalg.eigvalsh(Hs)
+    return ev[:, 0], ev[:, -1], Hs
+
+
+def _random_points(dims, n, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(n, dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(len(dims) - 1)]
+
+
+def _plateau_points(dims, n, seed):
+    """Small-init GD checkpoints of the default teacher (init scales 0.03..0.06, 600 steps) that sit on the
+    S = {1} plateau: lam_min < 0 is 1e-3..1e-2 of lam_max there, next to the near-null cluster. (data, weights)"""
+    task = make_regression(64, dims[0], dims[-1], [8.0, 4.0, 2.0, 1.0])
+    data = LandscapeData.from_xy(task.X, task.Y)
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.linspace(0.03, 0.06, n, dtype=F64).view(n, 1, 1)
+    ws = [eps * torch.randn(n, dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(len(dims) - 1)]
+    for _ in range(600):
+        ws = [w - 0.008 / data.m * gw for w, gw in zip(ws, SquareLossHVP(ws, data.A, data.Sxx).grad())]
+    on = (loss_of_product(product(ws), data) / data.critical_value((1,)) - 1).abs() <= 1e-3
+    assert int(on.sum()) >= 3
+    return data, [w[on] for w in ws]
+
+
+@pytest.mark.parametrize("kind", ["near_saddles", "random", "plateau"])
+def test_lanczos_matches_exact_eigenvalues(kind):
+    """Batched Lanczos (E = 8 or 6) against eigvalsh of each member's torch.func Hessian, at P = 100 > lanczos_steps:
+    the default tolerance holds its bound, a tight one agrees to roundoff, the residuals are honest."""
     X, Y = gaussian_data(16, 6, 4, seed=5)
     data = LandscapeData.from_xy(X, Y)
-    dims = [6, 5, 5, 5, 4]                                # P = 105 > lanczos_steps = 40
-    ws, _ = _near_points(data, dims, 6, 3e-2, seed=6)
-    full_min, full_max, _ = curvature(ws, data)
+    dims = [6, 5, 5, 5, 4]
+    if kind == "near_saddles":
+        ws, _ = _near_points(data, dims, 8, 3e-2, seed=6)
+    elif kind == "random":
+        ws = _random_points(dims, 6, 0.7, seed=7)
+    else:
+        data, ws = _plateau_points(dims, 12, seed=8)
+    ex_min, ex_max, Hs = _exact(ws, data)
+    scale = torch.maximum(ex_min.abs(), ex_max.abs())
     lmin, lmax, st = curvature(ws, data, full_max_params=0)
     assert st.method == "lanczos" and bool(st.converged.all())
-    scale = full_max.abs()
-    assert bool(((lmin - full_min).abs() <= LANCZOS_RTOL * scale).all())
-    assert bool(((lmax - full_max).abs() <= LANCZOS_RTOL * scale).all())
-    # the next record: a small step away, warm-started from this one's Ritz vectors
+    assert bool(((lmin - ex_min).abs() <= LANCZOS_RTOL * scale).all()), (lmin - ex_min) / scale
+    assert bool(((lmax - ex_max).abs() <= LANCZOS_RTOL * scale).all()), (lmax - ex_max) / scale
+    for v, lam in ((st.v_min, lmin), (st.v_max, lmax)):      # unit Ritz vectors with small residuals
+        r = torch.linalg.vector_norm(torch.einsum("epq,eq->ep", Hs, v) - lam[:, None] * v, dim=1)
+        assert bool((r <= LANCZOS_RTOL * scale * (1 + 1e-6)).all())
+        assert torch.allclose(torch.linalg.vector_norm(v, dim=1), torch.ones(len(lam), dtype=F64), atol=1e-12)
+    tight = TrajectoryTolerances(lanczos_rtol=TIGHT_RTOL)
+    tmin, tmax, _ = curvature(ws, data, full_max_params=0, tol=tight)
+    assert bool(((tmin - ex_min).abs() <= 10 * TIGHT_RTOL * scale).all())
+    assert bool(((tmax - ex_max).abs() <= 10 * TIGHT_RTOL * scale).all())
+    if kind == "plateau":
+        assert bool((ex_min < 0).all()) and bool((ex_min.abs() < 1e-2 * ex_max).all())
+        assert bool(((lmin - ex_min).abs() <= PLATEAU_REL * ex_min.abs()).all()), (lmin - ex_min) / ex_min
+
+
+def test_lanczos_residuals_and_dropping_converged_members():
+    """The reported residuals equal ||H v - lam v||; dropping finished members (subset) changes no value."""
+    X, Y = gaussian_data(16, 6, 4, seed=9)
+    data = LandscapeData.from_xy(X, Y)
+    ws, _ = _near_points(data, [6, 5, 5, 5, 4], 8, 3e-2, seed=10)
+    op = SquareLossHVP(ws, data.A, data.Sxx)
+    v0 = torch.randn(8, 100, generator=torch.Generator().manual_seed(0), dtype=F64)
+    a = lanczos_extremes(op.hvp, v0, 20, 60, 1e-8, keep=(4, 2), subset=lambda i: op.subset(i).hvp)
+    b = lanczos_extremes(op.hvp, v0, 20, 60, 1e-8, keep=(4, 2))
+    assert bool(a.converged.all()) and bool(b.converged.all())
+    scale = a.lam_max.abs()
+    for r, v, lam in ((a.residual[:, 0], a.v_min, a.lam_min), (a.residual[:, 1], a.v_max, a.lam_max)):
+        true = torch.linalg.vector_norm(op.hvp(v) - lam[:, None] * v, dim=1)
+        assert bool(((true - r).abs() <= RES_RTOL * scale).all())
+    # each member stops at its own step: same values with and without the shrinking batch
+    assert torch.equal(a.hvps, b.hvps) or bool((a.hvps <= b.hvps).all())
+    assert torch.allclose(a.lam_min, b.lam_min, rtol=0, atol=1e-10 * float(scale.max()))
+    assert int(a.hvps.min()) < int(a.hvps.max())              # members do stop at different steps
+
+
+def test_lanczos_warm_start():
+    """A warm start at the same point costs two HVPs; a small step away fewer than the cold start."""
+    X, Y = gaussian_data(16, 6, 4, seed=5)
+    data = LandscapeData.from_xy(X, Y)
+    ws, _ = _near_points(data, [6, 5, 5, 5, 4], 6, 3e-2, seed=6)
+    lmin, lmax, st = curvature(ws, data, full_max_params=0)
+    same_min, same_max, same = curvature(ws, data, full_max_params=0, warm=st)
+    assert same.n_hvp == 2 and torch.allclose(same_min, lmin, rtol=1e-9) and torch.allclose(same_max, lmax, rtol=1e-12)
     ws2 = [w * 1.001 for w in ws]
-    f2, _, _ = curvature(ws2, data)
+    f2, g2, _ = _exact(ws2, data)
     l2, _, st2 = curvature(ws2, data, full_max_params=0, warm=st)
-    assert bool(((l2 - f2).abs() <= LANCZOS_RTOL * scale * 2).all())
-    assert st2.n_hvp <= st.n_hvp
+    assert bool(((l2 - f2).abs() <= LANCZOS_RTOL * g2.abs()).all())
+    assert float(st2.hvps.double().mean()) < float(st.hvps.double().mean())
 
 
 def test_tight_margin_zero_exactly_at_tightened_points():

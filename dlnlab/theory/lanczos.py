@@ -47,7 +47,7 @@ class SquareLossHVP:
         self.ws = list(weights)
         self.H = len(self.ws)
         self.shapes = [tuple(w.shape[-2:]) for w in self.ws]
-        self.Sxx = Sxx
+        self.A, self.Sxx = A, Sxx
         # pre[h] = W_h..W_1 (pre[0] = None: identity); suf[h] = W_H..W_{h+1} (suf[H] = None)
         self.pre = [None] * (self.H + 1)
         for h in range(1, self.H + 1):
@@ -57,49 +57,50 @@ class SquareLossHVP:
             w = self.ws[h]                                    # W_{h+1}
             self.suf[h] = w if self.suf[h + 1] is None else self.suf[h + 1] @ w
         self.G = 2.0 * ((self.pre[self.H] - A) @ Sxx)
+        self.SxxE = Sxx.expand(self.ws[0].shape[0], -1, -1)
+        # direction-free factors of every HVP, formed once per point: Suf_h^T, Pre_{h-1}^T,
+        # Suf_h^T G and G Pre_{h-1}^T (None = the identity, so G itself)
+        T = lambda M: None if M is None else M.transpose(-1, -2).contiguous()   # noqa: E731
+        self.sufT = [T(S) for S in self.suf]
+        self.preT = [T(R) for R in self.pre]
+        self.SG = [None] + [self._lmul(self.sufT[h], self.G) for h in range(1, self.H + 1)]
+        self.GR = [None] + [self._rmul(self.G, self.preT[h - 1]) for h in range(1, self.H + 1)]
 
     @staticmethod
     def _lmul(a, b):
-        """a @ b with None as the identity."""
-        return b if a is None else (a if b is None else a @ b)
+        """a @ b with None as the identity (bmm: matmul's broadcasting costs more than the 32 x 32
+        products themselves for a single network)."""
+        return b if a is None else (a if b is None else torch.bmm(a, b))
 
-    def _assemble(self, left: list, G: torch.Tensor, right: list) -> list[torch.Tensor]:
-        """[left_h^T G right_h^T] for h = 1..H (None = identity)."""
-        out = []
-        for h in range(1, self.H + 1):
-            L, R = left[h], right[h - 1]
-            t = G if L is None else L.transpose(-1, -2) @ G
-            out.append(t if R is None else t @ R.transpose(-1, -2))
-        return out
+    _rmul = _lmul
+
+    def subset(self, idx: torch.Tensor) -> "SquareLossHVP":
+        """The operator of the members idx only (a Lanczos run drops its converged members)."""
+        return SquareLossHVP([w[idx] for w in self.ws], self.A, self.Sxx)
 
     def grad(self) -> list[torch.Tensor]:
         """[dL/dW_h], each (E, d_h, d_{h-1})."""
-        return self._assemble(self.suf, self.G, self.pre)
+        return [self._rmul(self.SG[h], self.preT[h - 1]) for h in range(1, self.H + 1)]
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hess @ v for flat directions v (E, P) -> (E, P)."""
         V = split(v, self.shapes)
-        H = self.H
+        H, mm = self.H, torch.bmm
         dpre = [None] * (H + 1)                               # d(W_h..W_1); dpre[0] = 0
         for h in range(1, H + 1):
-            t = V[h - 1] if h == 1 else V[h - 1] @ self.pre[h - 1]
-            dpre[h] = t if h == 1 else t + self.ws[h - 1] @ dpre[h - 1]
+            dpre[h] = V[0] if h == 1 else mm(V[h - 1], self.pre[h - 1]) + mm(self.ws[h - 1], dpre[h - 1])
         dsuf = [None] * (H + 1)                               # d(W_H..W_{h+1}); dsuf[H] = 0
-        for h in range(H - 1, -1, -1):
+        for h in range(H - 1, 0, -1):
             t = self._lmul(self.suf[h + 1], V[h])             # Suf_{h+1} V_{h+1}
-            dsuf[h] = t if dsuf[h + 1] is None else t + dsuf[h + 1] @ self.ws[h]
-        dG = 2.0 * (dpre[H] @ self.Sxx)
+            dsuf[h] = t if dsuf[h + 1] is None else t + mm(dsuf[h + 1], self.ws[h])
+        dG = 2.0 * mm(dpre[H], self.SxxE[:dpre[H].shape[0]])
         out = []
         for h in range(1, H + 1):
-            S, R, dS, dR = self.suf[h], self.pre[h - 1], dsuf[h], dpre[h - 1]
-            St = None if S is None else S.transpose(-1, -2)
-            term = self._lmul(St, dG)
-            term = term if R is None else term @ R.transpose(-1, -2)
-            if dS is not None:
-                t = dS.transpose(-1, -2) @ self.G
-                term = term + (t if R is None else t @ R.transpose(-1, -2))
-            if dR is not None:
-                term = term + self._lmul(St, self.G) @ dR.transpose(-1, -2)
+            term = self._rmul(self._lmul(self.sufT[h], dG), self.preT[h - 1])
+            if dsuf[h] is not None:
+                term = term + mm(dsuf[h].transpose(-1, -2), self.GR[h])
+            if dpre[h - 1] is not None:
+                term = term + mm(self.SG[h], dpre[h - 1].transpose(-1, -2))
             out.append(term)
         return join(out)
 
@@ -107,7 +108,8 @@ class SquareLossHVP:
 @dataclass
 class LanczosResult:
     """lam_min, lam_max (E,); their Ritz vectors (E, P) (the next record's warm start); residuals
-    ||Hv - lam v|| (E, 2) for (min, max); n_hvp: HVPs per member; converged: (E,) bool."""
+    ||Hv - lam v|| (E, 2) for (min, max); n_hvp: HVPs of the slowest member; hvps: (E,) HVPs per member;
+    converged: (E,) bool."""
     lam_min: torch.Tensor
     lam_max: torch.Tensor
     v_min: torch.Tensor
@@ -115,6 +117,7 @@ class LanczosResult:
     residual: torch.Tensor
     n_hvp: int
     converged: torch.Tensor
+    hvps: torch.Tensor | None = None
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -122,63 +125,125 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / n.clamp(min=1e-300)
 
 
+def _project_out(Q: torch.Tensor, w: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """w minus its projection on the orthonormal rows of Q (E, j, P), and the coefficients Q w.
+
+    Two passes (Kahan: twice is enough): the first against the rows lo.. only, the second against all.
+    In a Lanczos step, H q_j has large components only along q_j, q_{j-1} (and the kept Ritz vectors
+    right after a thick restart); along the older vectors they are roundoff, so one full pass removes
+    them and the first pass can skip most of Q, which halves the memory traffic.
+    """
+    Ql = Q[:, lo:]
+    h = torch.zeros(w.shape[0], Q.shape[1], dtype=w.dtype)
+    hl = torch.bmm(Ql, w.unsqueeze(2)).squeeze(2)
+    w = torch.baddbmm(w.unsqueeze(1), hl.unsqueeze(1), Ql, alpha=-1.0).squeeze(1)
+    h[:, lo:] = hl
+    h2 = torch.bmm(Q, w.unsqueeze(2)).squeeze(2)
+    w = torch.baddbmm(w.unsqueeze(1), h2.unsqueeze(1), Q, alpha=-1.0).squeeze(1)
+    return w, h + h2
+
+
 def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: float,
-                     generator: torch.Generator | None = None) -> LanczosResult:
+                     generator: torch.Generator | None = None, keep: tuple[int, int] = (4, 2),
+                     subset=None) -> LanczosResult:
     """Extreme eigenvalues of the symmetric operators `op` ((E, P) -> (E, P)), all members at once.
 
-    Lanczos with full reorthogonalisation (two Gram-Schmidt passes: the Hessian of a deep linear
-    network has a huge null space, and a lost orthogonality makes ghost copies of lam_max), `steps`
-    vectors per cycle, restarted from u_min + u_max of the previous cycle (one Krylov space serves
-    both ends). Stops when every member's Ritz residuals are <= rtol * |lam_max|.
+    Thick-restart Lanczos (Wu & Simon) with full reorthogonalisation: a lost orthogonality makes ghost
+    copies of lam_max, and the Hessian of a deep linear network has a huge near-null cluster next to
+    lam_min. Each step projects H q_j on every stored vector, so the small matrix T = Q^T H Q is formed
+    column by column (no three-term assumption) and the Ritz residual of (theta, Q y) is |beta y_last|.
+    A cycle holds at most `steps` vectors; a restart keeps the keep[0] lowest and keep[1] highest Ritz
+    vectors (convergence continues near the unrestarted rate, instead of starting over from one vector).
+    After every step a member whose residuals of lam_min and lam_max are both <= rtol * max|theta|
+    (then each is within its residual of an eigenvalue) is finished and leaves the batch.
 
     Args:
         op: the batched HVP. v0: (E, P) start vectors (warm start: the previous record's Ritz vectors).
-        steps: Krylov dimension per cycle (capped at P). restarts: cycles at most. rtol: see above.
+        steps: vectors per cycle (capped at P). restarts: cycles at most. rtol: see above.
         generator: for the random vectors that replace an exhausted Krylov space.
+        keep: Ritz vectors kept at each end on a restart (lowest, highest).
+        subset: idx -> the operator of members idx (None: converged members stay in the batch).
 
     Returns:
-        LanczosResult.
+        LanczosResult (members not converged after `restarts` cycles: their last Ritz pairs).
     """
     E, P = v0.shape
     k = min(steps, P)
-    v = _unit(v0)
-    n_hvp = 0
-    for cycle in range(max(restarts, 1)):
-        Q = torch.zeros(E, k, P, dtype=F64)
-        alpha = torch.zeros(E, k, dtype=F64)
-        beta = torch.zeros(E, k, dtype=F64)
-        q = v
-        for i in range(k):
-            Q[:, i] = q
+    n_lo, n_hi = keep
+    n_lo, n_hi = min(n_lo, max(k - 2, 1)), min(n_hi, max(k - 2 - n_lo, 0))
+    lam_min, lam_max = torch.zeros(E, dtype=F64), torch.zeros(E, dtype=F64)
+    v_min, v_max = torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64)
+    res_out = torch.zeros(E, 2, dtype=F64)
+    hvps = torch.zeros(E, dtype=torch.long)
+    done = torch.zeros(E, dtype=torch.bool)
+    act = torch.arange(E)                      # the members of the batch rows
+    live = torch.ones(E, dtype=torch.bool)     # rows still running (finished rows wait for a compaction)
+    Q = torch.empty(E, k, P, dtype=F64)        # only Q[:, :j + 1] is ever read
+    T = torch.zeros(E, k, k, dtype=F64)
+    q, m = _unit(v0), 0                        # m: Ritz vectors kept at the front of Q
+    cycles = max(restarts, 1)
+
+    def finish(sel, theta, Y, j, res, conv):
+        """Store the Ritz pairs of the batch rows sel (members act[sel])."""
+        g = act[sel]
+        Qs = Q[sel, :j + 1]
+        lam_min[g], lam_max[g] = theta[sel, 0], theta[sel, -1]
+        v_min[g] = torch.bmm(Y[sel, :, :1].transpose(1, 2), Qs).squeeze(1)
+        v_max[g] = torch.bmm(Y[sel, :, -1:].transpose(1, 2), Qs).squeeze(1)
+        res_out[g] = res[sel]
+        done[g] = conv[sel]
+
+    for cycle in range(cycles):
+        for j in range(m, k):
+            Q[:, j] = q
             w = op(q)
-            n_hvp += 1
-            alpha[:, i] = (w * q).sum(1)
-            Qi = Q[:, :i + 1]
-            for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
-                w = w - torch.bmm(torch.bmm(Qi, w.unsqueeze(2)).transpose(1, 2), Qi).squeeze(1)
+            hvps[act[live]] += 1
+            w, h = _project_out(Q[:, :j + 1], w, 0 if j == m else j - 1)
+            T[:, :j + 1, j] = h
+            T[:, j, :j + 1] = h
             b = torch.linalg.vector_norm(w, dim=1)
-            beta[:, i] = b
-            if i + 1 < k:
-                # an exhausted Krylov space (b ~ 0) continues with a fresh random direction: T stays
-                # the projection of Hess on span(Q), with a zero coupling
-                dead = b <= 1e-12 * alpha[:, :i + 1].abs().amax(1).clamp(min=1e-300)
-                if bool(dead.any()):
-                    r = torch.randn(E, P, dtype=F64, generator=generator)
-                    r = r - torch.bmm(torch.bmm(Qi, r.unsqueeze(2)).transpose(1, 2), Qi).squeeze(1)
-                    beta[:, i] = torch.where(dead, 0.0, b)
-                    w = torch.where(dead[:, None], r, w)
-                q = _unit(w)
-        T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
-        theta, Y = torch.linalg.eigh(T)
-        lam_min, lam_max = theta[:, 0], theta[:, -1]
-        # Ritz residual of eigenpair (theta, Q^T y): |beta_k * y_k| (last component)
-        res = (beta[:, -1:] * Y[:, -1, :]).abs()
-        res = torch.stack([res[:, 0], res[:, -1]], 1)
-        u_min = torch.einsum("ekp,ek->ep", Q, Y[:, :, 0])
-        u_max = torch.einsum("ekp,ek->ep", Q, Y[:, :, -1])
-        scale = torch.maximum(lam_max.abs(), lam_min.abs()).clamp(min=1e-300)
-        conv = (res <= rtol * scale[:, None]).all(1) | (k == P)
-        if bool(conv.all()):
-            break
-        v = _unit(u_min + u_max)
-    return LanczosResult(lam_min, lam_max, u_min, u_max, res, n_hvp, conv)
+            theta, Y = torch.linalg.eigh(T[:, :j + 1, :j + 1])
+            res = b[:, None] * torch.stack([Y[:, j, 0], Y[:, j, -1]], 1).abs()
+            scale = theta.abs().amax(1).clamp(min=1e-300)
+            # two vectors at least: a start vector inside an eigenspace would give lam_min = lam_max
+            conv = ((res <= rtol * scale[:, None]).all(1) & (j >= 1)) | (j + 1 >= P)
+            last = j + 1 == k
+            new = live & (conv | (last and cycle == cycles - 1))
+            if bool(new.any()):
+                finish(new.nonzero().squeeze(1), theta, Y, j, res, conv)
+                live = live & ~new
+                if not bool(live.any()):
+                    return LanczosResult(lam_min, lam_max, v_min, v_max, res_out, int(hvps.max()), done, hvps)
+            # an exhausted Krylov space (b ~ 0) continues with a fresh random direction: T stays the
+            # projection of Hess on span(Q) (its entries are computed, not assumed), with no coupling
+            dead = b <= 1e-12 * scale
+            if bool(dead.any()):
+                r = torch.randn(w.shape, dtype=F64, generator=generator)
+                r, _ = _project_out(Q[:, :j + 1], r)
+                w = torch.where(dead[:, None], r, w)
+            q = _unit(w)
+            if last:
+                break
+            # dropping finished rows copies the filled part of Q: worth it once half the rows are done
+            if subset is not None and 2 * int(live.sum()) <= live.numel():
+                rows = live.nonzero().squeeze(1)
+                act, op, live = act[rows], subset(act[rows]), live[rows]
+                Qn = torch.empty(rows.numel(), k, P, dtype=F64)
+                Qn[:, :j + 1] = Q[rows, :j + 1]
+                Q, T, q = Qn, T[rows], q[rows]
+        # thick restart: the kept Ritz vectors, then q (the residual direction) continues the space;
+        # the finished rows leave here, where only the m kept vectors have to be copied
+        idx = torch.cat([torch.arange(n_lo), torch.arange(k - n_hi, k)])
+        m = idx.numel()
+        kept = torch.bmm(Y[:, :, idx].transpose(1, 2), Q)
+        diag = theta[:, idx]
+        if subset is not None and not bool(live.all()):
+            rows = live.nonzero().squeeze(1)
+            act, op, live = act[rows], subset(act[rows]), live[rows]
+            kept, diag, q = kept[rows], diag[rows], q[rows]
+            Q = torch.empty(rows.numel(), k, P, dtype=F64)
+            T = torch.zeros(rows.numel(), k, k, dtype=F64)
+        Q[:, :m] = kept
+        T.zero_()
+        T[:, torch.arange(m), torch.arange(m)] = diag
+    raise AssertionError("unreachable")

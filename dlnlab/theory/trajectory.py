@@ -39,8 +39,10 @@ class TrajectoryTolerances:
     full_max_params: exact batched eigendecomposition up to this many parameters P, Lanczos above.
     hessian_chunk_elems: members per torch.func.vmap chunk are chosen so that chunk * P^2 stays below
         this (the E full Hessians never have to fit in memory at once).
-    lanczos_steps, lanczos_restarts: Krylov dimension per cycle and cycles at most.
-    lanczos_rtol: stop when both Ritz residuals are <= lanczos_rtol * max|lam| for every member.
+    lanczos_steps, lanczos_restarts: Lanczos vectors per cycle and cycles at most.
+    lanczos_keep_low, lanczos_keep_high: Ritz vectors kept at the low and high end on a thick restart.
+    lanczos_rtol: a member stops when the Ritz residuals of lam_min and lam_max are both
+        <= lanczos_rtol * max|lam|; each value is then within that of an eigenvalue of its Hessian.
     lanczos_seed: seed of the random start (cold start) and of the vectors replacing a dead Krylov space.
     grad_rtol: a projected point is critical iff ||grad L||_F <= grad_rtol * tr(Syy) (paper units: the
         classifier's convention, tr(Syy) = L(0)).
@@ -48,9 +50,11 @@ class TrajectoryTolerances:
     """
     full_max_params: int = 2000
     hessian_chunk_elems: float = 5e7
-    lanczos_steps: int = 40
-    lanczos_restarts: int = 30
-    lanczos_rtol: float = 1e-9
+    lanczos_steps: int = 20
+    lanczos_restarts: int = 60
+    lanczos_keep_low: int = 4
+    lanczos_keep_high: int = 2
+    lanczos_rtol: float = 1e-6
     lanczos_seed: int = 0
     grad_rtol: float = 1e-10
     polish_iters: int = 3
@@ -58,6 +62,9 @@ class TrajectoryTolerances:
     def __post_init__(self):
         if self.lanczos_steps < 2 or self.lanczos_restarts < 1 or self.polish_iters < 0:
             raise ValueError("lanczos_steps >= 2, lanczos_restarts >= 1 and polish_iters >= 0 are required")
+        if not (self.lanczos_keep_low >= 1 and self.lanczos_keep_high >= 1
+                and self.lanczos_keep_low + self.lanczos_keep_high <= self.lanczos_steps - 2):
+            raise ValueError("lanczos_keep_low, lanczos_keep_high >= 1 with their sum <= lanczos_steps - 2")
         if not (self.lanczos_rtol > 0 and self.grad_rtol > 0 and self.full_max_params >= 0):
             raise ValueError("lanczos_rtol, grad_rtol must be > 0 and full_max_params >= 0")
 
@@ -68,12 +75,14 @@ DEFAULT = TrajectoryTolerances()
 @dataclass
 class CurvatureState:
     """Carried from one record to the next: the Ritz vectors of lam_min and lam_max (E, P) (None after
-    an exact decomposition), the method used, HVPs per member and the Lanczos convergence flags."""
+    an exact decomposition), the method used, HVPs of the slowest member, the Lanczos convergence flags
+    and HVPs per member (E,)."""
     method: str
     v_min: torch.Tensor | None = None
     v_max: torch.Tensor | None = None
     n_hvp: int = 0
     converged: torch.Tensor | None = None
+    hvps: torch.Tensor | None = None
 
 
 def _batched(weights: Sequence[Any]) -> list[torch.Tensor]:
@@ -118,10 +127,14 @@ def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: in
     g = torch.Generator().manual_seed(tol.lanczos_seed)
     v0 = torch.randn(E, P, dtype=F64, generator=g)
     if warm is not None and warm.v_min is not None and tuple(warm.v_min.shape) == (E, P):
-        # a little noise keeps the Krylov space from being stuck in the two warm directions
-        v0 = warm.v_min + warm.v_max + 1e-3 * v0 / P ** 0.5
-    res = lanczos_extremes(op.hvp, v0, tol.lanczos_steps, tol.lanczos_restarts, tol.lanczos_rtol, g)
-    return res.lam_min, res.lam_max, CurvatureState("lanczos", res.v_min, res.v_max, res.n_hvp, res.converged)
+        # no noise: at an unchanged point the two Ritz vectors span an invariant space and two HVPs
+        # suffice (any noise would have to be resolved down to lanczos_rtol); a Krylov space that
+        # closes continues with a random direction inside lanczos_extremes
+        v0 = warm.v_min + warm.v_max
+    res = lanczos_extremes(op.hvp, v0, tol.lanczos_steps, tol.lanczos_restarts, tol.lanczos_rtol, g,
+                           keep=(tol.lanczos_keep_low, tol.lanczos_keep_high), subset=lambda i: op.subset(i).hvp)
+    return res.lam_min, res.lam_max, CurvatureState("lanczos", res.v_min, res.v_max, res.n_hvp, res.converged,
+                                                    res.hvps)
 
 
 # ------------------------------------------------------------------------------------------------
