@@ -11,7 +11,8 @@ same condition as the ClassifierHook. Otherwise it writes nothing.
 Columns (per member), on every record it labels (every `every_records` records and the last):
 near_label, near_S (strings), near_dist (||theta - theta_proj|| / ||theta||, unit-free),
 tight_margin (unit-free, in [0, 1]); every `curvature_every` labelled records (and the last):
-lam_min, lam_max (LAB units: the paper Hessian / task.paper_scale), NaN on the other records.
+lam_min, lam_max (LAB units: the paper Hessian / task.paper_scale) and lam_converged (1: within the
+Lanczos bound, 0: its last Ritz values after lanczos_restarts cycles), NaN on the other records.
 `rows` keeps (step, member, loss, near_label, near_dist, lam_min) for the staircase, which `on_end`
 turns into `staircase` (one row per plateau visit per member, LAB units; dlnlab.recording.staircase)
 and declares as the TensorBoard text `staircase` (`tb_end_texts`, a markdown table).
@@ -132,7 +133,7 @@ class TrajectoryHook(Hook):
         """lam_min, lam_max of the first `members` finite members, every `curv_every` labelled records."""
         E = rec.active.shape[0]
         nan = torch.full((E,), float("nan"), dtype=torch.float64)
-        lam_min, lam_max = nan.clone(), nan.clone()
+        lam_min, lam_max, conv = nan.clone(), nan.clone(), nan.clone()
         if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0):
             ws = [w.detach().to(torch.float64) for w in rec.weights]
             ok = rec.active.clone()
@@ -148,9 +149,11 @@ class TrajectoryHook(Hook):
                     self._warm_idx = idx
                     scale = trainer.task.paper_scale
                     lam_min[idx], lam_max[idx] = lo / scale, hi / scale
+                    c = self.warm.converged
+                    conv[idx] = 1.0 if c is None else c.to(torch.float64)
                 except (RuntimeError, torch.linalg.LinAlgError) as e:
                     log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
-        rec.metrics["lam_min"], rec.metrics["lam_max"] = lam_min, lam_max
+        rec.metrics["lam_min"], rec.metrics["lam_max"], rec.metrics["lam_converged"] = lam_min, lam_max, conv
 
     def _rows(self, rec: Record) -> None:
         m = rec.metrics
