@@ -54,7 +54,9 @@ class Schedule:
 STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 
 
-RECORD_BATCH_RECORDS, RECORD_BATCH_MEMBERS = 16, 64  # the automatic `record_batch`, at most
+# the automatic `record_batch`: at most this many records, and parameters in all (members x
+# parameters per member x records); records wait at most this many seconds
+RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS, RECORD_BATCH_SECONDS = 16, 2 ** 18, 1.0
 
 
 class Interrupted(Exception):
@@ -125,12 +127,14 @@ class Trainer:
         # the CPU; the same weights bit for bit as the general loop
         self.fused = bool(fused) and self.device.type == "cpu" and _plain_square_batches(task)
         # records handed to the hooks together (0: auto): a small network's record costs per-call
-        # dispatch, so its hooks take several records as one stack of members; up to
-        # RECORD_BATCH_MEMBERS members in all, so that a waiting batch is always quick to finish
+        # dispatch, so its hooks take several records as one stack of members; a batch stays small
+        # enough to finish quickly (after a Ctrl-C too) and no record waits long (the progress line)
         if int(record_batch) < 0:
             raise ValueError(f"record_batch={record_batch}: allowed an integer >= 0 (0: auto)")
-        self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_MEMBERS // net.E))
+        params = net.E * sum(w[0].numel() for w in net.weights)
+        self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
         self._pending: list = []  # (record, hooks due) waiting to be handed over
+        self._pending_since = 0.0  # when the first of them was made
 
     # -- state seen by hooks -------------------------------------------------------------------
     @property
@@ -224,7 +228,10 @@ class Trainer:
         if wait:  # the live weights move on before the hooks see this record
             rec.weights = [w.clone() for w in rec.weights]
         self._pending.append((rec, due))
-        if not wait or len(self._pending) >= self.record_batch:
+        if len(self._pending) == 1:
+            self._pending_since = time.monotonic()
+        if (not wait or len(self._pending) >= self.record_batch
+                or time.monotonic() - self._pending_since > RECORD_BATCH_SECONDS):
             self._dispatch()
 
     def _dispatch(self) -> None:
