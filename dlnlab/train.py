@@ -133,7 +133,7 @@ class Trainer:
             raise ValueError(f"record_batch={record_batch}: allowed an integer >= 0 (0: auto)")
         params = net.E * sum(w[0].numel() for w in net.weights)
         self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
-        self._pending: list = []  # (record, hooks due) waiting to be handed over
+        self._pending: list = []  # (record, hooks due, handled at its own step) waiting
         self._pending_since = 0.0  # when the first of them was made
 
     # -- state seen by hooks -------------------------------------------------------------------
@@ -227,7 +227,7 @@ class Trainer:
                 and not any(h.immediate(rec) for h in due))
         if wait:  # the live weights move on before the hooks see this record
             rec.weights = [w.clone() for w in rec.weights]
-        self._pending.append((rec, due))
+        self._pending.append((rec, due, not wait))
         if len(self._pending) == 1:
             self._pending_since = time.monotonic()
         if (not wait or len(self._pending) >= self.record_batch
@@ -239,13 +239,20 @@ class Trainer:
         records at once (`Hook.on_records`): a producer's columns are there before the sinks read."""
         if not self._pending:
             return
+        if len(self._pending) > 1 and self._pending[-1][2]:
+            # the records before a checkpoint (or another record handled at its own step) go through
+            # every hook first: the states a checkpoint saves are those of a run that handed its
+            # records over one by one
+            end = self._pending.pop()
+            self._dispatch()
+            self._pending = [end]
         pending, self._pending = self._pending, []
         # a signal during a record aborts it (no waiting), except the final one while finishing
         defer, self._defer = self._defer, self._finishing
         try:
             with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
                 for h in self.hooks:
-                    recs = [rec for rec, due in pending if any(d is h for d in due)]
+                    recs = [rec for rec, due, _ in pending if any(d is h for d in due)]
                     if recs:
                         self._seen[id(h)] = recs[-1].step
                         h.on_records(self, recs)

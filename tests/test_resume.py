@@ -69,7 +69,9 @@ def stop_runs(root: Path, how: list[str], seed: int) -> list[Path]:
         out = root / f"{k}_{h}"
         proc = ctx.Process(target=worker_main, args=(str(out), 0.01))
         proc.start()
-        jobs.append([proc, out, h, rng.randrange(1, STEPS - 60)])
+        # records reach the table (and its heartbeat) a checkpoint's worth at a time (record
+        # batches): a target in the last stretch would be seen only as the run ends
+        jobs.append([proc, out, h, rng.randrange(1, STEPS - 150)])
     deadline = time.time() + 300
     while any(j[0].is_alive() and j[3] is not None for j in jobs) and time.time() < deadline:
         for j in jobs:

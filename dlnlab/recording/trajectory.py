@@ -19,6 +19,7 @@ and declares as the TensorBoard text `staircase` (`tb_end_texts`, a markdown tab
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pandas as pd
@@ -61,6 +62,18 @@ class TrajectoryHook(Hook):
         self.staircase: pd.DataFrame | None = None   # set by on_end
         self.paper_scale = 1.0
         self.text_members = text_members   # members listed in the TensorBoard text (record.tb_members)
+
+    def state_dict(self) -> dict:
+        """Counters, the staircase rows and the warm start: a resumed run labels, measures and starts
+        its Lanczos runs exactly where this one would."""
+        warm = None if self.warm is None else dataclasses.asdict(self.warm)
+        return {"n": self.n, "labelled": self.labelled, "rows": list(self.rows), "warm": warm,
+                "warm_idx": self._warm_idx}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n, self.labelled, self.rows = int(state["n"]), int(state["labelled"]), list(state["rows"])
+        self.warm = None if state["warm"] is None else CurvatureState(**state["warm"])
+        self._warm_idx = state["warm_idx"]
 
     def on_start(self, trainer) -> None:
         self.paper_scale = float(trainer.task.paper_scale)
