@@ -49,6 +49,7 @@ def test_task_options_are_checked_per_task():
 
 @pytest.mark.parametrize("override, option", [
     ("model.depth=1", "model.depth"),
+    ("model.depth=9223372036854775807", "model.depth"),  # found by the fuzz test: no list of 2^63 layers
     ("model.width=0", "model.width"),
     ("model.widths=[3,3]", "model.widths"),
     ("model.init.kind=xavier", "model.init.kind"),

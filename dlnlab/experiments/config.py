@@ -101,6 +101,7 @@ class OptimConfig:
 
 
 OPTIMIZERS = ("gd", "sgd")
+MAX_DEPTH = 10_000  # model.depth at most
 
 
 @dataclass
@@ -290,7 +291,9 @@ def validate(cfg) -> None:
     """Semantic checks that types cannot express; raise ConfigError naming the option."""
     resolve_device(getattr(cfg, "device", "cpu"))
     m, o, r, t = cfg.model, cfg.optim, cfg.record, cfg.task
-    _need(m.depth >= 2, "model.depth", "an integer >= 2 (H, the number of weight matrices)", m.depth)
+    # an upper bound before any list of layers is built (the memory check comes after the widths)
+    _need(2 <= m.depth <= MAX_DEPTH, "model.depth",
+          f"an integer in 2..{MAX_DEPTH} (H, the number of weight matrices)", m.depth)
     _need(m.width >= 1, "model.width", "an integer >= 1", m.width)
     if len(m.widths):
         _need(len(m.widths) == m.depth - 1, "model.widths", f"a list of depth-1 = {m.depth - 1} hidden widths",
