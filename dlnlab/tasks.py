@@ -411,7 +411,15 @@ def load_regression(path: str | None = None, x_path: str | None = None, y_path: 
     if X.shape[0] != Y.shape[0]:
         raise DataError(f"{src}: X has {X.shape[0]} rows but Y has {Y.shape[0]}; samples must be rows of both")
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-    failures = check_assumption1(Xt, Yt, gap_rtol)
+    X64, Y64 = Xt.double(), Yt.double()
+    if not (bool(torch.isfinite(X64.T @ X64).all()) and bool(torch.isfinite(Y64.T @ X64).all())
+            and bool(torch.isfinite(Y64.T @ Y64).all())):
+        raise DataError(f"{src}: the data's second moments X^T X, Y^T X, Y^T Y overflow float64 (max |X| = "
+                        f"{float(X64.abs().max()):.3g}, max |Y| = {float(Y64.abs().max()):.3g}): rescale the data")
+    try:
+        failures = check_assumption1(Xt, Yt, gap_rtol)
+    except torch.linalg.LinAlgError as e:
+        raise DataError(f"{src}: the data's statistics cannot be decomposed in float64 ({e}); rescale the data") from e
     if failures:
         warnings.warn(f"{src}: Assumption 1 fails ({'; '.join(failures)}); training works, "
                       "but the square-loss classifier's Theorem 7 does not apply", stacklevel=2)

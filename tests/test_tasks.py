@@ -55,6 +55,10 @@ def test_bad_data_files_are_named(tmp_path):
         load_regression(path=str(tmp_path / "nan.npz"))
     with pytest.raises(DataError, match="not found"):
         load_regression(path=str(tmp_path / "missing.npz"))
+    # finite, but too large for float64 statistics (found by the fuzz test): a named error, no LAPACK trace
+    np.savez(tmp_path / "huge.npz", X=np.full((5, 2), 1e200), Y=np.ones((5, 1)))
+    with pytest.raises(DataError, match=r"huge.npz: the data's second moments .* overflow float64"):
+        load_regression(path=str(tmp_path / "huge.npz"))
 
 
 def test_data_violating_assumption1_warns_but_loads(tmp_path):
