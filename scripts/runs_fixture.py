@@ -118,7 +118,8 @@ def make_runs_fixture(root, runs: int = 1000, records: int = 1000, depth: int = 
             table.update({"near_dist": 0.03 * rng.lognormal(0, 0.1, n),
                           "tight_margin": 1e-3 * rng.lognormal(0, 0.1, n),
                           "lam_min": np.where(every10, -0.1 * rng.lognormal(0, 0.1, n), np.nan),
-                          "lam_max": np.where(every10, 20 * rng.lognormal(0, 0.1, n), np.nan)})
+                          "lam_max": np.where(every10, 20 * rng.lognormal(0, 0.1, n), np.nan),
+                          "lam_converged": np.where(every10, 1.0, np.nan)})
             table["member_status"] = np.full(n, "training", dtype=object)
             table.update({"label": labels, "label_reason": np.full(n, "synthetic", dtype=object),
                           "S": np.full(n, top, dtype=object), "nearest_S": np.full(n, top, dtype=object),
