@@ -247,8 +247,10 @@ class Trainer:
             self._dispatch()
             self._pending = [end]
         pending, self._pending = self._pending, []
-        # a signal during a record aborts it (no waiting), except the final one while finishing
-        defer, self._defer = self._defer, self._finishing
+        # a signal during a record aborts it (no waiting: a large ensemble's record can take
+        # minutes), except the final one while finishing; a batch of a small network's records is
+        # quick by construction and finishes first, so that no record it holds is lost
+        defer, self._defer = self._defer, self._finishing or self.record_batch > 1
         try:
             with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
                 for h in self.hooks:
