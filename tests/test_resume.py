@@ -71,7 +71,7 @@ def stop_runs(root: Path, how: list[str], seed: int) -> list[Path]:
         proc.start()
         # records reach the table (and its heartbeat) a checkpoint's worth at a time (record
         # batches): a target in the last stretch would be seen only as the run ends
-        jobs.append([proc, out, h, rng.randrange(1, STEPS - 150)])
+        jobs.append([proc, out, h, rng.randrange(1, STEPS - 250)])
     deadline = time.time() + 300
     while any(j[0].is_alive() and j[3] is not None for j in jobs) and time.time() < deadline:
         for j in jobs:
