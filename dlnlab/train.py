@@ -135,6 +135,7 @@ class Trainer:
         self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
         self._pending: list = []  # (record, hooks due, handled at its own step) waiting
         self._pending_since = 0.0  # when the first of them was made
+        self._last_record_at = 0.0  # when the last record was made (the start of `run` at first)
 
     # -- state seen by hooks -------------------------------------------------------------------
     @property
@@ -223,15 +224,18 @@ class Trainer:
                      lr=self.lr, ridge=self.ridge, final=last,
                      checkpoint=bool(not last and self.checkpoint_every
                                      and self.step % self.checkpoint_every == 0))
+        now = time.monotonic()
+        # records more than RECORD_BATCH_SECONDS apart gain nothing from waiting for each other
         wait = (self.record_batch > 1 and not last and not rec.checkpoint
+                and now - self._last_record_at <= RECORD_BATCH_SECONDS
                 and not any(h.immediate(rec) for h in due))
+        self._last_record_at = now
         if wait:  # the live weights move on before the hooks see this record
             rec.weights = [w.clone() for w in rec.weights]
         self._pending.append((rec, due, not wait))
         if len(self._pending) == 1:
-            self._pending_since = time.monotonic()
-        if (not wait or len(self._pending) >= self.record_batch
-                or time.monotonic() - self._pending_since > RECORD_BATCH_SECONDS):
+            self._pending_since = now
+        if not wait or len(self._pending) >= self.record_batch or now - self._pending_since > RECORD_BATCH_SECONDS:
             self._dispatch()
 
     def _dispatch(self) -> None:
@@ -334,6 +338,7 @@ class Trainer:
                 h.on_start(self)
             for h in self.hooks:
                 h.cadence.last = self.steps
+            self._last_record_at = time.monotonic()
             if self.resumed_from is None:
                 self._record()
             else:  # the checkpoint's record is in the table already

@@ -135,7 +135,7 @@ class RecordConfig:
     progress_seconds: float = 10.0  # seconds between status lines when stderr is not a terminal (> 0)
     # records handed to the hooks together, as one stack of members (the same numbers, far fewer
     # calls for a small network); 0 = auto: up to 16 records and 2^18 parameters in all, none
-    # waiting over 1 s; 1 = each record at its step
+    # waiting over about 1 s (records further apart do not wait); 1 = each record at its step
     batch: int = 0
 
 
