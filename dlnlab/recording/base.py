@@ -100,6 +100,12 @@ class Spectra:
                        balances=[b[sl] for b in self.balances], finite=self.finite[sl])
 
 
+def nth_due(rec: Record, n: int, every: int) -> bool:
+    """Whether a hook that acts on every `every`-th record it sees (the 1st, the (every+1)-th, ...;
+    0: none on the way) and on the last one acts on `rec`, its n-th record (1-based)."""
+    return rec.final or bool(every and (n - 1) % every == 0)
+
+
 def stack_weights(recs: list) -> list:
     """The records' weights as one stack of members, record by record: member k of the n-th record
     is row n * E + k (`record_rows(n, E)`). Every per-member computation gives the same numbers on

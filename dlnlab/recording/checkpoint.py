@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from dlnlab.linalg import finite_members
 from dlnlab.recording.base import Hook, Record
 
 
@@ -67,7 +68,7 @@ class CheckpointHook(Hook):
         if "loss" in rec.metrics:  # NaN/inf layers or an overflowing product: the loss tells
             ok = torch.isfinite(rec.metrics["loss"])
         else:
-            ok = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+            ok = finite_members(rec.weights)
         self._ok = ok
         if self._good is None:
             self._good = [w.clone() for w in rec.weights]
@@ -97,7 +98,7 @@ class CheckpointHook(Hook):
         if status == "interrupted" and int(self._good_step.max()) < trainer.step:
             # no final record after an interrupt: the weights at its step, where they are finite
             ws = trainer.weights
-            ok = trainer.active & torch.stack([torch.isfinite(w).flatten(1).all(1) for w in ws]).all(0)
+            ok = trainer.active & finite_members(ws)
             for g, w in zip(self._good, ws):
                 g[ok] = w[ok]
             self._good_step[ok] = trainer.step

@@ -27,7 +27,14 @@ import logging
 
 import torch
 
-from dlnlab.recording.base import Hook, Record, Spectra, split_columns, stack_weights
+from dlnlab.recording.base import (
+    Hook,
+    Record,
+    Spectra,
+    nth_due,
+    split_columns,
+    stack_weights,
+)
 from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
 from dlnlab.theory.classify_batch import LABELS
 from dlnlab.theory.ridge_labels import classify as ridge_classify
@@ -103,9 +110,9 @@ class ClassifierHook(Hook):
         for rec in recs:
             self.n += 1
             if self.mode == "theorem7":
-                if rec.final or (self.n - 1) % self.every == 0:
+                if nth_due(rec, self.n, self.every):
                     due.append(rec)
-            elif rec.final or (self.ridge_every and (self.n - 1) % self.ridge_every == 0):
+            elif nth_due(rec, self.n, self.ridge_every):
                 self._ridge(trainer, rec)
         if due:
             self._theorem7(trainer, due)

@@ -19,8 +19,9 @@ import logging
 
 import torch
 
+from dlnlab.linalg import finite_members
 from dlnlab.losses import make_loss
-from dlnlab.recording.base import Hook, Record
+from dlnlab.recording.base import Hook, Record, nth_due
 from dlnlab.theory.convex import ConvexLabeller
 from dlnlab.theory.convex_reference import ConvexTolerances, convex_reference
 
@@ -73,10 +74,10 @@ class ConvexHook(Hook):
 
     def on_record(self, trainer, rec: Record) -> None:
         self.n += 1
-        if self.labeller is None or not (rec.final or (self.n - 1) % self.every == 0):
+        if self.labeller is None or not nth_due(rec, self.n, self.every):
             return
         ws = [w.detach().double() for w in rec.weights]
-        ok = rec.active & torch.stack([torch.isfinite(w).flatten(1).all(1) for w in ws]).all(0)
+        ok = rec.active & finite_members(ws)
         if not bool(ok.all()):  # diverged members: label zeros, report nothing
             ws = [torch.where(ok.view(-1, 1, 1), w, 0.0) for w in ws]
         labels = self.labeller.label(ws, hessian=rec.final)

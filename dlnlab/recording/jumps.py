@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dlnlab.linalg import finite_members
 from dlnlab.recording.base import Hook, Record
 from dlnlab.recording.folder import EVENT_COLUMNS, EVENTS_FILE, atomic_write
 from dlnlab.theory.ridge_labels import classify as ridge_classify
@@ -187,7 +188,7 @@ class RankJumpHook(Hook):
 
     def on_record(self, trainer, rec: Record) -> None:
         t0 = time.perf_counter()
-        finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in rec.weights]).all(0)
+        finite = finite_members(rec.weights)
         if rec.spectra is not None:  # finite layers whose product overflowed
             finite &= rec.spectra.finite
         self.dead |= ~(rec.active & finite)

@@ -10,7 +10,7 @@ import torch
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
-from dlnlab.recording.base import Hook, Record, product_key
+from dlnlab.recording.base import Hook, Record, nth_due, product_key
 from dlnlab.recording.folder import swept_keys_of
 
 # descriptions of the fixed tags (shown by TensorBoard next to a chart); hooks add theirs for the
@@ -122,7 +122,7 @@ class TensorBoardHook(Hook):
         for tag, text in rec.texts.items():  # texts are news: written whatever the cadence
             self.writer.add_text(tag, text, rec.step)
         self._n += 1
-        if not (rec.final or (self._n - 1) % self.every_records == 0):
+        if not nth_due(rec, self._n, self.every_records):
             return
         E, H = trainer.net.E, len(rec.weights)
         values = []

@@ -25,7 +25,15 @@ import logging
 import pandas as pd
 import torch
 
-from dlnlab.recording.base import Hook, Record, Spectra, split_columns, stack_weights
+from dlnlab.linalg import finite_members
+from dlnlab.recording.base import (
+    Hook,
+    Record,
+    Spectra,
+    nth_due,
+    split_columns,
+    stack_weights,
+)
 from dlnlab.recording.staircase import staircase, staircase_markdown
 from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import plateau_values
@@ -88,7 +96,7 @@ class TrajectoryHook(Hook):
         due = []
         for rec in recs:
             self.n += 1
-            if self.clf is not None and (rec.final or (self.n - 1) % self.every == 0):
+            if self.clf is not None and nth_due(rec, self.n, self.every):
                 due.append(rec)
         if not due:
             return
@@ -112,9 +120,7 @@ class TrajectoryHook(Hook):
         data = self.clf.data
         ws = [w.to(torch.float64) for w in (stack_weights(recs) if len(recs) > 1 else recs[0].weights)]
         # members that diverged (inactive or non-finite) get NaN / empty text, never an SVD
-        ok = torch.cat([r.active for r in recs])
-        for w in ws:
-            ok &= torch.isfinite(w).flatten(1).all(1)
+        ok = torch.cat([r.active for r in recs]) & finite_members(ws)
         every = ok.nonzero().squeeze(1)
         if not every.numel():
             self._near_columns(recs, None, None)
@@ -147,11 +153,9 @@ class TrajectoryHook(Hook):
         E = rec.active.shape[0]
         nan = torch.full((E,), float("nan"), dtype=torch.float64)
         lam_min, lam_max, conv = nan.clone(), nan.clone(), nan.clone()
-        if self.curv_every and (rec.final or (self.labelled - 1) % self.curv_every == 0):
+        if self.curv_every and nth_due(rec, self.labelled, self.curv_every):
             ws = [w.detach().to(torch.float64) for w in rec.weights]
-            ok = rec.active.clone()
-            for w in ws:
-                ok &= torch.isfinite(w).flatten(1).all(1)
+            ok = rec.active & finite_members(ws)
             ok[self.members:] = False
             idx = ok.nonzero().squeeze(1)
             if idx.numel():
