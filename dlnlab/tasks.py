@@ -161,8 +161,9 @@ class RegressionTask(_LossOfTask):
         return torch.linalg.lstsq(self.X.double(), self.Y.double()).solution.T
 
     def landscape_data(self):
-        """(X, Y) for the square-loss classifier."""
-        return self.X, self.Y
+        """(X, Y) for the square-loss classifier; None under another loss (or a product ridge),
+        whose landscape Theorem 7 does not describe."""
+        return (self.X, self.Y) if self.square_loss else None
 
     def convex_data(self):
         """(X, canonical targets) of the convex reference ell* (dlnlab.theory.convex_reference)."""
@@ -265,7 +266,7 @@ class CompletionTask(_LossOfTask):
     def landscape_data(self):
         """Theorem 7 is a square-loss regression result; a fully observed completion is the
         regression X = I_{n2}, Y = M^T (loss scaled by 1/N)."""
-        if not self.fully_observed:
+        if not (self.fully_observed and self.square_loss):
             return None
         return torch.eye(self.n2, dtype=torch.float64), self.observed_matrix().double().T
 

@@ -163,6 +163,21 @@ def test_classify_cli_uses_every_classify_tolerance_of_the_run(tmp_path, capsys)
     assert float(paper) / scale == pytest.approx(float(lab), rel=PRINTED_RTOL)
 
 
+def test_classify_cli_labels_a_cross_entropy_run_as_its_convex_hook_did(tmp_path, capsys):
+    """Theorem 7 is a square-loss result: under another loss the CLI gives the convex hook's labels
+    (Laurent & von Brecht) and values, never Theorem 7's."""
+    cfg = compose(["loss=cross_entropy", "task.targets=classes", "task.noise=3", "optim.lr=0.05",
+                   "model.init.scale=0.3", "optim.steps=300", "record.every=100", "record.progress=off"])
+    run(cfg, out_dir=tmp_path)
+    assert prepare(cfg).landscape_data() is None
+    last = load_run(tmp_path).sort_values("step").iloc[-1]
+    lines = _cli_lines(tmp_path, capsys)
+    assert f"member 0: {last.convex_label} (loss=cross_entropy: Laurent & von Brecht, not Theorem 7)" in lines
+    assert float(_field(lines, "convex_gap")) == pytest.approx(last.convex_gap, rel=PRINTED_RTOL)
+    assert float(_field(lines, "grad_l_norm")) == pytest.approx(last.grad_l_norm, rel=PRINTED_RTOL)
+    assert not any("Theorem 7" in ln and "not Theorem 7" not in ln for ln in lines)
+
+
 def test_classify_cli_ridge_completion_prints_ranks_balance_and_modes(tmp_path, capsys):
     """lambda > 0: the CLI labels by first and second order (dlnlab.theory.ridge_labels.classify) and prints the layer
     ranks, B_r membership, balancedness, the balanced identity and (fully observed completion) the mode
@@ -189,3 +204,17 @@ def test_ridge_runs_get_second_order_labels_at_the_end(tmp_path):
     last = df[df.step == 300].iloc[0]
     assert last.label in {"not_critical", "strict_saddle", "local_min", "degenerate"}
     assert last.label_reason
+
+
+def test_ridge_labels_use_the_runs_jumps_label_tolerances(tmp_path):
+    """One label rule per run: the classifier hook's ridge labels take the jumps.* tolerances, as the
+    rank-jump tracker's do. A loose jumps.grad_tol makes the point critical, and its reason quotes it."""
+    base = ["optim.ridge=0.01", "optim.steps=300", "record.every=100", "record.progress=off",
+            "model.init.kind=gaussian", "model.init.scale=1.0", "optim.lr=0.01"]
+    labels = {}
+    for grad_tol in (1e-7, 10.0):
+        out = tmp_path / str(grad_tol)
+        run(compose(base + [f"jumps.grad_tol={grad_tol}"]), out_dir=out)
+        labels[grad_tol] = load_run(out).sort_values("step").iloc[-1]
+    assert labels[1e-7].label == "not_critical" and "grad_tol = 1e-07" in labels[1e-7].label_reason
+    assert labels[10.0].label != "not_critical" and labels[10.0].grad_norm < 10.0

@@ -1,7 +1,9 @@
 """`dlnlab-classify PATH [--hessian]`: label a saved checkpoint (a run folder means its last.pt).
 
-The task's data are rebuilt from the run's config, and the labels use the run's `classify.*`
-tolerances (as the classifier hook did for the run table). Loss-like values are printed in both
+The task's data and loss are rebuilt from the run's config, and the labels are those the run's hooks
+gave: Theorem 7 with the run's `classify.*` tolerances under the square loss, the labels of Laurent &
+von Brecht's theorem (docs/theory.md §8, with the convex hook's training tolerances) under any other
+loss, first and second order under ridge or a partially observed completion. Loss-like values are printed in both
 units: "paper" = the landscape paper's loss, the SUM over samples (or observed entries), and "lab" =
 the run's loss (the mean) = paper / task.paper_scale.
 """
@@ -14,9 +16,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from dlnlab.experiments.build import build_task
+from dlnlab.experiments.build import build_loss, build_task
 from dlnlab.recording.classifier import tolerances_from_config
+from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
+from dlnlab.tasks import with_loss
 from dlnlab.theory.classify import classify
+from dlnlab.theory.convex import ConvexLabeller
+from dlnlab.theory.convex_reference import convex_reference
 from dlnlab.theory.ridge_labels import classify as ridge_classify
 from dlnlab.train import Schedule
 
@@ -90,6 +96,27 @@ def _print_ridge(p) -> None:
         _print_modes(p.modes)
 
 
+def _convex(task, weights, n: int) -> None:
+    """Laurent & von Brecht's labels of the first n members (as the convex hook's last record)."""
+    data = task.convex_data()
+    if data is None:
+        _fail(f"loss={task.loss_name} on task={task.name}: no convex reference (regression data only)")
+    X, T = data
+    tol = TRAINING_CONVEX_TOLERANCES
+    ref = convex_reference(task.objective, X.double(), T.double(), task.product_ridge, d_out=task.d_out,
+                           tolerances=tol)
+    dims = [weights[0].shape[-1]] + [w.shape[-2] for w in weights]
+    labels = ConvexLabeller(ref, dims, tol).label([w[:n].double() for w in weights], hessian=True)
+    print(f"units: lab (the run's loss, loss={task.loss_name}); convex reference ell* = {ref.value:.10g}"
+          + (" (an infimum: ell has no minimiser)" if ref.no_minimiser else ""))
+    print(f"tolerances (the convex hook's): grad_rtol={tol.grad_rtol:g}, grad_l_rtol={tol.grad_l_rtol:g}")
+    for k, c in enumerate(labels):
+        print(f"member {k}: {c.label} (loss={task.loss_name}: Laurent & von Brecht, not Theorem 7)")
+        for key, v in c.to_dict().items():
+            if key != "label" and v not in (None, ""):
+                _print_field(key, v)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,9 +127,17 @@ def main(argv=None) -> None:
     path, ck, cfg = _load(Path(args.path))
 
 
-    task = build_task(cfg.task)
+    lc = cfg.get("loss")
+    try:
+        task = with_loss(build_task(cfg.task), build_loss(lc), lc.product_ridge if lc is not None else 0.0)
+    except ValueError as e:  # ConfigError, DataError, LossError
+        _fail(f"the run's task or loss cannot be rebuilt: {e}")
     weights = ck["weights"]
     E = weights[0].shape[0]
+    if not task.square_loss:
+        print(f"{path}  step {ck['step']}  dims {ck['dims']}  members {E}")
+        _convex(task, weights, min(E, args.members))
+        return
     schedule = _ridge_schedule(cfg)
     # the weights of step s were made by the step s - 1 took, under that step's lambda
     ridge = schedule(max(int(ck["step"]) - 1, 0))

@@ -17,6 +17,7 @@ from dlnlab.experiments.config import (
     TASK_KINDS,
     ConfigError,
     checkpoint_every,
+    label_tolerances,
     register,
     resolve_device,
     validate,
@@ -147,7 +148,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
         hooks.append(ConvexHook(every_records=c.every_records, text_members=r.tb_members))
     elif c is not None and c.enabled:
         hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
-                                    text_members=r.tb_members))
+                                    text_members=r.tb_members,
+                                    ridge_tolerances=label_tolerances(cfg) if hasattr(cfg, "jumps") else None))
         if c.near or c.curvature_every:
             hooks.append(TrajectoryHook(c.every_records, c.curvature_every, c.full_max_params, c.near,
                                         text_members=r.tb_members, members=c.near_members))

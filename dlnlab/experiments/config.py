@@ -171,7 +171,7 @@ class JumpsConfig:
     # jumps_summary.json (with the A.3 mode table)
     label_final: bool = True
     # Label tolerances (dlnlab.theory.ridge_modes.LabelTolerances, same names and defaults; all plumbed by
-    # dlnlab.experiments.config.label_tolerances):
+    # dlnlab.experiments.config.label_tolerances), also for the classifier hook's ridge labels (`label`):
     grad_tol: float = 1.0e-7  # ||grad|| <= grad_tol is critical
     eig_rtol: float = 1.0e-6  # Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0
     eig_atol: float = 1.0e-12  # absolute floor of that tolerance

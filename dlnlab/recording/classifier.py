@@ -38,6 +38,7 @@ from dlnlab.recording.base import (
 from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
 from dlnlab.theory.classify_batch import LABELS
 from dlnlab.theory.ridge_labels import classify as ridge_classify
+from dlnlab.theory.ridge_modes import LabelTolerances
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,12 @@ class ClassifierHook(Hook):
     tb_descriptions = TB_DESCRIPTIONS
 
     def __init__(self, tolerances: Tolerances | None = None, every_records: int = 1,
-                 ridge_every: int = 0, ridge_members: int = 16, text_members: int = 8):
+                 ridge_every: int = 0, ridge_members: int = 16, text_members: int = 8,
+                 ridge_tolerances: LabelTolerances | None = None):
         self.tol = tolerances or tolerances_from_config(None)
+        # the ridge labels' tolerances: the run's jumps.* options, so that this hook's `label` and
+        # the rank-jump tracker's `ridge_label` of one point agree
+        self.ridge_tol = ridge_tolerances
         self.every, self.ridge_every, self.ridge_members = every_records, ridge_every, ridge_members
         self.clf, self.n, self.mode = None, 0, None
         self.text_members = text_members  # members whose labels go into the TensorBoard text
@@ -156,7 +161,7 @@ class ClassifierHook(Hook):
         for k in range(k_max):
             if not bool(rec.active[k]):
                 continue
-            p = ridge_classify([w[k] for w in rec.weights], trainer.task, rec.ridge)
+            p = ridge_classify([w[k] for w in rec.weights], trainer.task, rec.ridge, tol=self.ridge_tol)
             labels[k], reasons[k], codes[k] = p.label, p.reason, float(LABEL_CODES.get(p.label, -1))
         rec.metrics["label"], rec.metrics["label_reason"], rec.metrics["label_code"] = labels, reasons, codes
         self.latest = labels[:k_max]
