@@ -23,7 +23,13 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from dlnlab.experiments.build import build_hooks, build_net, build_trainer, compose, prepare
+from dlnlab.experiments.build import (
+    build_hooks,
+    build_net,
+    build_trainer,
+    compose,
+    prepare,
+)
 from dlnlab.recording.base import Record
 from dlnlab.recording.classifier import ClassifierHook
 from dlnlab.recording.metrics import MetricsHook

@@ -206,7 +206,7 @@ def test_random_normal_form_points_against_hessian():
     counts = {}
     for trial in range(160):
         dims = random_dims(rng, trial, transposed_every=5)
-        H, d_x, d_y = len(dims) - 1, dims[0], dims[-1]
+        d_x, d_y = dims[0], dims[-1]
         X, Y = gaussian_data(d_x + int(rng.integers(0, 3)), d_x, d_y, seed=trial)
         clf = Classifier(X, Y)
         assert clf.data.assumptions.ok
@@ -282,7 +282,7 @@ def test_appendix_G_configuration():
     """Spec §6.2 App. G: d_x = 10, d_y = 4, H = 5, widths 10, m = 100, S = {1,2}, Z_h = I_8 or 0."""
     X, Y = gaussian_data(100, 10, 4, seed=0)
     clf = Classifier(X, Y)
-    dims, r = [10, 10, 10, 10, 10, 4], 2
+    dims = [10, 10, 10, 10, 10, 4]
     shapes = [(8, 10), (8, 8), (8, 8), (8, 8), (2, 8)]
     for eye, label in ((True, "strict_saddle"), (False, "nonstrict_saddle")):
         Zs = [torch.zeros(*s, dtype=F64) for s in shapes]

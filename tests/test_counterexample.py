@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from dlnlab.theory.convex_certificate import curvature
-from dlnlab.theory.convex_counterexample import counterexample_objective, nonsmooth_counterexample
+from dlnlab.theory.convex_counterexample import (
+    counterexample_objective,
+    nonsmooth_counterexample,
+)
 
 
 def test_l1_has_a_suboptimal_local_minimum():

@@ -19,7 +19,6 @@ def test_an_ensemble_summary_gives_quartiles_and_counts_not_a_list():
     rank[5] = None
     labels = ["strict_saddle (S = {})"] * 40 + ["global_min (S = {1, 2})"] * 24
     text = str(RunSummary("runs/x", "finished", 300, 1.5, loss, rank, [None] * 5 + [120] + [None] * 58, labels))
-    lines = dict(line.split(None, 1) if " " in line else (line, "") for line in text.splitlines())
     assert "..." not in text.split("diverged")[0]
     assert "members     64 (1 diverged)" in text
     assert "final loss  median 32  quartiles [16.5, 47.5]  range [0, 63]" in text

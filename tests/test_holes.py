@@ -17,7 +17,12 @@ from dlnlab.cli.compare import run_cli
 from dlnlab.cli.sweep import SweepFolderInUse, claim_sweep_dir
 from dlnlab.experiments.build import compose, conf_dir, prepare
 from dlnlab.experiments.config import ConfigError
-from dlnlab.experiments.guards import check_memory, clean_run_dir, estimate_memory, threads_for
+from dlnlab.experiments.guards import (
+    check_memory,
+    clean_run_dir,
+    estimate_memory,
+    threads_for,
+)
 from dlnlab.experiments.run import run
 from dlnlab.recording.folder import write_status
 

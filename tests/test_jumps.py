@@ -480,7 +480,6 @@ def test_r1_polished_sgd_end_points_are_rank_1_minima(r1_run):
     out, s = r1_run
     p = s.phases["sgd"]["polish"]
     ranks = [m["layer_rank"] for m in p["per_member"]]
-    labels = [m["label"] for m in p["per_member"]]
     assert ranks.count(1) >= 12
     # rank-1 end points converge fast (curvature >= 2 lambda); a member still at rank 2 sits in the
     # shallow basin (curvature ~3e-3) and may still be `not_critical` after the polish

@@ -316,7 +316,7 @@ def test_random_normal_form_point_critical_only():
     plain_not_critical = 0
     for trial in range(60):
         dims = random_dims(rng, trial, transposed_every=4)
-        H, d_x, d_y = len(dims) - 1, dims[0], dims[-1]
+        d_x, d_y = dims[0], dims[-1]
         X, Y = gaussian_data(d_x + 3, d_x, d_y, seed=trial)
         d = LandscapeData.from_xy(X, Y)
         r = int(rng.integers(0, min(min(dims), d.k) + 1))
@@ -333,8 +333,6 @@ def test_random_normal_form_point_critical_only():
 
 
 def test_apply_gauge_keeps_loss_and_product():
-    X, Y = gaussian_data(9, 5, 3)
-    d = LandscapeData.from_xy(X, Y)
     g = torch.Generator().manual_seed(0)
     dims = [5, 4, 6, 3]
     ws = [torch.randn(dims[h + 1], dims[h], generator=g, dtype=F64) for h in range(3)]

@@ -15,17 +15,22 @@ from landscape_data import clean_data, gaussian_data
 from dlnlab.analysis.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
-from dlnlab.linalg import partial_products, singular_values
+from dlnlab.linalg import partial_products, product, singular_values
 from dlnlab.recording.base import Hook
-from dlnlab.linalg import product
-from dlnlab.theory.critical import loss_of_product, plateau_values
 from dlnlab.tasks import make_regression
+from dlnlab.theory.critical import loss_of_product, plateau_values
 from dlnlab.theory.data import LandscapeData
 from dlnlab.theory.hessian import full_hessian, square_loss_fn
+from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
 from dlnlab.theory.pivots import b1_cores, block_sources, sandwiches
 from dlnlab.theory.points import normal_form, saddle_family
-from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
-from dlnlab.theory.trajectory import DEFAULT, TrajectoryTolerances, curvature, project_to_critical, tight_margin
+from dlnlab.theory.trajectory import (
+    DEFAULT,
+    TrajectoryTolerances,
+    curvature,
+    project_to_critical,
+    tight_margin,
+)
 
 F64 = torch.float64
 PSD_RTOL = 1e-8        # lam_min >= -PSD_RTOL * lam_max counts as PSD (non-strict saddles, global minima)
