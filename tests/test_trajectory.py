@@ -181,6 +181,28 @@ def test_lanczos_matches_exact_eigenvalues(kind):
         assert bool(((lmin - ex_min).abs() <= PLATEAU_REL * ex_min.abs()).all()), (lmin - ex_min) / ex_min
 
 
+@pytest.mark.parametrize("full_max_params", [0, 1000])
+def test_a_member_about_to_diverge_gets_nan_curvature_and_the_others_theirs(full_max_params):
+    """Finite weights whose Hessian overflows (a member on its way to diverging) used to fail the
+    eigendecomposition of the whole batch; now that member alone gets NaN (Lanczos and full paths)."""
+    X, Y = gaussian_data(16, 6, 4, seed=5)
+    data = LandscapeData.from_xy(X, Y)
+    ws = _random_points([6, 5, 5, 5, 4], 4, 0.7, seed=7)
+    ex_min, ex_max, _ = _exact(ws, data)
+    for w in ws:
+        w[2] *= 1e40
+    lmin, lmax, st = curvature(ws, data, full_max_params=full_max_params)
+    assert bool(lmin[2].isnan()) and bool(lmax[2].isnan())
+    keep = torch.tensor([0, 1, 3])
+    scale = torch.maximum(ex_min.abs(), ex_max.abs())[keep]
+    assert bool(((lmin[keep] - ex_min[keep]).abs() <= LANCZOS_RTOL * scale).all())
+    assert bool(((lmax[keep] - ex_max[keep]).abs() <= LANCZOS_RTOL * scale).all())
+    if st.method == "lanczos":
+        assert st.converged.tolist() == [True, True, False, True]
+        again_min, _, _ = curvature(ws, data, full_max_params=0, warm=st)   # its zero warm vector: a fresh start
+        assert bool(again_min[2].isnan()) and torch.allclose(again_min[keep], lmin[keep], rtol=1e-6)
+
+
 def test_lanczos_residuals_and_dropping_converged_members():
     """The reported residuals equal ||H v - lam v||; dropping finished members (subset) changes no value."""
     X, Y = gaussian_data(16, 6, 4, seed=9)

@@ -125,24 +125,29 @@ class TensorBoardHook(Hook):
         if not nth_due(rec, self._n, self.every_records):
             return
         E, H = trainer.net.E, len(rec.weights)
+        shown = min(E, self.members)
+        # the shown members' numbers as Python floats, one conversion per column (not per value)
+        col = {key: (v[:shown, 0] if key.startswith("sv_") else v[:shown]).tolist()
+               for key, v in m.items() if isinstance(v, torch.Tensor)}
+        e2e = m[f"sv_{product_key(H, 1)}"][:shown, : self.n_sv].tolist()
         values = []
-        for k in range(min(E, self.members)):
+        for k in range(shown):
             if trainer.diverged_at[k] is not None and trainer.diverged_at[k] < rec.step:
                 continue
             p = self._prefix(k, E)
             for key, tag in (("loss", "loss/train"), ("reg_loss", "loss/regularised"),
                              ("grad_norm", "grad_norm"), ("theta_sq", "theta_sq")):
-                values.append((p + tag, m[key][k]))
-            values.append((p + "rank/end_to_end", m["rank"][k]))  # the same tag at every depth
-            for key, v in m.items():
+                values.append((p + tag, col[key][k]))
+            values.append((p + "rank/end_to_end", col["rank"][k]))  # the same tag at every depth
+            for key in m:
                 if key.startswith(("rank_", "balance_")):
                     group, _, name = key.partition("_")
-                    values.append((f"{p}{group}/{name}", v[k]))
+                    values.append((f"{p}{group}/{name}", col[key][k]))
                 elif key.startswith("sv_"):  # the top singular value of every partial product
-                    values.append((f"{p}sv_top/{key[3:]}", v[k][0]))
+                    values.append((f"{p}sv_top/{key[3:]}", col[key][k]))
                 elif key in self.tags:  # columns other hooks declared for TensorBoard
-                    values.append((p + self.tags[key], v[k]))
-            for n, s in enumerate(m[f"sv_{product_key(H, 1)}"][k][: self.n_sv], start=1):
+                    values.append((p + self.tags[key], col[key][k] if key in col else m[key][k]))
+            for n, s in enumerate(e2e[k], start=1):
                 values.append((f"{p}sv/{n}", s))
         if E > 1:
             values += ensemble_quantiles(m, rec.active)

@@ -58,13 +58,17 @@ class SquareLossHVP:
             self.suf[h] = w if self.suf[h + 1] is None else self.suf[h + 1] @ w
         self.G = 2.0 * ((self.pre[self.H] - A) @ Sxx)
         self.SxxE = Sxx.expand(self.ws[0].shape[0], -1, -1)
-        # direction-free factors of every HVP, formed once per point: Suf_h^T, Pre_{h-1}^T,
-        # Suf_h^T G and G Pre_{h-1}^T (None = the identity, so G itself)
+        self._factors = False
+
+    def _hvp_factors(self) -> None:
+        """The direction-free factors of every HVP, formed once per point (not for a gradient alone):
+        Suf_h^T, Pre_{h-1}^T, Suf_h^T G and G Pre_{h-1}^T (None = the identity, so G itself)."""
         T = lambda M: None if M is None else M.transpose(-1, -2).contiguous()   # noqa: E731
         self.sufT = [T(S) for S in self.suf]
         self.preT = [T(R) for R in self.pre]
         self.SG = [None] + [self._lmul(self.sufT[h], self.G) for h in range(1, self.H + 1)]
         self.GR = [None] + [self._rmul(self.G, self.preT[h - 1]) for h in range(1, self.H + 1)]
+        self._factors = True
 
     @staticmethod
     def _lmul(a, b):
@@ -79,11 +83,14 @@ class SquareLossHVP:
         return SquareLossHVP([w[idx] for w in self.ws], self.A, self.Sxx)
 
     def grad(self) -> list[torch.Tensor]:
-        """[dL/dW_h], each (E, d_h, d_{h-1})."""
-        return [self._rmul(self.SG[h], self.preT[h - 1]) for h in range(1, self.H + 1)]
+        """[dL/dW_h] = Suf_h^T G Pre_{h-1}^T, each (E, d_h, d_{h-1})."""
+        T = lambda M: None if M is None else M.transpose(-1, -2)   # noqa: E731
+        return [self._rmul(self._lmul(T(self.suf[h]), self.G), T(self.pre[h - 1])) for h in range(1, self.H + 1)]
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hess @ v for flat directions v (E, P) -> (E, P)."""
+        if not self._factors:
+            self._hvp_factors()
         V = split(v, self.shapes)
         H, mm = self.H, torch.bmm
         dpre = [None] * (H + 1)                               # d(W_h..W_1); dpre[0] = 0
@@ -120,7 +127,8 @@ class LanczosResult:
     hvps: torch.Tensor | None = None
 
 
-def _unit(v: torch.Tensor) -> torch.Tensor:
+def unit_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row of v (E, P) divided by its norm (a zero row stays zero)."""
     n = torch.linalg.vector_norm(v, dim=1, keepdim=True)
     return v / n.clamp(min=1e-300)
 
@@ -145,7 +153,7 @@ def _project_out(Q: torch.Tensor, w: torch.Tensor, lo: int = 0) -> tuple[torch.T
 
 def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: float,
                      generator: torch.Generator | None = None, keep: tuple[int, int] = (4, 2),
-                     subset=None) -> LanczosResult:
+                     subset=None, check_every: int = 1, first: torch.Tensor | None = None) -> LanczosResult:
     """Extreme eigenvalues of the symmetric operators `op` ((E, P) -> (E, P)), all members at once.
 
     Thick-restart Lanczos (Wu & Simon) with full reorthogonalisation: a lost orthogonality makes ghost
@@ -154,8 +162,10 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
     column by column (no three-term assumption) and the Ritz residual of (theta, Q y) is |beta y_last|.
     A cycle holds at most `steps` vectors; a restart keeps the keep[0] lowest and keep[1] highest Ritz
     vectors (convergence continues near the unrestarted rate, instead of starting over from one vector).
-    After every step a member whose residuals of lam_min and lam_max are both <= rtol * max|theta|
-    (then each is within its residual of an eigenvalue) is finished and leaves the batch.
+    Every `check_every` steps (and at the first and last step of a cycle) a member whose residuals of
+    lam_min and lam_max are both <= rtol * max|theta| (then each is within its residual of an
+    eigenvalue) is finished and leaves the batch: the check is an eigendecomposition of T and a dozen
+    small tensor operations, which cost more than the HVP itself for a single 4096-parameter network.
 
     Args:
         op: the batched HVP. v0: (E, P) start vectors (warm start: the previous record's Ritz vectors).
@@ -163,6 +173,9 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
         generator: for the random vectors that replace an exhausted Krylov space.
         keep: Ritz vectors kept at each end on a restart (lowest, highest).
         subset: idx -> the operator of members idx (None: converged members stay in the batch).
+        check_every: steps between two convergence checks (a member may take check_every - 1 HVPs
+            more than it needs); the first two steps of a cycle are always checked.
+        first: op(unit_rows(v0)), if the caller has computed it already (the first step's HVP).
 
     Returns:
         LanczosResult (members not converged after `restarts` cycles: their last Ritz pairs).
@@ -180,7 +193,7 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
     live = torch.ones(E, dtype=torch.bool)     # rows still running (finished rows wait for a compaction)
     Q = torch.empty(E, k, P, dtype=F64)        # only Q[:, :j + 1] is ever read
     T = torch.zeros(E, k, k, dtype=F64)
-    q, m = _unit(v0), 0                        # m: Ritz vectors kept at the front of Q
+    q, m = unit_rows(v0), 0                        # m: Ritz vectors kept at the front of Q
     cycles = max(restarts, 1)
 
     def finish(sel, theta, Y, j, res, conv):
@@ -193,27 +206,33 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
         res_out[g] = res[sel]
         done[g] = conv[sel]
 
+    its, scale, compact = 0, None, False       # its: HVPs so far (every live row has had them all)
     for cycle in range(cycles):
         for j in range(m, k):
             Q[:, j] = q
-            w = op(q)
-            hvps[act[live]] += 1
+            w = first if its == 0 and first is not None else op(q)
+            its += 1
             w, h = _project_out(Q[:, :j + 1], w, 0 if j == m else j - 1)
             T[:, :j + 1, j] = h
             T[:, j, :j + 1] = h
             b = torch.linalg.vector_norm(w, dim=1)
-            theta, Y = torch.linalg.eigh(T[:, :j + 1, :j + 1])
-            res = b[:, None] * torch.stack([Y[:, j, 0], Y[:, j, -1]], 1).abs()
-            scale = theta.abs().amax(1).clamp(min=1e-300)
-            # two vectors at least: a start vector inside an eigenspace would give lam_min = lam_max
-            conv = ((res <= rtol * scale[:, None]).all(1) & (j >= 1)) | (j + 1 >= P)
             last = j + 1 == k
-            new = live & (conv | (last and cycle == cycles - 1))
-            if bool(new.any()):
-                finish(new.nonzero().squeeze(1), theta, Y, j, res, conv)
-                live = live & ~new
-                if not bool(live.any()):
-                    return LanczosResult(lam_min, lam_max, v_min, v_max, res_out, int(hvps.max()), done, hvps)
+            if last or j == m or (j - m) % check_every == 1 % check_every or j + 1 >= P:
+                theta, Y = torch.linalg.eigh(T[:, :j + 1, :j + 1])
+                res = b[:, None] * torch.stack([Y[:, j, 0], Y[:, j, -1]], 1).abs()
+                scale = theta.abs().amax(1).clamp(min=1e-300)
+                # two vectors at least: a start vector inside an eigenspace would give lam_min = lam_max
+                conv = ((res <= rtol * scale[:, None]).all(1) & (j >= 1)) | (j + 1 >= P)
+                new = live & (conv | (last and cycle == cycles - 1))
+                if bool(new.any()):
+                    sel = new.nonzero().squeeze(1)
+                    finish(sel, theta, Y, j, res, conv)
+                    hvps[act[sel]] = its
+                    live = live & ~new
+                    if not bool(live.any()):
+                        return LanczosResult(lam_min, lam_max, v_min, v_max, res_out, its, done, hvps)
+                    # dropping finished rows copies the filled part of Q: worth it once half are done
+                    compact = subset is not None and 2 * int(live.sum()) <= live.numel()
             # an exhausted Krylov space (b ~ 0) continues with a fresh random direction: T stays the
             # projection of Hess on span(Q) (its entries are computed, not assumed), with no coupling
             dead = b <= 1e-12 * scale
@@ -221,13 +240,13 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
                 r = torch.randn(w.shape, dtype=F64, generator=generator)
                 r, _ = _project_out(Q[:, :j + 1], r)
                 w = torch.where(dead[:, None], r, w)
-            q = _unit(w)
+            q = unit_rows(w)
             if last:
                 break
-            # dropping finished rows copies the filled part of Q: worth it once half the rows are done
-            if subset is not None and 2 * int(live.sum()) <= live.numel():
+            if compact:
+                compact = False
                 rows = live.nonzero().squeeze(1)
-                act, op, live = act[rows], subset(act[rows]), live[rows]
+                act, op, live, scale = act[rows], subset(act[rows]), live[rows], scale[rows]
                 Qn = torch.empty(rows.numel(), k, P, dtype=F64)
                 Qn[:, :j + 1] = Q[rows, :j + 1]
                 Q, T, q = Qn, T[rows], q[rows]

@@ -23,10 +23,11 @@ from dlnlab.linalg import singular_values as spectra_of
 from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import loss_of_product
 from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
-from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
+from dlnlab.theory.lanczos import LanczosResult, SquareLossHVP, lanczos_extremes, unit_rows
 from dlnlab.theory.pivots import b1_cores, block_sources, factor_scale
 
 F64 = torch.float64
+NAN = float("nan")
 
 __all__ = ["TrajectoryTolerances", "CurvatureState", "Projection", "curvature", "tight_margin",
            "project_to_critical", "projection_labels", "plateau_r"]
@@ -44,6 +45,10 @@ class TrajectoryTolerances:
     lanczos_rtol: a member stops when the Ritz residuals of lam_min and lam_max are both
         <= lanczos_rtol * max|lam|; each value is then within that of an eigenvalue of its Hessian.
     lanczos_seed: seed of the random start (cold start) and of the vectors replacing a dead Krylov space.
+    lanczos_check_every: Lanczos steps between two convergence checks (each costs more than an HVP
+        for a single network; a member may take lanczos_check_every - 1 HVPs more than it needs).
+    max_abs: a member whose Hessian entries (or first HVP) exceed this gets NaN curvature (a member
+        about to diverge: its Lanczos matrix would overflow); the others are unaffected.
     grad_rtol: a projected point is critical iff ||grad L||_F <= grad_rtol * tr(Syy) (paper units: the
         classifier's convention, tr(Syy) = L(0)).
     polish_iters: re-projections of the projected point at most, until grad_rtol holds.
@@ -56,6 +61,8 @@ class TrajectoryTolerances:
     lanczos_keep_high: int = 2
     lanczos_rtol: float = 1e-6
     lanczos_seed: int = 0
+    lanczos_check_every: int = 3
+    max_abs: float = 1e150
     grad_rtol: float = 1e-10
     polish_iters: int = 3
 
@@ -121,8 +128,12 @@ def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: in
             n = sub[0].shape[0] // P
             parts.append(SquareLossHVP(sub, data.A, data.Sxx).hvp(eye.repeat(n, 1)).view(n, P, P))
         Hs = torch.cat(parts)
-        ev = torch.linalg.eigvalsh((Hs + Hs.transpose(-1, -2)) / 2)
-        return ev[:, 0], ev[:, -1], CurvatureState("full")
+        lo, hi = torch.full((E,), NAN, dtype=F64), torch.full((E,), NAN, dtype=F64)
+        fine = Hs.flatten(1).abs().amax(1) <= tol.max_abs   # a member about to diverge: NaN
+        if bool(fine.any()):
+            ev = torch.linalg.eigvalsh((Hs[fine] + Hs[fine].transpose(-1, -2)) / 2)
+            lo[fine], hi[fine] = ev[:, 0], ev[:, -1]
+        return lo, hi, CurvatureState("full")
     op = SquareLossHVP(ws, data.A, data.Sxx)
     g = torch.Generator().manual_seed(tol.lanczos_seed)
     v0 = torch.randn(E, P, dtype=F64, generator=g)
@@ -130,9 +141,26 @@ def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: in
         # no noise: at an unchanged point the two Ritz vectors span an invariant space and two HVPs
         # suffice (any noise would have to be resolved down to lanczos_rtol); a Krylov space that
         # closes continues with a random direction inside lanczos_extremes
-        v0 = warm.v_min + warm.v_max
-    res = lanczos_extremes(op.hvp, v0, tol.lanczos_steps, tol.lanczos_restarts, tol.lanczos_rtol, g,
-                           keep=(tol.lanczos_keep_low, tol.lanczos_keep_high), subset=lambda i: op.subset(i).hvp)
+        w0 = warm.v_min + warm.v_max   # zero for a member that had NaN: it starts afresh
+        v0 = torch.where((torch.linalg.vector_norm(w0, dim=1) > 0)[:, None], w0, v0)
+    # a member about to diverge would overflow T (and fail the eigendecomposition of every member):
+    # the first HVP tells, and it gets NaN while the others go on
+    first = op.hvp(unit_rows(v0))
+    idx = (torch.linalg.vector_norm(first, dim=1) <= tol.max_abs).nonzero().squeeze(1)
+    run = lambda i: op.subset(idx[i]).hvp   # noqa: E731  (the operator of batch rows i)
+    res = None if not idx.numel() else lanczos_extremes(
+        op.hvp if idx.numel() == E else run(torch.arange(idx.numel())), v0[idx], tol.lanczos_steps,
+        tol.lanczos_restarts, tol.lanczos_rtol, g, keep=(tol.lanczos_keep_low, tol.lanczos_keep_high),
+        subset=run, check_every=tol.lanczos_check_every, first=first if idx.numel() == E else first[idx])
+    if res is None or idx.numel() < E:   # the finite members' results in their places, NaN elsewhere
+        nan = lambda *shape: torch.full(shape, NAN, dtype=F64)   # noqa: E731
+        full = LanczosResult(nan(E), nan(E), torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64), nan(E, 2),
+                             1 if res is None else res.n_hvp, torch.zeros(E, dtype=torch.bool),
+                             torch.ones(E, dtype=torch.long))
+        for name in ("lam_min", "lam_max", "v_min", "v_max", "residual", "converged", "hvps"):
+            if res is not None:
+                getattr(full, name)[idx] = getattr(res, name)
+        res = full
     return res.lam_min, res.lam_max, CurvatureState("lanczos", res.v_min, res.v_max, res.n_hvp, res.converged,
                                                     res.hvps)
 
@@ -297,19 +325,23 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
     E = ws[0].shape[0]
     rr = plateau_r(ws, d) if r is None else _as_r(r, E)
     proj = [torch.empty_like(w) for w in ws]
+    grad_rel = torch.empty(E, dtype=F64)
     for rv in sorted(set(rr.tolist())):                        # a few distinct r, not a loop over members
         idx = (rr == rv).nonzero().squeeze(1)
         sub = _snap([w[idx] for w in ws], d, rv)
+        g = _grad_rel(sub, d)
         for _ in range(tol.polish_iters):                      # re-snapping removes rounding residue
             # only the members that miss: a member's point must not depend on the others
-            bad = (_grad_rel(sub, d) > tol.grad_rtol).nonzero().squeeze(1)
+            bad = (g > tol.grad_rtol).nonzero().squeeze(1)
             if not bad.numel():
                 break
-            for s, again in zip(sub, _snap([s[bad] for s in sub], d, rv)):
-                s[bad] = again
+            again = _snap([s[bad] for s in sub], d, rv)
+            for s, a in zip(sub, again):
+                s[bad] = a
+            g[bad] = _grad_rel(again, d)
         for h in range(len(ws)):
             proj[h][idx] = sub[h]
-    grad_rel = _grad_rel(proj, d)
+        grad_rel[idx] = g
     if not bool((grad_rel <= tol.grad_rtol).all()):
         raise RuntimeError(f"projection not critical: max ||grad||/tr(Syy) = {float(grad_rel.max()):.3g} "
                            f"> {tol.grad_rtol:g}")
