@@ -127,9 +127,8 @@ class TensorBoardHook(Hook):
         E, H = trainer.net.E, len(rec.weights)
         shown = min(E, self.members)
         # the shown members' numbers as Python floats, one conversion per column (not per value)
-        col = {key: (v[:shown, 0] if key.startswith("sv_") else v[:shown]).tolist()
-               for key, v in m.items() if isinstance(v, torch.Tensor)}
-        e2e = m[f"sv_{product_key(H, 1)}"][:shown, : self.n_sv].tolist()
+        col = {key: (v if E <= shown else v[:shown]).tolist() for key, v in m.items() if isinstance(v, torch.Tensor)}
+        e2e = col[f"sv_{product_key(H, 1)}"]
         values = []
         for k in range(shown):
             if trainer.diverged_at[k] is not None and trainer.diverged_at[k] < rec.step:
@@ -144,10 +143,10 @@ class TensorBoardHook(Hook):
                     group, _, name = key.partition("_")
                     values.append((f"{p}{group}/{name}", col[key][k]))
                 elif key.startswith("sv_"):  # the top singular value of every partial product
-                    values.append((f"{p}sv_top/{key[3:]}", col[key][k]))
+                    values.append((f"{p}sv_top/{key[3:]}", col[key][k][0]))
                 elif key in self.tags:  # columns other hooks declared for TensorBoard
                     values.append((p + self.tags[key], col[key][k] if key in col else m[key][k]))
-            for n, s in enumerate(e2e[k], start=1):
+            for n, s in enumerate(e2e[k][: self.n_sv], start=1):
                 values.append((f"{p}sv/{n}", s))
         if E > 1:
             values += ensemble_quantiles(m, rec.active)

@@ -57,7 +57,7 @@ class SquareLossHVP:
             w = self.ws[h]                                    # W_{h+1}
             self.suf[h] = w if self.suf[h + 1] is None else self.suf[h + 1] @ w
         self.G = 2.0 * ((self.pre[self.H] - A) @ Sxx)
-        self.SxxE = Sxx.expand(self.ws[0].shape[0], -1, -1)
+        self.Sxx2 = (2.0 * Sxx).expand(self.ws[0].shape[0], -1, -1)   # dG = dP (2 Sxx)
         self._factors = False
 
     def _hvp_factors(self) -> None:
@@ -92,22 +92,22 @@ class SquareLossHVP:
         if not self._factors:
             self._hvp_factors()
         V = split(v, self.shapes)
-        H, mm = self.H, torch.bmm
+        H, mm, madd = self.H, torch.bmm, torch.baddbmm   # madd(c, a, b) = c + a @ b, one call
         dpre = [None] * (H + 1)                               # d(W_h..W_1); dpre[0] = 0
         for h in range(1, H + 1):
-            dpre[h] = V[0] if h == 1 else mm(V[h - 1], self.pre[h - 1]) + mm(self.ws[h - 1], dpre[h - 1])
+            dpre[h] = V[0] if h == 1 else madd(mm(V[h - 1], self.pre[h - 1]), self.ws[h - 1], dpre[h - 1])
         dsuf = [None] * (H + 1)                               # d(W_H..W_{h+1}); dsuf[H] = 0
         for h in range(H - 1, 0, -1):
             t = self._lmul(self.suf[h + 1], V[h])             # Suf_{h+1} V_{h+1}
-            dsuf[h] = t if dsuf[h + 1] is None else t + mm(dsuf[h + 1], self.ws[h])
-        dG = 2.0 * mm(dpre[H], self.SxxE[:dpre[H].shape[0]])
+            dsuf[h] = t if dsuf[h + 1] is None else madd(t, dsuf[h + 1], self.ws[h])
+        dG = mm(dpre[H], self.Sxx2[:dpre[H].shape[0]])
         out = []
         for h in range(1, H + 1):
             term = self._rmul(self._lmul(self.sufT[h], dG), self.preT[h - 1])
             if dsuf[h] is not None:
-                term = term + mm(dsuf[h].transpose(-1, -2), self.GR[h])
+                term = madd(term, dsuf[h].transpose(-1, -2), self.GR[h])
             if dpre[h - 1] is not None:
-                term = term + mm(self.SG[h], dpre[h - 1].transpose(-1, -2))
+                term = madd(term, self.SG[h], dpre[h - 1].transpose(-1, -2))
             out.append(term)
         return join(out)
 
