@@ -133,7 +133,7 @@ class Trainer:
             raise ValueError(f"record_batch={record_batch}: allowed an integer >= 0 (0: auto)")
         params = net.E * sum(w[0].numel() for w in net.weights)
         self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
-        self._pending: list = []  # (record, hooks due, handled at its own step) waiting
+        self._pending: list = []  # (record, hooks due, dispatched alone) waiting
         self._pending_since = 0.0  # when the first of them was made
         self._last_record_at = 0.0  # when the last record was made (the start of `run` at first)
 
@@ -232,7 +232,12 @@ class Trainer:
         self._last_record_at = now
         if wait:  # the live weights move on before the hooks see this record
             rec.weights = [w.clone() for w in rec.weights]
-        self._pending.append((rec, due, not wait))
+        # a record that a hook handles at its own step (a checkpoint) can close the batch of the
+        # records before it, if that hook is the last one: then every other hook has seen the whole
+        # batch, this record included, before it saves their states, as in a record-by-record run
+        imm = [i for i, h in enumerate(self.hooks) if not wait and any(d is h for d in due) and h.immediate(rec)]
+        alone = last or bool(imm and imm[0] < len(self.hooks) - 1)
+        self._pending.append((rec, due, alone))
         if len(self._pending) == 1:
             self._pending_since = now
         if not wait or len(self._pending) >= self.record_batch or now - self._pending_since > RECORD_BATCH_SECONDS:
@@ -244,9 +249,9 @@ class Trainer:
         if not self._pending:
             return
         if len(self._pending) > 1 and self._pending[-1][2]:
-            # the records before a checkpoint (or another record handled at its own step) go through
-            # every hook first: the states a checkpoint saves are those of a run that handed its
-            # records over one by one
+            # the records before the last record or a record handled at its own step by a hook that
+            # others follow go through every hook first: the states a checkpoint saves are those of a
+            # run that handed its records over one by one
             end = self._pending.pop()
             self._dispatch()
             self._pending = [end]
