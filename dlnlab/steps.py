@@ -12,12 +12,16 @@ only the step's own tensor operations, with the arithmetic of `dln_batch_factors
 `RidgeSGD`'s factored update bit for bit (tests/test_train.py): torch.bmm called directly is the
 kernel `@` reaches for these shapes, without `@`'s broadcasting logic on every call (half the cost
 of a one-network step). torch.mm would be as fast but rounds differently at small shapes, and member
-k of an ensemble must train exactly like the network seeded k.
+k of an ensemble must train exactly like the network seeded k. On the CPU the loop is compiled by
+TorchScript, which calls the same kernels in the same order without Python's cost per call (the
+other half); the plain Python loop is the same function, run where TorchScript is not available.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -165,10 +169,55 @@ class RidgeSGD(torch.optim.Optimizer):
             p.copy_(torch.where(self.active_mask.bool(), new, p))
 
 
+def _loop(ws: List[torch.Tensor], x: torch.Tensor, y: torch.Tensor, lrs: List[float], ridges: List[float],
+          per_step: bool) -> int:
+    """`run_steps`' steps (TorchScript-compatible, and plain Python where TorchScript is not there)."""
+    H = len(ws)
+    wts = [w.transpose(-1, -2) for w in ws]
+    for t in range(len(lrs)):
+        xt, yt = x, y
+        if per_step:
+            xt, yt = x[t], y[t]
+        acts = [xt]
+        for h in range(H - 1):
+            acts.append(torch.bmm(acts[-1], wts[h]))
+        resid = torch.bmm(acts[-1], wts[H - 1]) - yt
+        # one sum for the divergence test: a member's loss is finite iff this sum is (up to an
+        # overflow of the sum itself, which only sends the step to the general loop)
+        if not math.isfinite(float(resid.pow(2).sum())):
+            return t
+        deltas = [resid * (2.0 / resid.shape[-2])]
+        for h in range(H - 1, 0, -1):
+            deltas.append(torch.bmm(deltas[-1], ws[h]))
+        lr = lrs[t]
+        beta = 1.0 - 2.0 * lr * ridges[t]
+        for h in range(H):
+            ws[h].baddbmm_(deltas[H - 1 - h].transpose(-1, -2), acts[h], beta=beta, alpha=-lr)
+    return len(lrs)
+
+
+@functools.cache
+def _scripted():
+    """`_loop` compiled by TorchScript, or None where that fails (no TorchScript in this torch, or
+    no source files). TorchScript runs the same ATen kernels in the same order without Python's
+    per-call cost (about half of a one-network step), and on the CPU it fuses nothing, so the
+    weights are bit for bit those of the Python loop (tests/test_train.py). It is deprecated in
+    favour of torch.compile, whose fused kernels round differently."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(_loop)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+STEPS_PER_CALL = 64  # steps between two checks of `interrupted`
+
+
 @torch.no_grad()
 def run_steps(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
               lrs: Sequence[float], ridges: Sequence[float],
-              interrupted: Callable[[], bool] | None = None) -> int:
+              interrupted: Callable[[], bool] | None = None, script: bool = True) -> int:
     """Take len(lrs) square-loss steps in place, stopping early where the general loop must decide.
 
     Args:
@@ -176,7 +225,8 @@ def run_steps(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
         x, y: the steps' batches (n, E, B, d_0) and (n, E, B, d_H), or one full batch (m, d_0),
             (m, d_H) shared by every member and step (gradient descent).
         lrs, ridges: the learning rate and lambda of each step.
-        interrupted: asked before each step; True stops the loop there.
+        interrupted: asked every STEPS_PER_CALL steps; True stops the loop there.
+        script: the TorchScript loop on the CPU where there is one (the same numbers, faster).
 
     Returns:
         The number of steps taken. It is short of len(lrs) when `interrupted` said so, or before a
@@ -185,29 +235,15 @@ def run_steps(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
     """
     per_step = x.ndim == 4
     ws = list(weights)
-    E = ws[0].shape[0]
     if not per_step:  # the full batch, as the batched ops' broadcasting would expand it
-        x = x.expand(E, *x.shape)
-    wts = [w.transpose(-1, -2) for w in ws]
-    bmm, H = torch.bmm, len(ws)
-    for t in range(len(lrs)):
-        if interrupted is not None and interrupted():
-            return t
-        xt, yt = (x[t], y[t]) if per_step else (x, y)
-        acts = [xt]
-        for h in range(H - 1):
-            acts.append(bmm(acts[-1], wts[h]))
-        resid = bmm(acts[-1], wts[-1]) - yt
-        # one sum for the divergence test: a member's loss is finite iff this sum is (up to an
-        # overflow of the sum itself, which only sends the step to the general loop)
-        if not math.isfinite(float(resid.pow(2).sum())):
-            return t
-        deltas = [resid * (2.0 / resid.shape[-2])]
-        for w in ws[:0:-1]:
-            deltas.append(bmm(deltas[-1], w))
-        deltas.reverse()
-        lr = lrs[t]
-        beta = 1.0 - 2.0 * lr * ridges[t]
-        for h in range(H):
-            ws[h].baddbmm_(deltas[h].transpose(-1, -2), acts[h], beta=beta, alpha=-lr)
-    return len(lrs)
+        x = x.expand(ws[0].shape[0], *x.shape)
+    loop = (_scripted() if script and x.device.type == "cpu" else None) or _loop
+    lrs, ridges = [float(v) for v in lrs], [float(v) for v in ridges]
+    done = 0
+    while done < len(lrs) and not (interrupted is not None and interrupted()):
+        end = min(done + STEPS_PER_CALL, len(lrs))
+        xs, ys = (x[done:end], y[done:end]) if per_step else (x, y)
+        done += loop(ws, xs, ys, lrs[done:end], ridges[done:end], per_step)
+        if done < end:  # the next step's loss is not finite for some member: the general loop's
+            break
+    return done

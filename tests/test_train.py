@@ -8,6 +8,7 @@ from dlnlab.recording.checkpoint import CheckpointHook
 from dlnlab.recording.folder import read_status
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.table import TableHook
+from dlnlab.steps import STEPS_PER_CALL, _scripted, run_steps
 from dlnlab.tasks import make_completion, make_regression
 from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer, dln_batch_factors
 
@@ -343,6 +344,31 @@ def test_fused_loop_hands_a_diverging_step_to_the_general_loop(task, optim):
     assert ra.diverged_at == rb.diverged_at and ra.diverged_at[1] is not None
     for wa, wb in zip(na.weights, nb.weights):
         assert torch.equal(wa.detach().nan_to_num(7.0), wb.detach().nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_the_torchscript_loop_is_the_python_loop_bit_for_bit(per_step):
+    """run_steps compiles its loop with TorchScript on the CPU; the plain Python loop (script=False,
+    and where TorchScript is missing) gives the same weights, and both stop before the same
+    non-finite step. Segments longer than STEPS_PER_CALL cross the calls' boundaries."""
+    assert _scripted() is not None   # this torch has TorchScript: the default path is the compiled one
+    g = torch.Generator().manual_seed(0)
+    n, E = STEPS_PER_CALL + 37, 3
+    ws0 = [0.4 * torch.randn(E, a, b, generator=g, dtype=torch.float64) for a, b in ((5, 4), (6, 5), (3, 6))]
+    x = torch.randn(n, E, 2, 4, generator=g, dtype=torch.float64) if per_step else torch.randn(9, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(n, E, 2, 3, generator=g, dtype=torch.float64) if per_step else torch.randn(9, 3, generator=g, dtype=torch.float64)
+    lrs = [0.01 if t < 50 else 0.02 for t in range(n)]
+    ridges = [0.1] * n
+    if per_step:
+        x[80, 1] = float("inf")   # member 1's batch at step 80 has a non-finite loss
+    out = []
+    for script in (True, False):
+        ws = [w.clone() for w in ws0]
+        out.append((run_steps(ws, x, y, lrs, ridges, script=script), ws))
+    (na, wa), (nb, wb) = out
+    assert na == nb == (80 if per_step else n)
+    assert all(torch.equal(a, b) for a, b in zip(wa, wb))
+    assert not any(torch.equal(a, b) for a, b in zip(wa, ws0))
 
 
 def test_sampler_take_and_rewind_keep_the_stream():
