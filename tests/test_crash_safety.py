@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import compose
 from dlnlab.experiments.run import RunFailed, run
+from dlnlab.recording import table as table_hook
 from dlnlab.recording.folder import atomic_write, read_status
 
 # record.checkpoint_every=0: no step checkpoints, so the table is written in parts of exactly 5 records
@@ -35,17 +35,17 @@ def test_atomic_write_leaves_the_old_file_and_no_tmp_when_the_write_fails(tmp_pa
 
 
 def fail_after(monkeypatch, n_ok: int):
-    """pyarrow's write_table succeeds n_ok times, then the disk is full."""
+    """The table hook's part writes succeed n_ok times, then the disk is full."""
     calls = {"n": 0}
-    real = pq.write_table
+    real = table_hook.write_part
 
-    def write_table(*args, **kwargs):
+    def write_part(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] > n_ok:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", write_table)
+    monkeypatch.setattr(table_hook, "write_part", write_part)
     return calls
 
 
@@ -67,14 +67,14 @@ def test_the_cli_says_disk_full_in_one_line(tmp_path):
     out = tmp_path / "run"
     code = f"""
 import errno, sys
-import pyarrow.parquet as pq
-real, n = pq.write_table, [0]
-def write_table(*a, **k):
+import dlnlab.recording.table as T
+real, n = T.write_part, [0]
+def write_part(*a, **k):
     n[0] += 1
     if n[0] > 2:
         raise OSError(errno.ENOSPC, "No space left on device")
     return real(*a, **k)
-pq.write_table = write_table
+T.write_part = write_part
 sys.argv = ["dlnlab-train", *{SMALL!r}, "hydra.run.dir={out}"]
 from dlnlab.cli.train import train
 train()

@@ -18,6 +18,7 @@ from dlnlab.analysis.runs import list_runs, load_events, load_run, load_runs
 from dlnlab.analysis.summary import summarize
 from dlnlab.experiments.build import compose
 from dlnlab.experiments.run import run
+from dlnlab.recording.folder import part_path, write_part
 
 TINY = ["optim.steps=40", "record.every=10", "record.log_spaced=0", "model.width=3", "record.progress=off",
         "record.tensorboard=false"]
@@ -47,8 +48,9 @@ def direct_table(run_dir: Path) -> pd.DataFrame:
     """A run's table read with plain pandas, the independent way."""
     files = [run_dir / "metrics" / "table.parquet"]
     if not files[0].exists():
-        files = sorted((run_dir / "metrics").glob("part-*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        files = sorted((run_dir / "metrics").glob("part-*"))
+    read = lambda f: pd.read_feather(f) if f.suffix == ".arrow" else pd.read_parquet(f)   # noqa: E731
+    return pd.concat([read(f) for f in files], ignore_index=True)
 
 
 def test_load_runs_matches_the_files_of_real_runs(real_sweep):
@@ -258,6 +260,24 @@ def test_null_columns_and_string_metrics_load(tmp_path):
         df = load_runs(tmp_path)
     assert df["S"].isna().all() and df["S"].dtype == np.float64
     assert (df["member_status"] == "training").all() and df["overrides"].tolist() == ["", ""]
+
+
+def test_arrow_parts_of_a_running_run_next_to_parquet_parts_of_an_older_version(tmp_path):
+    """This version writes its parts as Arrow IPC files (`write_part`); a run folder may also hold the
+    parquet parts of an earlier version (a resumed old run). Both load, in part order; a truncated
+    Arrow part is reported and skipped like a truncated parquet one."""
+    write_run(tmp_path / "r", status="running", parts=[part([0, 10], loss=[2.0, 1.0])])
+    write_part(pa.Table.from_pandas(part([20], loss=0.5, label="saddle"), preserve_index=False),
+               part_path(tmp_path / "r" / "metrics", 1))
+    df = load_run(tmp_path / "r")
+    assert df["step"].tolist() == [0, 10, 20] and df["loss"].tolist() == [2.0, 1.0, 0.5]
+    assert df["label"].isna().tolist() == [True, True, False]
+    write_run(tmp_path / "cut", status="running")
+    f = part_path(tmp_path / "cut" / "metrics", 0)
+    write_part(pa.Table.from_pandas(part([0], loss=1.0), preserve_index=False), f)
+    f.write_bytes(f.read_bytes()[:-30])
+    with pytest.warns(DamagedRunWarning, match="part-00000.arrow"):
+        assert set(load_runs(tmp_path)["run"]) == {str(tmp_path / "r")}
 
 
 def test_a_run_compacting_its_parts_while_being_read(tmp_path, monkeypatch):

@@ -18,7 +18,14 @@ import yaml
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-from dlnlab.recording.folder import CONFIG_FILE, METRICS_DIR, STATUS_FILE, YAML_LOADER
+from dlnlab.recording.folder import (
+    CONFIG_FILE,
+    METRICS_DIR,
+    STATUS_FILE,
+    TABLE_FILE,
+    YAML_LOADER,
+    part_files,
+)
 
 #
 # `load_runs(root, where=...)` reads many run folders into one tidy DataFrame, one row per
@@ -161,7 +168,8 @@ def _natural_key(path: Path):
 
 
 def _has_table(folder: Path) -> bool:
-    return (folder / METRICS_DIR).is_dir() and any((folder / METRICS_DIR).glob("*.parquet"))
+    return (folder / METRICS_DIR).is_dir() and bool(
+        (folder / METRICS_DIR / TABLE_FILE).exists() or part_files(folder / METRICS_DIR))
 
 
 def find_runs(root) -> list[Path]:

@@ -23,6 +23,8 @@ from dlnlab.recording.folder import (
     METRICS_DIR,
     RUN_COLUMNS,
     TABLE_FILE,
+    part_files,
+    read_table_file,
 )
 
 
@@ -32,18 +34,14 @@ def _table_files(run_dir: Path) -> list[Path]:
     # it is complete, even if a crash left some parts behind.
     if table.exists():
         return [table]
-    return sorted((run_dir / METRICS_DIR).glob("part-*.parquet"))
+    return part_files(run_dir / METRICS_DIR)
 
 
-def _read_parquet(path: Path, columns, messages: list, what: str = "run-table file"):
-    """One parquet file as a pyarrow Table (only `columns` of it, when given), or None if damaged."""
-    import pyarrow.parquet as pq
-
+def _read_file(path: Path, columns, messages: list, what: str = "run-table file"):
+    """One table file (parquet, or an Arrow IPC part) as a pyarrow Table (only `columns` of it, when
+    given), or None if damaged."""
     try:
-        f = pq.ParquetFile(path)
-        names = f.schema_arrow.names
-        cols = None if columns is None else [c for c in names if c in columns]
-        return f.read(columns=cols, use_threads=False)
+        return read_table_file(path, columns)
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file must not sink the whole load
@@ -90,7 +88,7 @@ def _read_table(run_dir: Path, columns):
         messages: list = []
         try:
             files = _table_files(run_dir)
-            tables = [_read_parquet(f, columns, messages) for f in files]
+            tables = [_read_file(f, columns, messages) for f in files]
         except FileNotFoundError:  # a running job compacted its parts meanwhile: list them again
             if attempt == 0:
                 continue
@@ -210,7 +208,7 @@ def _read_events(runs: list[_Run]) -> tuple[list, list[bool]]:
         path = r.path / EVENTS_FILE
         exists = path.exists()
         tracked.append(exists)
-        tables.append(_read_parquet(path, None, messages, "events file") if exists else None)
+        tables.append(_read_file(path, None, messages, "events file") if exists else None)
     _warn_all(messages)
     return tables, tracked
 

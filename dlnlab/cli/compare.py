@@ -26,6 +26,7 @@ from dlnlab.analysis.folders import (
     find_runs,
 )
 from dlnlab.analysis.runs import _load, _table_files
+from dlnlab.recording.folder import read_table_schema
 
 # ---------------------------------------------------------------------------------------------
 # The command line
@@ -133,14 +134,12 @@ def run_cli(argv=None, out=None) -> int:
 
 
 def _recorded_columns(run_dirs) -> list[str]:
-    """The union of the recorded columns of the runs' tables (read from the parquet schemas)."""
-    import pyarrow.parquet as pq
-
+    """The union of the recorded columns of the runs' tables (read from the files' schemas)."""
     names: dict = {}
     for d in run_dirs:
         for f in _table_files(Path(d)):
             try:
-                names.update(dict.fromkeys(pq.read_schema(f).names))
+                names.update(dict.fromkeys(read_table_schema(f).names))
             except Exception:  # noqa: BLE001 - damaged files were reported by the load
                 pass
     return [n for n in names if n not in NON_METRICS]

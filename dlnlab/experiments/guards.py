@@ -169,7 +169,7 @@ def check_memory(cfg, dims: list[int], samples: int, available: int | None = Non
 # What a run writes into its folder; a new run (not a resumed one) removes an earlier run's copies,
 # so that TensorBoard and the checkpoints show this run only.
 _STALE = ("checkpoints/step_*.pt", "checkpoints/last.pt", "events.out.tfevents.*", EVENTS_FILE,
-          f"{METRICS_DIR}/*.parquet", STATUS_FILE)
+          f"{METRICS_DIR}/*.parquet", f"{METRICS_DIR}/*.arrow", STATUS_FILE)
 
 
 def clean_run_dir(out_dir, resume: bool = False) -> list[Path]:

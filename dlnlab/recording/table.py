@@ -1,4 +1,5 @@
-"""The run-table sink: one row per (step, member), written in parquet parts as the run goes.
+"""The run-table sink: one row per (step, member), written in parts as the run goes (Arrow IPC files),
+compacted into one parquet table at the end.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from dlnlab.recording.folder import (
     STATUS_FILE,
     TABLE_FILE,
     atomic_write,
+    part_files,
+    part_path,
+    read_table_file,
+    write_part,
     write_status,
 )
 
@@ -26,7 +31,7 @@ KEEP_PARTS_BYTES = 64 * 2**20  # parts kept in memory for the end's compaction, 
 
 
 class TableHook(Hook):
-    """Writes `rec.metrics` as rows (step, member, member_status, ...) to metrics/part-NNNNN.parquet,
+    """Writes `rec.metrics` as rows (step, member, member_status, ...) to metrics/part-NNNNN.arrow,
     plus status.json and config.yaml. A part is written every `flush_every` records or
     `flush_seconds` seconds, whichever comes first (a part costs tens of ms, so not every record);
     at the end the parts are compacted into metrics/table.parquet."""
@@ -56,8 +61,8 @@ class TableHook(Hook):
             self.part = truncate_table(self.dir / METRICS_DIR, resumed)
             self.written = None
         else:  # a reused folder must not show an earlier run's table, message or end time as this one's
-            for old in (self.dir / METRICS_DIR).glob("*.parquet"):
-                old.unlink()
+            for old in [*part_files(self.dir / METRICS_DIR), self.dir / METRICS_DIR / TABLE_FILE]:
+                old.unlink(missing_ok=True)
         info = getattr(trainer.task, "info", {}) or {}  # optional in Task
         status = dict(status="running", step=0, steps=trainer.steps, started=self.t0, updated=self.t0,
                       ensemble=trainer.net.E, pid=os.getpid(), host=socket.gethostname(),
@@ -101,22 +106,22 @@ class TableHook(Hook):
 
     def flush(self, trainer=None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self.blocks:
             return
         # straight to arrow: a pandas DataFrame of ~400 columns costs more than the write itself
-        block = np.asfortranarray(np.concatenate(self.blocks))  # contiguous columns: zero-copy arrays
+        block = np.concatenate(self.blocks)
+        n = block.shape[0]
         cols = [pa.array(block[:, 0].astype(np.int64)), pa.array(block[:, 1].astype(np.int64))]
-        cols += [pa.array(block[:, k]) for k in range(2, block.shape[1])]
+        # one arrow array of all the float columns, column after column, sliced (no copy per column)
+        flat = pa.array(block[:, 2:].ravel(order="F"))
+        cols += [flat.slice(k * n, n) for k in range(block.shape[1] - 2)]
         cols += [pa.array([None if v is None else str(v) for o in self.objects for v in o[k]], type=pa.string())
                  for k in self.object_names]
         table = pa.Table.from_arrays(cols, names=self.names + self.object_names)
-        path = self.dir / METRICS_DIR / f"part-{self.part:05d}.parquet"
-        # dictionary pages only for the text columns: on floats they cost time and save nothing;
-        # no column statistics in a part (a third of its write; the compacted table has them)
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=list(self.object_names),
-                                                      write_statistics=False))
+        # an Arrow IPC file: a parquet part of a few rows and hundreds of columns costs ten times as
+        # much (the compacted table at the end is parquet)
+        atomic_write(part_path(self.dir / METRICS_DIR, self.part), lambda tmp: write_part(table, tmp))
         self.part += 1
         if self.written is not None:
             self.written.append(table)
@@ -137,14 +142,14 @@ class TableHook(Hook):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = sorted((self.dir / METRICS_DIR).glob("part-*.parquet"))
+        parts = part_files(self.dir / METRICS_DIR)
         if not parts:
             return
-        if len(parts) == 1:
+        if len(parts) == 1 and parts[0].suffix == ".parquet":
             os.replace(parts[0], self.dir / METRICS_DIR / TABLE_FILE)
             return
         kept = self.written if self.written is not None and len(self.written) == len(parts) else None
-        tables = kept or [pq.read_table(p) for p in parts]
+        tables = kept or [read_table_file(p) for p in parts]
         # parts written before and after a hook added a column differ: permissive fills the gaps
         table = pa.concat_tables(tables, promote_options="permissive")
         atomic_write(self.dir / METRICS_DIR / TABLE_FILE, lambda tmp: pq.write_table(table, tmp))
@@ -166,20 +171,19 @@ class TableHook(Hook):
 
 def truncate_table(metrics_dir: Path, step: int) -> int:
     """Keep the rows with step <= `step` of a run table (parts and a compacted table.parquet) as one
-    part, part-00000.parquet, and return the next part number. Used when a run resumes from the
+    part, part-00000.arrow, and return the next part number. Used when a run resumes from the
     checkpoint at `step`: rows written after it are dropped. Every part is filtered on its own, so
     the columns keep the order of their first appearance; rows present twice (a resume stopped
     half-way through this) are kept once."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    files = sorted(metrics_dir.glob("part-*.parquet"))
+    files = part_files(metrics_dir)
     if (metrics_dir / TABLE_FILE).exists():  # a compacted table holds the oldest rows
         files.insert(0, metrics_dir / TABLE_FILE)
     for tmp in metrics_dir.glob("*.tmp"):
         tmp.unlink()
-    tables = [t for t in (pq.read_table(f) for f in files) if t.num_rows]
+    tables = [t for t in (read_table_file(f) for f in files) if t.num_rows]
     tables = [t.filter(pc.less_equal(t["step"], step)) for t in tables]
     tables = [t for t in tables if t.num_rows]
     seen: set = set()
@@ -192,11 +196,11 @@ def truncate_table(metrics_dir: Path, step: int) -> int:
             t = t.filter(pa.array(mask))
         if t.num_rows:
             kept.append(t)
-    first = metrics_dir / "part-00000.parquet"
+    first = part_path(metrics_dir, 0)
     if kept:
         table = pa.concat_tables(kept, promote_options="permissive")
         tmp = first.with_name(first.name + ".tmp")
-        pq.write_table(table, tmp, use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)])
+        write_part(table, tmp)
         os.replace(tmp, first)
     for f in files:
         if f != first or not kept:

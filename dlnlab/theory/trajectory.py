@@ -23,7 +23,12 @@ from dlnlab.linalg import singular_values as spectra_of
 from dlnlab.theory.classify import Classifier
 from dlnlab.theory.critical import loss_of_product
 from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
-from dlnlab.theory.lanczos import LanczosResult, SquareLossHVP, lanczos_extremes, unit_rows
+from dlnlab.theory.lanczos import (
+    LanczosResult,
+    SquareLossHVP,
+    lanczos_extremes,
+    unit_rows,
+)
 from dlnlab.theory.pivots import b1_cores, block_sources, factor_scale
 
 F64 = torch.float64
