@@ -7,6 +7,7 @@ trains exactly like a single network with that seed.
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -17,6 +18,7 @@ from typing import Sequence
 import torch
 
 from dlnlab.model import DeepLinearNet
+from dlnlab.recording.background import RecordThread
 from dlnlab.recording.base import Cadence, Hook, Record
 from dlnlab.steps import (
     IndexSampler,
@@ -57,6 +59,8 @@ STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
 # the automatic `record_batch`: at most this many records, and parameters in all (members x
 # parameters per member x records); records wait at most this many seconds
 RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS, RECORD_BATCH_SECONDS = 16, 2 ** 18, 1.0
+RECORD_THREAD = ("auto", "on", "off")
+RECORD_THREAD_PARAMS = 2 ** 22  # auto: a record thread up to this many parameters in all (a record ~1 s)
 
 
 class Interrupted(Exception):
@@ -76,7 +80,9 @@ class Trainer:
 
     Hooks see the trainer itself as their context: `net`, `task`, `optimizer`, `step`, `steps`,
     `lr`, `ridge`, `active` (members still training), `config`, `out_dir`, `info` (facts about the
-    run that status.json and the hparams carry, e.g. the width condition).
+    run that status.json and the hparams carry, e.g. the width condition). Records may reach them
+    later than their step: in batches (`record_batch`) and, for hooks that declare `background`, on
+    a record thread beside the loop (`record_thread`: auto | on | off; docs/architecture.md).
     """
 
     def __init__(self, net: DeepLinearNet, task, *, optim: str = "gd", lr: float = 0.05,
@@ -85,7 +91,7 @@ class Trainer:
                  seed: int = 0, hooks: Sequence[Hook] = (), cadence: Cadence | None = None,
                  config: dict | None = None, out_dir=None, info: dict | None = None,
                  device: str | torch.device = "cpu", checkpoint_every: int = 0, fused: bool = True,
-                 record_batch: int = 0):
+                 record_batch: int = 0, record_thread: str = "auto"):
         if optim not in ("gd", "sgd"):
             raise ValueError(f"optim={optim!r}: allowed gd | sgd")
         # `device`: the network and the task's tensors train there; hooks see `task` and the weights
@@ -133,6 +139,13 @@ class Trainer:
             raise ValueError(f"record_batch={record_batch}: allowed an integer >= 0 (0: auto)")
         params = net.E * sum(w[0].numel() for w in net.weights)
         self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
+        # the hooks that declare `background` run on a record thread beside the loop (auto: on the CPU
+        # up to RECORD_THREAD_PARAMS, where an interrupted run waits at most a record or two for it)
+        if record_thread not in RECORD_THREAD:
+            raise ValueError(f"record_thread={record_thread!r}: allowed {' | '.join(RECORD_THREAD)}")
+        self.record_thread = record_thread == "on" or (
+            record_thread == "auto" and self.device.type == "cpu" and params <= RECORD_THREAD_PARAMS)
+        self._worker: RecordThread | None = None
         self._pending: list = []  # (record, hooks due, dispatched alone) waiting
         self._pending_since = 0.0  # when the first of them was made
         self._last_record_at = 0.0  # when the last record was made (the start of `run` at first)
@@ -230,8 +243,10 @@ class Trainer:
                 and now - self._last_record_at <= RECORD_BATCH_SECONDS
                 and not any(h.immediate(rec) for h in due))
         self._last_record_at = now
-        if wait:  # the live weights move on before the hooks see this record
+        if wait or self._worker is not None:  # the live weights move on before the hooks see this record
             rec.weights = [w.clone() for w in rec.weights]
+            if rec.checkpoint and self._worker is not None:  # written by the record thread later
+                rec.loop_state = copy.deepcopy(self.state())
         # a record that a hook handles at its own step (a checkpoint) can close the batch of the
         # records before it, if that hook is the last one: then every other hook has seen the whole
         # batch, this record included, before it saves their states, as in a record-by-record run
@@ -245,7 +260,9 @@ class Trainer:
 
     def _dispatch(self) -> None:
         """Hand the waiting records over, hook by hook in the hooks' order, each hook all of its
-        records at once (`Hook.on_records`): a producer's columns are there before the sinks read."""
+        records at once (`Hook.on_records`): a producer's columns are there before the sinks read.
+        On the record thread when every hook due declares `background` and none needs the live
+        state; else here, after the record thread has done what it holds."""
         if not self._pending:
             return
         if len(self._pending) > 1 and self._pending[-1][2]:
@@ -256,17 +273,30 @@ class Trainer:
             self._dispatch()
             self._pending = [end]
         pending, self._pending = self._pending, []
+        work = []
+        for h in self.hooks:
+            recs = [rec for rec, due, _ in pending if any(d is h for d in due)]
+            if recs:
+                self._seen[id(h)] = recs[-1].step
+                work.append((h, recs))
+
+        def run_hooks():
+            with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
+                for h, recs in work:
+                    h.on_records(self, recs)
+
+        if (self._worker is not None and not self._finishing and all(h.background for h, _ in work)
+                and not any(h.immediate(rec) for h, recs in work for rec in recs)):
+            self._worker.submit(run_hooks)   # the loop trains on meanwhile
+            return
         # a signal during a record aborts it (no waiting: a large ensemble's record can take
         # minutes), except the final one while finishing; a batch of a small network's records is
         # quick by construction and finishes first, so that no record it holds is lost
         defer, self._defer = self._defer, self._finishing or self.record_batch > 1
         try:
-            with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
-                for h in self.hooks:
-                    recs = [rec for rec, due, _ in pending if any(d is h for d in due)]
-                    if recs:
-                        self._seen[id(h)] = recs[-1].step
-                        h.on_records(self, recs)
+            if self._worker is not None:  # the records before these first
+                self._worker.drain()
+            run_hooks()
         finally:
             self._defer = defer
 
@@ -338,6 +368,8 @@ class Trainer:
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
         restore = self._install_signals()
+        if self.record_thread:
+            self._worker = RecordThread()
         try:
             for h in self.hooks:
                 h.on_start(self)
@@ -385,6 +417,9 @@ class Trainer:
             try:
                 self._finish()
             finally:
+                if self._worker is not None:
+                    self._worker.close()
+                    self._worker = None
                 restore()
         return TrainResult(self.status, self.step, time.perf_counter() - t0, list(self.diverged_at))
 
@@ -403,6 +438,13 @@ class Trainer:
         # checkpoint. One failing hook must not keep the others (table, checkpoint) from saving.
         errors = []
         try:  # at most `record_batch` records of a small network: quick, also after an interrupt
+            if self._worker is not None:  # what the record thread holds first
+                if self.status == "interrupted" and self.record_batch == 1:
+                    self._worker.cancel()   # a large network's records that have not started: dropped
+                self._worker.drain()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        try:
             self._dispatch()
         except Exception as e:  # noqa: BLE001
             errors.append(e)

@@ -125,7 +125,8 @@ def bench_peer() -> None:
     r = bench_peer_sections()
     sps, E = r["sps"], r["E"]
     hand = sps["hand-written"]
-    print(f"peer    H=4 width=32 m=256 SGD batch 1 float64 1 thread, default cadence; "
+    print(f"peer    H=4 width=32 m=256 SGD batch 1 float64, torch on 1 thread (dlnlab's hooks on their record "
+          f"thread: a second core; '1 core': record.thread=off), default cadence; "
           f"{r['steps']} steps (one network), {r['e_steps']} steps (E={E})")
     for name, v in sps.items():
         print(f"        {name:18s} {v:10.0f} model-steps/s  {v / hand:7.2f}x the hand-written loop  "
@@ -135,6 +136,9 @@ def bench_peer() -> None:
     rec, plain = sps[f"E={E}, recording"], sps[f"E={E}, no hooks"]
     print(f"        E={E} recording / hand-written {rec / hand:.1f} (target >= 100); "
           f"recording / no hooks {rec / plain:.3f} (target >= 0.5)")
+    one = sps["one, rec., 1 core"]
+    print(f"        on one core (record.thread=off): one network {one / hand:.2f}x the hand-written loop, "
+          f"{one / sps['one, no hooks']:.3f} of no hooks; E={E} {sps[f'E={E}, rec., 1 core'] / plain:.3f} of no hooks")
     print(f"        Theorem 7 labels at E={E}: {r['classify_ms']:.3f} ms per member-checkpoint (target <= 0.1); "
           f"metrics hook {r['metrics_ms']:.3f} ms; peak RSS +{r['mem_mib']['classify']:.0f} MiB")
     print("        (memory: peak RSS above the RSS at the section's start, sampled every 2 ms)")

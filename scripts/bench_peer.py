@@ -8,6 +8,8 @@ steps the full-data loss and torch.linalg.svdvals of every partial product writt
 SummaryWriter and appended to a pandas table (H = 4, width 32, m = 256, SGD batch 1, float64,
 1 thread). dlnlab runs at the same shapes and the default cadence (record.every = 100): one network
 with the classifier, an ensemble of E = 256 with recording, and the same ensemble without hooks.
+Every section runs torch on 1 thread; dlnlab's recording sections run its hooks on their record
+thread (a second core, `record.thread`), and again with record.thread=off ("1 core").
 
 Memory: the peak resident set size (RSS, read from /proc/self/statm every 2 ms by a thread) above
 the RSS at the start of each section: what that section added to the process at its worst.
@@ -171,8 +173,11 @@ def bench_peer(steps: int = 12000, e_steps: int = 1000, E: int = 256) -> dict:
     with tempfile.TemporaryDirectory() as out:
         run("hand-written", lambda: hand_written(X, Y, steps, out))
     run("one, recording", lambda: dlnlab_sps([], steps, hooks=True))
+    run("one, rec., 1 core", lambda: dlnlab_sps(["record.thread=off"], steps, hooks=True))
     run("one, no hooks", lambda: dlnlab_sps([], steps, hooks=False))
     run(f"E={E}, recording", lambda: dlnlab_sps([f"model.ensemble={E}"], e_steps, hooks=True) * E, repeats=1)
+    run(f"E={E}, rec., 1 core", lambda: dlnlab_sps([f"model.ensemble={E}", "record.thread=off"], e_steps,
+                                                   hooks=True) * E, repeats=1)
     run(f"E={E}, no hooks", lambda: dlnlab_sps([f"model.ensemble={E}"], e_steps, hooks=False) * E, repeats=1)
     with PeakRSS() as mem:
         r["classify_ms"], r["metrics_ms"] = classify_ms_per_member(E)

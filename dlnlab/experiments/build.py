@@ -180,7 +180,7 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
                    out_dir=out_dir, info=run_info(cfg, task),
                    device=resolve_device(getattr(cfg, "device", "cpu")),
                    checkpoint_every=checkpoint_every(cfg.record) if out_dir is not None else 0,
-                   fused=o.fused, record_batch=cfg.record.batch)
+                   fused=o.fused, record_batch=cfg.record.batch, record_thread=getattr(cfg.record, "thread", "auto"))
 
 
 def prepare(cfg):

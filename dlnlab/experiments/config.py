@@ -137,6 +137,10 @@ class RecordConfig:
     # calls for a small network); 0 = auto: up to 16 records and 2^18 parameters in all, none
     # waiting over about 1 s (records further apart do not wait); 1 = each record at its step
     batch: int = 0
+    # the built-in hooks run on a thread of their own beside the training loop (the same numbers;
+    # on two cores hooks and steps overlap) | auto: on the CPU, up to 2^22 parameters in all (a
+    # record of about a second: an interrupted run waits for one or two) | on | off: between the steps
+    thread: str = "auto"
 
 
 @dataclass
@@ -333,6 +337,7 @@ def validate(cfg) -> None:
           f"null (10 x record.every), 0 (only the last) or a multiple of record.every = {r.every}", ce)
     _need(r.tb_members >= 0, "record.tb_members", "an integer >= 0", r.tb_members)
     _need(r.batch >= 0, "record.batch", "an integer >= 0 (0: auto)", r.batch)
+    _need(r.thread in ("auto", "on", "off"), "record.thread", "auto | on | off", r.thread)
     _need(r.tb_singular_values >= 0, "record.tb_singular_values", "an integer >= 0", r.tb_singular_values)
     _need(r.tb_every >= 1, "record.tb_every", "an integer >= 1", r.tb_every)
     _need(r.flush_every >= 1, "record.flush_every", "an integer >= 1", r.flush_every)

@@ -23,9 +23,9 @@ from dlnlab.experiments.config import Config, ConfigError
 from dlnlab.recording.folder import CONFIG_FILE, read_status
 
 # options that do not change what a run computes (its progress display, its folder's name, the
-# fused loop and record batches: the same numbers bit for bit)
+# fused loop, record batches and the record thread: the same numbers bit for bit)
 FREE_KEYS = ("resume", "threads", "name", "record.progress", "record.progress_seconds", "optim.fused",
-             "record.batch")
+             "record.batch", "record.thread")
 ENDED = ("finished", "diverged")  # statuses with nothing left to do
 SWEEP_FILE = "multirun.yaml"
 # the config of a rank-jump experiment (jumps.enabled), in its folder (which holds no config.yaml of its

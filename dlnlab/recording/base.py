@@ -8,7 +8,9 @@ A hook is any object with a `cadence` (or None: the trainer's record cadence) an
 
 Small networks' records are handed over a few at a time (`Trainer.record_batch`), in step order:
 `on_records(trainer, recs)` calls `on_record` for each unless a hook batches them itself; a hook
-that reads the trainer's live state at a record (a checkpoint) says so with `immediate(rec)`.
+that reads the trainer's live state at a record (a checkpoint) says so with `immediate(rec)`. Hooks
+that declare `background = True` may run on the trainer's record thread, beside the training loop
+(`dlnlab.recording.background`): they read the record, never the trainer's live state.
 
 A hook that holds state across records (counters, first passages...) also gives `state_dict()` and
 `load_state_dict(state)`, so that a run resumed from a checkpoint goes on bitwise like one that was
@@ -139,6 +141,8 @@ class Record:
     ridge: float            # lambda of this step
     final: bool = False
     checkpoint: bool = False  # a resumable checkpoint is taken at this record: sinks flush first
+    loop_state: dict | None = None  # the trainer's own state at this step (`Trainer.state`), copied
+                                    # for a checkpoint that a record thread writes later
     metrics: dict = field(default_factory=dict)  # column -> (E,) or (E, k) tensor, or E strings
     spectra: Spectra | None = None               # set by the metrics hook
     scalars: dict = field(default_factory=dict)  # run-level TensorBoard tag -> float
@@ -158,6 +162,9 @@ class Hook:
     cadence: Cadence | None = None
     tb_tags: dict = {}
     tb_descriptions: dict = {}
+    # True: on_record(s) may run on the record thread, while the loop trains on (the hook reads only
+    # the record and the task, and holds nothing bound to the main thread, such as a GUI)
+    background: bool = False
 
     def on_start(self, trainer) -> None:
         pass
@@ -177,8 +184,8 @@ class Hook:
 
     def immediate(self, rec: Record) -> bool:
         """True when `rec` must be handled at its own step, because the hook then reads the trainer's
-        live state (a checkpoint's optimizer and sampler); the trainer then hands over at once the
-        records that were waiting and this one."""
+        live state (a checkpoint's optimizer and sampler, unless `rec.loop_state` carries them); the
+        trainer then hands over at once, on its own thread, the records that were waiting and this one."""
         return False
 
     def tb_histograms(self) -> dict:

@@ -29,6 +29,7 @@ class CheckpointHook(Hook):
     member: a member whose weights or loss stopped being finite (diverged) is saved as it was at
     its last record with finite weights and loss (`good_step`, per member), so a diverged run leaves
     loadable, meaningful weights behind."""
+    background = True
 
     def __init__(self, directory, every: int = 0):
         if every < 0:
@@ -38,8 +39,11 @@ class CheckpointHook(Hook):
         self._good: list | None = None  # per layer (E, d_h, d_{h-1}): each member's last good weights
         self._good_step: torch.Tensor | None = None  # (E,) the step of those weights, -1: none yet
 
-    def state(self, trainer, step: int, weights, good_step=None, hooks: bool = False) -> dict:
-        state = trainer.state() if hasattr(trainer, "state") else {}
+    def state(self, trainer, step: int, weights, good_step=None, hooks: bool = False,
+              loop_state: dict | None = None) -> dict:
+        """What a checkpoint file holds; `loop_state`: the trainer's state copied at the record's step
+        (a record thread writes the file later), else the trainer's live state."""
+        state = dict(loop_state) if loop_state is not None else (trainer.state() if hasattr(trainer, "state") else {})
         state.update({
             "step": step,
             "dims": list(trainer.net.dims),
@@ -83,13 +87,13 @@ class CheckpointHook(Hook):
             self._good_step[ok] = rec.step
 
     def immediate(self, rec: Record) -> bool:
-        return bool(rec.checkpoint or (self.every and rec.step % self.every == 0))
+        return bool((rec.checkpoint or (self.every and rec.step % self.every == 0)) and rec.loop_state is None)
 
     def on_record(self, trainer, rec: Record) -> None:
         self._remember(rec)
         if (rec.checkpoint or (self.every and rec.step % self.every == 0)) and not rec.final:
             good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
-            _atomic_save(self.state(trainer, rec.step, rec.weights, good, hooks=True),
+            _atomic_save(self.state(trainer, rec.step, rec.weights, good, hooks=True, loop_state=rec.loop_state),
                          os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
 
     def on_end(self, trainer, status: str) -> None:

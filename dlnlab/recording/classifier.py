@@ -73,6 +73,7 @@ def _fmt_S(S) -> str:
 
 
 class ClassifierHook(Hook):
+    background = True
     tb_tags = TB_TAGS
     tb_descriptions = TB_DESCRIPTIONS
 

@@ -36,6 +36,7 @@ TRAINING_CONVEX_TOLERANCES = ConvexTolerances(grad_rtol=1e-4, grad_l_rtol=1e-3)
 
 
 class ConvexHook(Hook):
+    background = True
     tb_tags = TB_TAGS
 
     def __init__(self, tolerances: ConvexTolerances | None = None, every_records: int = 1,

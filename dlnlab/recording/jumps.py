@@ -121,6 +121,7 @@ class RankJumpHook(Hook):
     jumped (all members), and at the end the histograms of the first jumps (first passage below the
     start rank, all members).
     """
+    background = True
 
     tb_tags = {"layer_rank": "jumps/layer_rank", "e2e_rank_jump": "jumps/e2e_rank"}
 

@@ -30,6 +30,7 @@ class MetricsHook(Hook):
     A singular value counts towards a rank when s > rank_rtol * max(s_1, floor^(l/H)) for a product
     of l layers; `rank_floor` defaults to the task's scale (top singular value of its target).
     """
+    background = True
 
     def __init__(self, rank_rtol: float = 1e-3, rank_floor: float | None = None):
         if not 0 < rank_rtol < 1:

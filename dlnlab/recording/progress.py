@@ -26,6 +26,7 @@ class ProgressHook(Hook):
     mode "bar": a bar redrawn in place (`\\r`), for a terminal; mode "lines": one status line at most
     every `every_seconds` (and at the end), for a log file or a SLURM job. mode None (auto): "bar" when
     the stream is a terminal, else "lines". `clock` is the time source (seconds)."""
+    background = True
 
     def __init__(self, stream=None, mode: str | None = None, every_seconds: float = 10.0, clock=time.monotonic):
         self.stream = stream or sys.stderr

@@ -35,6 +35,7 @@ class TableHook(Hook):
     plus status.json and config.yaml. A part is written every `flush_every` records or
     `flush_seconds` seconds, whichever comes first (a part costs tens of ms, so not every record);
     at the end the parts are compacted into metrics/table.parquet."""
+    background = True
 
     def __init__(self, run_dir, flush_every: int = 200, flush_seconds: float = 10.0):
         self.dir = Path(run_dir)

@@ -50,6 +50,7 @@ class TensorBoardHook(Hook):
     Only every `every_records`-th record and the first `members` members are written: TensorBoard
     is for looking, the run table keeps everything.
     """
+    background = True
 
     def __init__(self, log_dir, members: int = 8, singular_values: int = 8, every_records: int = 1,
                  sources: Sequence[Hook] = ()):

@@ -51,6 +51,7 @@ TB_TAGS = {"near_dist": "near/dist", "tight_margin": "near/tight_margin",
 
 
 class TrajectoryHook(Hook):
+    background = True
     tb_tags = TB_TAGS
 
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
