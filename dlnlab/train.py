@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from dlnlab.model import DeepLinearNet
-from dlnlab.recording.background import RecordThread
+from dlnlab.recording.background import RecordThread, cpu_count
 from dlnlab.recording.base import Cadence, Hook, Record
 from dlnlab.steps import (
     IndexSampler,
@@ -140,11 +140,13 @@ class Trainer:
         params = net.E * sum(w[0].numel() for w in net.weights)
         self.record_batch = int(record_batch) or max(1, min(RECORD_BATCH_RECORDS, RECORD_BATCH_PARAMS // params))
         # the hooks that declare `background` run on a record thread beside the loop (auto: on the CPU
-        # up to RECORD_THREAD_PARAMS, where an interrupted run waits at most a record or two for it)
+        # with a core to spare, up to RECORD_THREAD_PARAMS, where an interrupted run waits at most a
+        # record or two for it)
         if record_thread not in RECORD_THREAD:
             raise ValueError(f"record_thread={record_thread!r}: allowed {' | '.join(RECORD_THREAD)}")
         self.record_thread = record_thread == "on" or (
-            record_thread == "auto" and self.device.type == "cpu" and params <= RECORD_THREAD_PARAMS)
+            record_thread == "auto" and self.device.type == "cpu" and params <= RECORD_THREAD_PARAMS
+            and cpu_count() > torch.get_num_threads())
         self._worker: RecordThread | None = None
         self._pending: list = []  # (record, hooks due, dispatched alone) waiting
         self._pending_since = 0.0  # when the first of them was made

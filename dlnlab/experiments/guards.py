@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.config import ConfigError
+from dlnlab.recording.background import cpu_count
 from dlnlab.recording.folder import (
     EVENTS_FILE,
     METRICS_DIR,
@@ -72,13 +73,6 @@ def check_keys(cfg) -> None:
         parent = bad[0].rpartition(".")[0]
         raise ConfigError(f"{bad[0]} is not an option{' of ' + parent if parent else ''}: the typed "
                           "schema has no such key (see dlnlab-train --help for the options)")
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def threads_for(cfg, warn: bool = False) -> int:

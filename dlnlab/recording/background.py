@@ -8,11 +8,20 @@ order, one batch after the other, exactly as the trainer would have; only hooks 
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Callable
 
-__all__ = ["RecordThread"]
+__all__ = ["RecordThread", "cpu_count"]
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class RecordThread:
