@@ -1,5 +1,6 @@
 """What one training step is made of: its batch, its gradient in factored form, its update.
 
+    Schedule            the learning rate or lambda of each step: piecewise constant, optionally periodic
     IndexSampler        minibatch indices, one generator per member (member k trains like seed + k)
     dln_batch_factors   loss and the factored gradient dL/dW_h = deltas_h^T acts_h, no autograd
     RidgeSGD            theta <- theta - lr (grad + 2 lambda theta), from p.grad or from the factors
@@ -26,7 +27,28 @@ from typing import Callable, List, Sequence
 import numpy as np
 import torch
 
-__all__ = ["sampler_generator", "IndexSampler", "dln_batch_factors", "RidgeSGD", "run_steps"]
+__all__ = ["Schedule", "sampler_generator", "IndexSampler", "dln_batch_factors", "RidgeSGD", "run_steps"]
+
+
+class Schedule:
+    """Piecewise-constant value: `values[k]` on [milestones[k-1], milestones[k]), optionally periodic."""
+
+    def __init__(self, base: float, milestones: Sequence[int] = (), values: Sequence[float] = (),
+                 cycle: int = 0):
+        self.milestones = [int(m) for m in milestones]
+        self.values = [float(v) for v in values] or [float(base)] * (len(self.milestones) + 1)
+        if len(self.values) != len(self.milestones) + 1:
+            raise ValueError(f"a schedule needs len(milestones) + 1 values, got {len(self.values)} "
+                             f"for milestones {self.milestones}")
+        self.cycle = int(cycle)
+
+    def __call__(self, step: int) -> float:
+        if self.cycle:
+            step %= self.cycle
+        k = 0
+        while k < len(self.milestones) and step >= self.milestones[k]:
+            k += 1
+        return self.values[k]
 
 
 def sampler_generator(seed: int, member: int) -> torch.Generator:

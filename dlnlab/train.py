@@ -23,6 +23,7 @@ from dlnlab.recording.base import Cadence, Hook, Record
 from dlnlab.steps import (
     IndexSampler,
     RidgeSGD,
+    Schedule,
     dln_batch_factors,
     run_steps,
     sampler_generator,
@@ -30,27 +31,6 @@ from dlnlab.steps import (
 
 __all__ = ["Schedule", "Trainer", "TrainResult", "Interrupted", "STATUSES", "log_steps",
            "IndexSampler", "RidgeSGD", "dln_batch_factors", "run_steps", "sampler_generator"]
-
-
-class Schedule:
-    """Piecewise-constant value: `values[k]` on [milestones[k-1], milestones[k]), optionally periodic."""
-
-    def __init__(self, base: float, milestones: Sequence[int] = (), values: Sequence[float] = (),
-                 cycle: int = 0):
-        self.milestones = [int(m) for m in milestones]
-        self.values = [float(v) for v in values] or [float(base)] * (len(self.milestones) + 1)
-        if len(self.values) != len(self.milestones) + 1:
-            raise ValueError(f"a schedule needs len(milestones) + 1 values, got {len(self.values)} "
-                             f"for milestones {self.milestones}")
-        self.cycle = int(cycle)
-
-    def __call__(self, step: int) -> float:
-        if self.cycle:
-            step %= self.cycle
-        k = 0
-        while k < len(self.milestones) and step >= self.milestones[k]:
-            k += 1
-        return self.values[k]
 
 
 STATUSES = ("running", "finished", "diverged", "interrupted", "failed")
