@@ -162,10 +162,10 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
     column by column (no three-term assumption) and the Ritz residual of (theta, Q y) is |beta y_last|.
     A cycle holds at most `steps` vectors; a restart keeps the keep[0] lowest and keep[1] highest Ritz
     vectors (convergence continues near the unrestarted rate, instead of starting over from one vector).
-    Every `check_every` steps (and at the first and last step of a cycle) a member whose residuals of
-    lam_min and lam_max are both <= rtol * max|theta| (then each is within its residual of an
-    eigenvalue) is finished and leaves the batch: the check is an eigendecomposition of T and a dozen
-    small tensor operations, which cost more than the HVP itself for a single 4096-parameter network.
+    Every `check_every` steps (and at the first two and the last step of a cycle) a member whose
+    residuals of lam_min and lam_max are both <= rtol * max|theta| (then each is within its residual
+    of an eigenvalue) is finished and leaves the batch: the check is an eigendecomposition of T and a
+    dozen small tensor operations, which cost more than the HVP itself for one 4096-parameter network.
 
     Args:
         op: the batched HVP. v0: (E, P) start vectors (warm start: the previous record's Ritz vectors).
@@ -193,7 +193,7 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
     live = torch.ones(E, dtype=torch.bool)     # rows still running (finished rows wait for a compaction)
     Q = torch.empty(E, k, P, dtype=F64)        # only Q[:, :j + 1] is ever read
     T = torch.zeros(E, k, k, dtype=F64)
-    q, m = unit_rows(v0), 0                        # m: Ritz vectors kept at the front of Q
+    q, m = unit_rows(v0), 0                    # m: Ritz vectors kept at the front of Q
     cycles = max(restarts, 1)
 
     def finish(sel, theta, Y, j, res, conv):

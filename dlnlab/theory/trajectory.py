@@ -151,23 +151,29 @@ def curvature(weights: Sequence[Any], X: Any, Y: Any = None, full_max_params: in
     # a member about to diverge would overflow T (and fail the eigendecomposition of every member):
     # the first HVP tells, and it gets NaN while the others go on
     first = op.hvp(unit_rows(v0))
-    idx = (torch.linalg.vector_norm(first, dim=1) <= tol.max_abs).nonzero().squeeze(1)
-    run = lambda i: op.subset(idx[i]).hvp   # noqa: E731  (the operator of batch rows i)
-    res = None if not idx.numel() else lanczos_extremes(
-        op.hvp if idx.numel() == E else run(torch.arange(idx.numel())), v0[idx], tol.lanczos_steps,
-        tol.lanczos_restarts, tol.lanczos_rtol, g, keep=(tol.lanczos_keep_low, tol.lanczos_keep_high),
-        subset=run, check_every=tol.lanczos_check_every, first=first if idx.numel() == E else first[idx])
-    if res is None or idx.numel() < E:   # the finite members' results in their places, NaN elsewhere
+    fine = torch.linalg.vector_norm(first, dim=1) <= tol.max_abs
+    if bool(fine.all()):
+        res = _lanczos(op, v0, first, g, tol)
+    else:   # NaN and zero vectors for those members, their values for the others
         nan = lambda *shape: torch.full(shape, NAN, dtype=F64)   # noqa: E731
-        full = LanczosResult(nan(E), nan(E), torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64), nan(E, 2),
-                             1 if res is None else res.n_hvp, torch.zeros(E, dtype=torch.bool),
-                             torch.ones(E, dtype=torch.long))
-        for name in ("lam_min", "lam_max", "v_min", "v_max", "residual", "converged", "hvps"):
-            if res is not None:
-                getattr(full, name)[idx] = getattr(res, name)
-        res = full
+        res = LanczosResult(nan(E), nan(E), torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64), nan(E, 2),
+                            1, torch.zeros(E, dtype=torch.bool), torch.ones(E, dtype=torch.long))
+        idx = fine.nonzero().squeeze(1)
+        if idx.numel():
+            part = _lanczos(op.subset(idx), v0[idx], first[idx], g, tol)
+            for name in ("lam_min", "lam_max", "v_min", "v_max", "residual", "converged", "hvps"):
+                getattr(res, name)[idx] = getattr(part, name)
+            res.n_hvp = part.n_hvp
     return res.lam_min, res.lam_max, CurvatureState("lanczos", res.v_min, res.v_max, res.n_hvp, res.converged,
                                                     res.hvps)
+
+
+def _lanczos(op: SquareLossHVP, v0: torch.Tensor, first: torch.Tensor, g: torch.Generator,
+             tol: TrajectoryTolerances):
+    """`lanczos_extremes` on the operator `op` of some members, with the tolerances' knobs."""
+    return lanczos_extremes(op.hvp, v0, tol.lanczos_steps, tol.lanczos_restarts, tol.lanczos_rtol, g,
+                            keep=(tol.lanczos_keep_low, tol.lanczos_keep_high),
+                            subset=lambda i: op.subset(i).hvp, check_every=tol.lanczos_check_every, first=first)
 
 
 # ------------------------------------------------------------------------------------------------
