@@ -3,9 +3,9 @@
 The task's data and loss are rebuilt from the run's config, and the labels are those the run's hooks
 gave: Theorem 7 with the run's `classify.*` tolerances under the square loss, the labels of Laurent &
 von Brecht's theorem (docs/theory.md §8, with the convex hook's training tolerances) under any other
-loss, first and second order under ridge or a partially observed completion. Loss-like values are printed in both
-units: "paper" = the landscape paper's loss, the SUM over samples (or observed entries), and "lab" =
-the run's loss (the mean) = paper / task.paper_scale.
+loss, first and second order under ridge or a partially observed completion. Loss-like values are
+printed in both units: "paper" = the landscape paper's loss, the SUM over samples (or observed
+entries), and "lab" = the run's loss (the mean) = paper / task.paper_scale.
 """
 from __future__ import annotations
 

@@ -128,7 +128,8 @@ class TensorBoardHook(Hook):
         E, H = trainer.net.E, len(rec.weights)
         shown = min(E, self.members)
         # the shown members' numbers as Python floats, one conversion per column (not per value)
-        col = {key: (v if E <= shown else v[:shown]).tolist() for key, v in m.items() if isinstance(v, torch.Tensor)}
+        col = {key: (v if E <= shown else v[:shown]).tolist()
+               for key, v in m.items() if isinstance(v, torch.Tensor)}
         e2e = col[f"sv_{product_key(H, 1)}"]
         values = []
         for k in range(shown):
