@@ -50,6 +50,19 @@ class Schedule:
             k += 1
         return self.values[k]
 
+    def span(self, start: int, n: int) -> list[float]:
+        """[self(t) for t in range(start, start + n)], a constant piece at a time (the fused loop
+        takes a segment's values at once: one call per step costs a few percent of a small step)."""
+        out: list[float] = []
+        t, end = start, start + n
+        while t < end:
+            local = t % self.cycle if self.cycle else t
+            nxt = next((m for m in self.milestones if m > local), self.cycle or end - t + local)
+            stop = min(end, t - local + nxt)
+            out += [self(t)] * (stop - t)
+            t = stop
+        return out
+
 
 def sampler_generator(seed: int, member: int) -> torch.Generator:
     """SGD's sample stream of member k, independent of its initialisation stream."""

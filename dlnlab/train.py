@@ -128,7 +128,7 @@ class Trainer:
             record_thread == "auto" and self.device.type == "cpu" and params <= RECORD_THREAD_PARAMS
             and cpu_count() > torch.get_num_threads())
         self._worker: RecordThread | None = None
-        self._pending: list = []  # (record, hooks due, dispatched alone) waiting
+        self._pending: list = []  # (record, hooks due, dispatched alone, needs the live state) waiting
         self._pending_since = 0.0  # when the first of them was made
         self._last_record_at = 0.0  # when the last record was made (the start of `run` at first)
 
@@ -234,7 +234,7 @@ class Trainer:
         # batch, this record included, before it saves their states, as in a record-by-record run
         imm = [i for i, h in enumerate(self.hooks) if not wait and any(d is h for d in due) and h.immediate(rec)]
         alone = last or bool(imm and imm[0] < len(self.hooks) - 1)
-        self._pending.append((rec, due, alone))
+        self._pending.append((rec, due, alone, bool(imm)))
         if len(self._pending) == 1:
             self._pending_since = now
         if not wait or len(self._pending) >= self.record_batch or now - self._pending_since > RECORD_BATCH_SECONDS:
@@ -257,7 +257,7 @@ class Trainer:
         pending, self._pending = self._pending, []
         work = []
         for h in self.hooks:
-            recs = [rec for rec, due, _ in pending if any(d is h for d in due)]
+            recs = [rec for rec, due, *_ in pending if any(d is h for d in due)]
             if recs:
                 self._seen[id(h)] = recs[-1].step
                 work.append((h, recs))
@@ -268,7 +268,7 @@ class Trainer:
                     h.on_records(self, recs)
 
         if (self._worker is not None and not self._finishing and all(h.background for h, _ in work)
-                and not any(h.immediate(rec) for h, recs in work for rec in recs)):
+                and not any(live for *_, live in pending)):
             self._worker.submit(run_hooks)   # the loop trains on meanwhile
             return
         # a signal during a record aborts it (no waiting: a large ensemble's record can take
@@ -329,8 +329,7 @@ class Trainer:
         ws = params if keep is None else [p.detach()[keep] for p in params]
         x, y, _ = self._train_task.batch_arrays(idx if idx is None or keep is None else idx[:, keep])
         s = self.step
-        lrs = [self.lr_at(t) for t in range(s, s + n)]
-        ridges = [self.ridge_at(t) for t in range(s, s + n)]
+        lrs, ridges = self.lr_at.span(s, n), self.ridge_at.span(s, n)
         taken = run_steps(ws, x, y, lrs, ridges, lambda: self._signal is not None)
         if keep is not None:
             with torch.no_grad():

@@ -107,6 +107,15 @@ def test_piecewise_constant_schedule():
     assert Schedule(0.3)(123) == 0.3
 
 
+def test_a_schedules_span_is_its_values_step_by_step():
+    """`span` (what the fused loop takes per segment) equals calling the schedule at each step."""
+    for s in (Schedule(0.1, [10, 20], [1.0, 0.5, 0.25]), Schedule(0.1, [5], [1.0, 0.1], cycle=8),
+              Schedule(0.3), Schedule(0.1, [3, 4], [1.0, 2.0, 3.0], cycle=4)):
+        for start in (0, 3, 4, 9, 19, 37):
+            for n in (0, 1, 7, 25, 100):
+                assert s.span(start, n) == [s(t) for t in range(start, start + n)]
+
+
 def test_schedules_reach_the_optimizer(task):
     seen = []
 

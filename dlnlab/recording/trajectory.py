@@ -168,8 +168,8 @@ class TrajectoryHook(Hook):
                     scale = trainer.task.paper_scale
                     lam_min[idx], lam_max[idx] = lo / scale, hi / scale
                     c = self.warm.converged
-                    conv[idx] = 1.0 if c is None else c.to(torch.float64)
-                    conv[idx] = torch.where(lo.isnan(), float("nan"), conv[idx])   # overflowed: not computed
+                    done = torch.ones_like(lo) if c is None else c.to(torch.float64)
+                    conv[idx] = torch.where(lo.isnan(), float("nan"), done)   # NaN: overflowed, not computed
                 except (RuntimeError, torch.linalg.LinAlgError) as e:
                     log.warning("trajectory: no curvature at step %d: %s", rec.step, e)
         rec.metrics["lam_min"], rec.metrics["lam_max"], rec.metrics["lam_converged"] = lam_min, lam_max, conv
