@@ -112,6 +112,8 @@ def _check_param(loss: str, field: str, v, ok: bool, want: str) -> float:
 
 
 class Square(Loss):
+    """The square loss ‖o − y‖², the loss of Theorem 7 (docs/theory.md §2)."""
+
     name = "square"
 
     def value(self, out, targets):
@@ -126,6 +128,8 @@ class Square(Loss):
 
 
 class Huber(Loss):
+    """Huber: quadratic within `delta` of the target, linear beyond (smooth, convex)."""
+
     name, params = "huber", ("delta",)
 
     def __init__(self, delta: float = 1.0):
@@ -141,6 +145,8 @@ class Huber(Loss):
 
 
 class PseudoHuber(Loss):
+    """Pseudo-Huber δ²(√(1 + (r/δ)²) − 1): a smooth, strictly convex Huber."""
+
     name, params = "pseudo_huber", ("delta",)
 
     def __init__(self, delta: float = 1.0):
@@ -158,6 +164,8 @@ class PseudoHuber(Loss):
 
 
 class Lp(Loss):
+    """|r|^p summed over outputs, 1 < p: convex and differentiable."""
+
     name, params = "lp", ("p",)
 
     def __init__(self, p: float = 1.5):
@@ -172,6 +180,8 @@ class Lp(Loss):
 
 
 class L1(Loss):
+    """|r| summed over outputs: convex but not differentiable at r = 0 (docs/theory.md §8)."""
+
     name, smooth = "l1", False
 
     def _phi(self, out, t):
@@ -182,6 +192,8 @@ class L1(Loss):
 
 
 class Poisson(Loss):
+    """Poisson negative log-likelihood exp(o) − y·o with counts y ≥ 0 as targets."""
+
     name = "poisson"
 
     def _canonical(self, Y, d_out):
@@ -201,6 +213,8 @@ class Poisson(Loss):
 
 
 class CrossEntropy(Loss):
+    """Softmax cross-entropy logsumexp(o) − Σ_k t_k o_k, targets class indices or one-hot rows."""
+
     name = "cross_entropy"
 
     def _canonical(self, Y, d_out):
@@ -230,6 +244,8 @@ class CrossEntropy(Loss):
 
 
 class Logistic(Loss):
+    """Binary logistic loss log(1 + exp(−y·o)) per output, targets ±1 (or 0/1)."""
+
     name = "logistic"
 
     def _canonical(self, Y, d_out):

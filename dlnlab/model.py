@@ -121,6 +121,7 @@ class DeepLinearNet(nn.Module):
 
     @torch.no_grad()
     def load_member(self, k: int, weights: Sequence[torch.Tensor]) -> None:
+        """Copy the layers `weights` = [W_1..W_H] of one network into member `k`, in place."""
         for p, w in zip(self.weights, weights):
             p[k].copy_(torch.as_tensor(w, dtype=p.dtype))
 

@@ -47,6 +47,7 @@ class Cadence:
 
     @property
     def last(self):
+        """The run's last step, at which the cadence always fires (None: not known yet)."""
         return self._last
 
     @last.setter
@@ -57,6 +58,7 @@ class Cadence:
                          for k in range(int(math.ceil(math.log10(max(value, 1)) * self.log_spaced)) + 1)}
 
     def due(self, step: int) -> bool:
+        """Whether the cadence fires at `step`."""
         return (self.every and step % self.every == 0) or step == self._last or step in self._log
 
     def next_due(self, step: int) -> int | None:
@@ -167,13 +169,13 @@ class Hook:
     background: bool = False
 
     def on_start(self, trainer) -> None:
-        pass
+        """Called once before the first step (and once again when a run resumes)."""
 
     def on_record(self, trainer, rec: Record) -> None:
-        pass
+        """Handle one record: read `rec.weights` and earlier columns, add columns to `rec.metrics`."""
 
     def on_end(self, trainer, status: str) -> None:
-        pass
+        """Called once when the run ends, with its status (one of `STATUSES`)."""
 
     def on_records(self, trainer, recs: list) -> None:
         """Several records at once, in step order (the trainer hands small networks' records over in

@@ -73,6 +73,9 @@ def _fmt_S(S) -> str:
 
 
 class ClassifierHook(Hook):
+    """Labels each record by Theorem 7 (square loss) or, under ridge, by the ridge labels, batched over
+    members on the metrics hook's spectra (docs/theory.md §5, §7; columns in docs/columns.md)."""
+
     background = True
     tb_tags = TB_TAGS
     tb_descriptions = TB_DESCRIPTIONS

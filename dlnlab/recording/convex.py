@@ -36,6 +36,9 @@ TRAINING_CONVEX_TOLERANCES = ConvexTolerances(grad_rtol=1e-4, grad_l_rtol=1e-3)
 
 
 class ConvexHook(Hook):
+    """Labels records under a convex loss other than the square loss against the convex reference
+    ℓ*, computed once per run: `convex_gap`, `grad_l_norm`, `convex_label` (docs/theory.md §8)."""
+
     background = True
     tb_tags = TB_TAGS
 

@@ -285,9 +285,11 @@ class RankJumpHook(Hook):
     # -- outputs ---------------------------------------------------------------------------------
     @property
     def events(self) -> pd.DataFrame:
+        """The jump events recorded so far, one row per event (docs/columns.md, "Events")."""
         return events_frame(self.rows)
 
     def write_events(self) -> None:
+        """Write the events not yet on disk to the run folder's events file, atomically."""
         if self.out_dir is None or self._written == len(self.rows):
             return
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,9 @@ TB_TAGS = {"near_dist": "near/dist", "tight_margin": "near/tight_margin",
 
 
 class TrajectoryHook(Hook):
+    """Where a record stands near the plateau's critical point: `near_label`, `near_dist`,
+    `tight_margin`, and the Hessian's extreme eigenvalues `lam_min`/`lam_max` (docs/theory.md §6)."""
+
     background = True
     tb_tags = TB_TAGS
 
