@@ -285,7 +285,7 @@ class RankJumpHook(Hook):
     # -- outputs ---------------------------------------------------------------------------------
     @property
     def events(self) -> pd.DataFrame:
-        """The jump events recorded so far, one row per event (docs/columns.md, "Events")."""
+        """The jump events recorded so far, one row per event (docs/columns.md, `events.parquet`)."""
         return events_frame(self.rows)
 
     def write_events(self) -> None:
