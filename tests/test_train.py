@@ -10,7 +10,7 @@ from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.table import TableHook
 from dlnlab.steps import STEPS_PER_CALL, _scripted, run_steps
 from dlnlab.tasks import make_completion, make_regression
-from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer, dln_batch_factors
+from dlnlab.train import IndexSampler, RecordSettings, RidgeSGD, Schedule, Trainer, dln_batch_factors
 
 
 @pytest.fixture
@@ -124,8 +124,8 @@ def test_schedules_reach_the_optimizer(task):
             seen.append((rec.step, rec.lr, rec.ridge))
 
     net = DeepLinearNet([4, 3, 3], seed=0)
-    Trainer(net, task, lr=0.01, steps=30, lr_schedule=Schedule(0.01, [10], [0.01, 0.001]),
-            ridge_schedule=Schedule(0, [10], [0.0, 0.1]), hooks=[LrSpy()], cadence=Cadence(10)).run()
+    Trainer(net, task, lr=Schedule(0.01, [10], [0.01, 0.001]), steps=30,
+            ridge=Schedule(0, [10], [0.0, 0.1]), hooks=[LrSpy()], cadence=Cadence(10)).run()
     assert seen[-1] == (30, 0.001, 0.1) and seen[1] == (10, 0.01, 0.0)
 
 
@@ -168,7 +168,7 @@ def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path, record_batch
     net = DeepLinearNet([4, 5, 3], seed=0)
     hooks = [MetricsHook(), TableHook(tmp_path), CheckpointHook(tmp_path / "ck"), CtrlC()]
     result = Trainer(net, task, lr=0.01, steps=1000, hooks=hooks, cadence=Cadence(20),
-                     record_batch=record_batch).run()
+                     recording=RecordSettings(batch=record_batch)).run()
     assert result.status == "interrupted" and result.step == 60
     df = load_run(tmp_path)
     assert df["step"].tolist() == [0, 20, 40, 60] and set(df["status"]) == {"interrupted"}
@@ -321,8 +321,8 @@ def test_fused_loop_takes_the_general_loops_steps_bit_for_bit(task, optim, E):
     for fused in (True, False):
         net = DeepLinearNet([4, 5, 6, 3], ensemble=E, init="gaussian", seed=2)
         col = Collect()
-        tr = Trainer(net, task, optim=optim, lr=0.01, ridge=0.1, steps=45, batch_size=2, seed=5,
-                     lr_schedule=Schedule(0.01, [20], [0.01, 0.02]), hooks=[MetricsHook(), col],
+        tr = Trainer(net, task, optim=optim, lr=Schedule(0.01, [20], [0.01, 0.02]), ridge=0.1, steps=45,
+                     batch_size=2, seed=5, hooks=[MetricsHook(), col],
                      cadence=Cadence(every=7), fused=fused)
         assert tr.fused is fused
         tr.run()
@@ -393,4 +393,4 @@ def test_sampler_take_and_rewind_keep_the_stream():
 
 def test_completion_and_other_losses_keep_the_general_loop():
     comp = make_completion(3, 4, 1, [2.0], 0.1, observed_fraction=0.75, seed=0)
-    assert not Trainer(DeepLinearNet([4, 3, 3]), comp, optim="sgd").fused
+    assert not Trainer(DeepLinearNet([4, 3, 3]), comp, optim="sgd", lr=0.05).fused
