@@ -6,11 +6,11 @@ A hook is any object with a `cadence` (or None: the trainer's record cadence) an
     on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
     on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
 
-Small networks' records are handed over a few at a time (`Trainer.record_batch`), in step order:
+Small networks' records are handed over a few at a time (`RecordSettings.batch`), in step order:
 `on_records(trainer, recs)` calls `on_record` for each unless a hook batches them itself; a hook
 that reads the trainer's live state at a record (a checkpoint) says so with `immediate(rec)`. Hooks
 that declare `background = True` may run on the trainer's record thread, beside the training loop
-(`dlnlab.recording.background`): they read the record, never the trainer's live state.
+(`dlnlab.recording.dispatch`): they read the record, never the trainer's live state.
 
 A hook that holds state across records (counters, first passages...) also gives `state_dict()` and
 `load_state_dict(state)`, so that a run resumed from a checkpoint goes on bitwise like one that was
@@ -177,7 +177,7 @@ class Hook:
 
     def on_records(self, trainer, recs: list) -> None:
         """Several records at once, in step order (the trainer hands small networks' records over in
-        batches: `Trainer.record_batch`). A hook whose work is batched over members overrides this
+        batches: `RecordSettings.batch`). A hook whose work is batched over members overrides this
         and treats the records as one stack of members (`stack_weights`, `Spectra.stack`)."""
         for rec in recs:
             self.on_record(trainer, rec)
