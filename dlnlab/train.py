@@ -210,9 +210,9 @@ class Trainer:
 
     def _general_step(self) -> None:
         """One step of any task and loss; a member whose loss is not finite is frozen first."""
-        self._at = self.step
+        self._at = s = self.step
         g = self.optimizer.param_groups[0]
-        g["lr"], g["ridge"] = self.lr, self.ridge
+        g["lr"], g["ridge"] = self.lr_at(s), self.ridge_at(s)
         losses = self._loss()
         finite = torch.isfinite(losses)
         if not bool(finite.all()):

@@ -178,6 +178,41 @@ def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path, record_batch
         assert torch.equal(a, b.detach())
 
 
+def test_a_checkpoint_with_an_optimizer_entry_resumes_from_the_schedules(task, tmp_path):
+    """Checkpoints written before the schedules were the one source of lr and lambda carry the
+    optimizer's param group (`optimizer`): it is ignored on resume, whatever it says, and the run
+    goes on bit for bit, records' lr and lambda included."""
+    def trainer(col, out):
+        net = DeepLinearNet([4, 5, 3], ensemble=2, init="gaussian", scale=0.5, seed=1)
+        tr = Trainer(net, task, optim="sgd", lr=Schedule(0.02, [30, 70], [0.02, 0.01, 0.03]),
+                     ridge=Schedule(0.0, [30], [0.01, 0.02]), steps=100, batch_size=2, seed=1,
+                     hooks=[MetricsHook(), col, CheckpointHook(out)], cadence=Cadence(10),
+                     recording=RecordSettings(checkpoint_every=30))
+        return net, tr
+
+    class Rates(Hook):
+        def __init__(self):
+            self.rows = []
+
+        def on_record(self, trainer, rec):
+            self.rows.append((rec.step, rec.lr, rec.ridge, rec.metrics["loss"].clone()))
+
+    ref = Rates()
+    full, tr = trainer(ref, tmp_path / "a")
+    tr.run()
+    ck = torch.load(tmp_path / "a" / "step_000000030.pt", weights_only=True)
+    assert "optimizer" not in ck
+    ck["optimizer"] = {"state": {}, "param_groups": [{"lr": 123.0, "ridge": 4.0, "params": [0, 1]}]}
+    col = Rates()
+    net, tr = trainer(col, tmp_path / "b")
+    tr.resume(ck)
+    tr.run()
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(net.weights, full.weights))
+    later = [r for r in ref.rows if r[0] > 30]
+    assert [r[:3] for r in col.rows] == [r[:3] for r in later]
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(col.rows, later))
+
+
 def test_log_spaced_cadence():
     c = Cadence(every=1000, log_spaced=2, last=5000)
     due = [s for s in range(5001) if c.due(s)]

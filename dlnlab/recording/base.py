@@ -47,16 +47,19 @@ class Cadence:
 
     @property
     def last(self):
+        """The run's last step (always due), set by the trainer at the start."""
         return self._last
 
     @last.setter
     def last(self, value):
+        """Set the last step; the log-spaced steps run up to it."""
         self._last = value
         if value is not None and self.log_spaced:
             self._log = {min(value, int(round(10 ** (k / self.log_spaced))))
                          for k in range(int(math.ceil(math.log10(max(value, 1)) * self.log_spaced)) + 1)}
 
     def due(self, step: int) -> bool:
+        """Whether a record is due at `step`."""
         return (self.every and step % self.every == 0) or step == self._last or step in self._log
 
     def next_due(self, step: int) -> int | None:
@@ -167,12 +170,15 @@ class Hook:
     background: bool = False
 
     def on_start(self, trainer) -> None:
+        """Once, before step 0 (or before the resumed step)."""
         pass
 
     def on_record(self, trainer, rec: Record) -> None:
+        """At every step the hook's cadence makes due: compute, store or show from `rec`."""
         pass
 
     def on_end(self, trainer, status: str) -> None:
+        """Once, whatever ended the run (`status`: finished, diverged, interrupted, failed)."""
         pass
 
     def on_records(self, trainer, recs: list) -> None:
