@@ -242,11 +242,11 @@ class RecordDispatcher:
                 self._worker.drain()
         except Exception as e:  # noqa: BLE001
             errors.append(e)
-        steps = [self.dispatch] + ([] if status == "interrupted" else [functools.partial(self.record, final=True)])
-        steps += [functools.partial(h.on_end, self.trainer, status) for h in self.hooks]
-        for step in steps:
+        jobs = [self.dispatch] + ([] if status == "interrupted" else [functools.partial(self.record, final=True)])
+        jobs += [functools.partial(h.on_end, self.trainer, status) for h in self.hooks]
+        for job in jobs:
             try:
-                step()
+                job()
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         return errors
