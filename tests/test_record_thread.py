@@ -15,7 +15,7 @@ from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.tasks import make_regression
-from dlnlab.train import Trainer
+from dlnlab.train import RecordSettings, Trainer
 
 
 def same(a, b) -> bool:
@@ -66,7 +66,7 @@ class Where(Hook):
 def train(hooks, steps=300, **kw):
     task = make_regression(40, 4, 3, [3.0, 1.0, 0.5])
     tr = Trainer(DeepLinearNet([4, 5, 3], init="gaussian", scale=0.3, seed=1), task, lr=0.01, steps=steps,
-                 hooks=hooks, cadence=Cadence(every=10), record_thread="on", **kw)
+                 hooks=hooks, cadence=Cadence(every=10), recording=RecordSettings(thread="on"), **kw)
     return tr, tr.run()
 
 

@@ -10,7 +10,7 @@ from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.table import TableHook
 from dlnlab.steps import STEPS_PER_CALL, _scripted, run_steps
 from dlnlab.tasks import make_completion, make_regression
-from dlnlab.train import IndexSampler, RidgeSGD, Schedule, Trainer, dln_batch_factors
+from dlnlab.train import IndexSampler, RecordSettings, RidgeSGD, Schedule, Trainer, dln_batch_factors
 
 
 @pytest.fixture
@@ -124,8 +124,8 @@ def test_schedules_reach_the_optimizer(task):
             seen.append((rec.step, rec.lr, rec.ridge))
 
     net = DeepLinearNet([4, 3, 3], seed=0)
-    Trainer(net, task, lr=0.01, steps=30, lr_schedule=Schedule(0.01, [10], [0.01, 0.001]),
-            ridge_schedule=Schedule(0, [10], [0.0, 0.1]), hooks=[LrSpy()], cadence=Cadence(10)).run()
+    Trainer(net, task, lr=Schedule(0.01, [10], [0.01, 0.001]), steps=30,
+            ridge=Schedule(0, [10], [0.0, 0.1]), hooks=[LrSpy()], cadence=Cadence(10)).run()
     assert seen[-1] == (30, 0.001, 0.1) and seen[1] == (10, 0.01, 0.0)
 
 
@@ -168,7 +168,7 @@ def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path, record_batch
     net = DeepLinearNet([4, 5, 3], seed=0)
     hooks = [MetricsHook(), TableHook(tmp_path), CheckpointHook(tmp_path / "ck"), CtrlC()]
     result = Trainer(net, task, lr=0.01, steps=1000, hooks=hooks, cadence=Cadence(20),
-                     record_batch=record_batch).run()
+                     recording=RecordSettings(batch=record_batch)).run()
     assert result.status == "interrupted" and result.step == 60
     df = load_run(tmp_path)
     assert df["step"].tolist() == [0, 20, 40, 60] and set(df["status"]) == {"interrupted"}
@@ -176,6 +176,41 @@ def test_interrupt_keeps_the_table_and_a_checkpoint(task, tmp_path, record_batch
     assert ck["step"] == 60
     for a, b in zip(ck["weights"], net.weights):
         assert torch.equal(a, b.detach())
+
+
+def test_a_checkpoint_with_an_optimizer_entry_resumes_from_the_schedules(task, tmp_path):
+    """Checkpoints written before the schedules were the one source of lr and lambda carry the
+    optimizer's param group (`optimizer`): it is ignored on resume, whatever it says, and the run
+    goes on bit for bit, records' lr and lambda included."""
+    def trainer(col, out):
+        net = DeepLinearNet([4, 5, 3], ensemble=2, init="gaussian", scale=0.5, seed=1)
+        tr = Trainer(net, task, optim="sgd", lr=Schedule(0.02, [30, 70], [0.02, 0.01, 0.03]),
+                     ridge=Schedule(0.0, [30], [0.01, 0.02]), steps=100, batch_size=2, seed=1,
+                     hooks=[MetricsHook(), col, CheckpointHook(out)], cadence=Cadence(10),
+                     recording=RecordSettings(checkpoint_every=30))
+        return net, tr
+
+    class Rates(Hook):
+        def __init__(self):
+            self.rows = []
+
+        def on_record(self, trainer, rec):
+            self.rows.append((rec.step, rec.lr, rec.ridge, rec.metrics["loss"].clone()))
+
+    ref = Rates()
+    full, tr = trainer(ref, tmp_path / "a")
+    tr.run()
+    ck = torch.load(tmp_path / "a" / "step_000000030.pt", weights_only=True)
+    assert "optimizer" not in ck
+    ck["optimizer"] = {"state": {}, "param_groups": [{"lr": 123.0, "ridge": 4.0, "params": [0, 1]}]}
+    col = Rates()
+    net, tr = trainer(col, tmp_path / "b")
+    tr.resume(ck)
+    tr.run()
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(net.weights, full.weights))
+    later = [r for r in ref.rows if r[0] > 30]
+    assert [r[:3] for r in col.rows] == [r[:3] for r in later]
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(col.rows, later))
 
 
 def test_log_spaced_cadence():
@@ -321,8 +356,8 @@ def test_fused_loop_takes_the_general_loops_steps_bit_for_bit(task, optim, E):
     for fused in (True, False):
         net = DeepLinearNet([4, 5, 6, 3], ensemble=E, init="gaussian", seed=2)
         col = Collect()
-        tr = Trainer(net, task, optim=optim, lr=0.01, ridge=0.1, steps=45, batch_size=2, seed=5,
-                     lr_schedule=Schedule(0.01, [20], [0.01, 0.02]), hooks=[MetricsHook(), col],
+        tr = Trainer(net, task, optim=optim, lr=Schedule(0.01, [20], [0.01, 0.02]), ridge=0.1, steps=45,
+                     batch_size=2, seed=5, hooks=[MetricsHook(), col],
                      cadence=Cadence(every=7), fused=fused)
         assert tr.fused is fused
         tr.run()
@@ -393,4 +428,4 @@ def test_sampler_take_and_rewind_keep_the_stream():
 
 def test_completion_and_other_losses_keep_the_general_loop():
     comp = make_completion(3, 4, 1, [2.0], 0.1, observed_fraction=0.75, seed=0)
-    assert not Trainer(DeepLinearNet([4, 3, 3]), comp, optim="sgd").fused
+    assert not Trainer(DeepLinearNet([4, 3, 3]), comp, optim="sgd", lr=0.05).fused

@@ -44,7 +44,7 @@ from dlnlab.recording.tensorboard import TensorBoardHook
 from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.tasks import load_regression, make_completion, make_regression, with_loss
 from dlnlab.theory.convex_reference import WidthReport, width_condition
-from dlnlab.train import Schedule, Trainer
+from dlnlab.train import RecordSettings, Schedule, Trainer
 
 
 def conf_dir() -> str:
@@ -170,17 +170,16 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
 
 def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
     o = cfg.optim
-    return Trainer(net, task, optim=o.name, lr=o.lr, steps=o.steps, ridge=o.ridge,
-                   batch_size=o.batch_size,
-                   lr_schedule=Schedule(o.lr, o.milestones, o.lr_values, o.cycle),
-                   ridge_schedule=Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle),
+    return Trainer(net, task, optim=o.name, steps=o.steps, batch_size=o.batch_size,
+                   lr=Schedule(o.lr, o.milestones, o.lr_values, o.cycle),
+                   ridge=Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle),
                    seed=cfg.seed, hooks=hooks,
                    cadence=Cadence(cfg.record.every, cfg.record.log_spaced),
                    config=OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
                    out_dir=out_dir, info=run_info(cfg, task),
-                   device=resolve_device(getattr(cfg, "device", "cpu")),
-                   checkpoint_every=checkpoint_every(cfg.record) if out_dir is not None else 0,
-                   fused=o.fused, record_batch=cfg.record.batch, record_thread=getattr(cfg.record, "thread", "auto"))
+                   device=resolve_device(getattr(cfg, "device", "cpu")), fused=o.fused,
+                   recording=RecordSettings(cfg.record.batch, getattr(cfg.record, "thread", "auto"),
+                                            checkpoint_every(cfg.record) if out_dir is not None else 0))
 
 
 def prepare(cfg):

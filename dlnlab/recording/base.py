@@ -6,11 +6,11 @@ A hook is any object with a `cadence` (or None: the trainer's record cadence) an
     on_record(trainer, rec)    at every step its cadence makes due (step 0 and the last step too)
     on_end(trainer, status)    once, whatever ended the run (finished, diverged, interrupted, failed)
 
-Small networks' records are handed over a few at a time (`Trainer.record_batch`), in step order:
+Small networks' records are handed over a few at a time (`RecordSettings.batch`), in step order:
 `on_records(trainer, recs)` calls `on_record` for each unless a hook batches them itself; a hook
 that reads the trainer's live state at a record (a checkpoint) says so with `immediate(rec)`. Hooks
 that declare `background = True` may run on the trainer's record thread, beside the training loop
-(`dlnlab.recording.background`): they read the record, never the trainer's live state.
+(`dlnlab.recording.dispatch`): they read the record, never the trainer's live state.
 
 A hook that holds state across records (counters, first passages...) also gives `state_dict()` and
 `load_state_dict(state)`, so that a run resumed from a checkpoint goes on bitwise like one that was
@@ -47,18 +47,19 @@ class Cadence:
 
     @property
     def last(self):
-        """The run's last step, at which the cadence always fires (None: not known yet)."""
+        """The run's last step (always due), set by the trainer at the start."""
         return self._last
 
     @last.setter
     def last(self, value):
+        """Set the last step; the log-spaced steps run up to it."""
         self._last = value
         if value is not None and self.log_spaced:
             self._log = {min(value, int(round(10 ** (k / self.log_spaced))))
                          for k in range(int(math.ceil(math.log10(max(value, 1)) * self.log_spaced)) + 1)}
 
     def due(self, step: int) -> bool:
-        """Whether the cadence fires at `step`."""
+        """Whether a record is due at `step`."""
         return (self.every and step % self.every == 0) or step == self._last or step in self._log
 
     def next_due(self, step: int) -> int | None:
@@ -169,17 +170,20 @@ class Hook:
     background: bool = False
 
     def on_start(self, trainer) -> None:
-        """Called once before the first step (and once again when a run resumes)."""
+        """Once, before step 0 (or before the resumed step)."""
+        pass
 
     def on_record(self, trainer, rec: Record) -> None:
-        """Handle one record: read `rec.weights` and earlier columns, add columns to `rec.metrics`."""
+        """At every step the hook's cadence makes due: compute, store or show from `rec`."""
+        pass
 
     def on_end(self, trainer, status: str) -> None:
-        """Called once when the run ends, with its status (one of `STATUSES`)."""
+        """Once, whatever ended the run (`status`: finished, diverged, interrupted, failed)."""
+        pass
 
     def on_records(self, trainer, recs: list) -> None:
         """Several records at once, in step order (the trainer hands small networks' records over in
-        batches: `Trainer.record_batch`). A hook whose work is batched over members overrides this
+        batches: `RecordSettings.batch`). A hook whose work is batched over members overrides this
         and treats the records as one stack of members (`stack_weights`, `Spectra.stack`)."""
         for rec in recs:
             self.on_record(trainer, rec)

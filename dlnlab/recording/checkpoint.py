@@ -23,19 +23,16 @@ class CheckpointHook(Hook):
     `torch.load(path, weights_only=True)`.
 
     It sees every record (the trainer's cadence) and writes `step_*.pt` at the records the trainer
-    flags `rec.checkpoint` (its `checkpoint_every`) and those whose step is a multiple of `every`
-    (0: none of its own). A step file holds, besides the weights, the trainer's state and every hook's
-    `state_dict()` (`hooks`, by class name): what `Trainer.resume` needs to go on bitwise. `last.pt` holds the last good state of every
+    flags `rec.checkpoint` (`RecordSettings.checkpoint_every`). A step file holds, besides the
+    weights, the trainer's state and every hook's `state_dict()` (`hooks`, by class name): what
+    `Trainer.resume` needs to go on bitwise. `last.pt` holds the last good state of every
     member: a member whose weights or loss stopped being finite (diverged) is saved as it was at
     its last record with finite weights and loss (`good_step`, per member), so a diverged run leaves
     loadable, meaningful weights behind."""
     background = True
 
-    def __init__(self, directory, every: int = 0):
-        if every < 0:
-            raise ValueError(f"checkpoint every={every}: allowed an integer >= 0")
+    def __init__(self, directory):
         self.dir = str(directory)
-        self.every = int(every)
         self._good: list | None = None  # per layer (E, d_h, d_{h-1}): each member's last good weights
         self._good_step: torch.Tensor | None = None  # (E,) the step of those weights, -1: none yet
 
@@ -57,15 +54,18 @@ class CheckpointHook(Hook):
         return state
 
     def state_dict(self) -> dict | None:
+        """Each member's last good weights and their steps (None before the first record)."""
         if self._good is None:
             return None
         return {"good": [g.clone() for g in self._good], "good_step": self._good_step.clone()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` returned (a resumed run)."""
         self._good = [g.clone() for g in state["good"]]
         self._good_step = state["good_step"].clone()
 
     def on_start(self, trainer) -> None:
+        """Create the checkpoint folder."""
         os.makedirs(self.dir, exist_ok=True)
 
     def _remember(self, rec: Record) -> None:
@@ -87,16 +87,19 @@ class CheckpointHook(Hook):
             self._good_step[ok] = rec.step
 
     def immediate(self, rec: Record) -> bool:
-        return bool((rec.checkpoint or (self.every and rec.step % self.every == 0)) and rec.loop_state is None)
+        """A checkpoint record without the trainer's state copied in: written at its own step."""
+        return bool(rec.checkpoint and rec.loop_state is None)
 
     def on_record(self, trainer, rec: Record) -> None:
+        """Remember the good members; at a checkpoint record, write `step_*.pt`."""
         self._remember(rec)
-        if (rec.checkpoint or (self.every and rec.step % self.every == 0)) and not rec.final:
+        if rec.checkpoint and not rec.final:
             good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
             _atomic_save(self.state(trainer, rec.step, rec.weights, good, hooks=True, loop_state=rec.loop_state),
                          os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
 
     def on_end(self, trainer, status: str) -> None:
+        """Write `last.pt`: every member's last good state."""
         if self._good is None:
             return
         if status == "interrupted" and int(self._good_step.max()) < trainer.step:
