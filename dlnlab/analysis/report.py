@@ -25,8 +25,7 @@ from omegaconf import OmegaConf
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import prepare
-from dlnlab.recording.folder import CONFIG_FILE, EVENTS_FILE
-from dlnlab.recording.jumps import SUMMARY_FILE
+from dlnlab.runfolder import CONFIG_FILE, EVENTS_FILE, METRICS_DIR, SUMMARY_FILE
 from dlnlab.theory.critical import plateau_values
 
 __all__ = ["REPORT_PNG", "STAIRCASE_FILE", "is_plain_run", "run_report", "report_data"]
@@ -45,7 +44,7 @@ LABEL_TEXT = {"nonstrict_saddle": "non-strict saddle", "strict_saddle": "strict 
 def is_plain_run(path) -> bool:
     """A run folder with a run table that is neither a rank-jump experiment nor a tracked run."""
     p = Path(path)
-    return (p / "metrics").is_dir() and not (p / SUMMARY_FILE).exists() and not (p / EVENTS_FILE).exists()
+    return (p / METRICS_DIR).is_dir() and not (p / SUMMARY_FILE).exists() and not (p / EVENTS_FILE).exists()
 
 
 def report_data(path) -> dict:
@@ -295,6 +294,7 @@ def _curvature_panel(ax, table, E) -> None:
 
 
 def plt_colours(n: int) -> list:
+    """`n` distinct matplotlib colours (tab10 up to ten, else viridis)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "viridis"]

@@ -118,6 +118,7 @@ def _convex(task, weights, n: int) -> None:
 
 
 def main(argv=None) -> None:
+    """`dlnlab-classify PATH [--hessian]`: print the label of a checkpoint (see the module's docstring)."""
     ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="a checkpoint .pt, or a run folder (its checkpoints/last.pt)")

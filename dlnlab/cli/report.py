@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_cli(argv=None, out=None) -> int:
+    """Run `dlnlab-report` on `argv`, printing to `out` (stdout); the exit status."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     run = Path(args.run)
