@@ -11,6 +11,7 @@ A run folder holds:
                           versions left part-*.parquet, read the same way);
   metrics/table.parquet   the same parts compacted into one file when the run ends
   events.parquet          the rank tracker's jump events (EVENT_COLUMNS), when it followed the run
+  staircase.csv           the staircase table (one row per plateau visit), written at the end
   jumps_summary.json      the rank tracker's summary of a jumps experiment's folder
   events.out.tfevents.*   TensorBoard (`tensorboard --logdir runs`)
   checkpoints/            step_*.pt and last.pt
@@ -35,7 +36,7 @@ import yaml
 __all__ = [
     # file names
     "STATUS_FILE", "CONFIG_FILE", "OVERRIDES_FILE", "METRICS_DIR", "TABLE_FILE", "TMP_SUFFIX",
-    "PART_SUFFIXES", "EVENTS_FILE", "SUMMARY_FILE", "REPORT_PNG", "REPORT_TB_DIR", "CHECKPOINTS_DIR",
+    "PART_SUFFIXES", "EVENTS_FILE", "STAIRCASE_FILE", "SUMMARY_FILE", "REPORT_PNG", "REPORT_TB_DIR", "CHECKPOINTS_DIR",
     "LAST_CHECKPOINT", "STEP_CHECKPOINTS", "step_checkpoint",
     # the run table
     "part_path", "part_files", "table_files", "has_table", "write_part", "read_table_file",
@@ -54,6 +55,7 @@ TABLE_FILE = "table.parquet"  # the compacted table of a run that ended
 TMP_SUFFIX = ".tmp"  # a file being written; `atomic_write` never leaves one behind
 PART_SUFFIXES = (".arrow", ".parquet")  # run-table parts: this version's, and earlier versions'
 EVENTS_FILE = "events.parquet"
+STAIRCASE_FILE = "staircase.csv"  # the staircase table of a run, written at its end
 SUMMARY_FILE = "jumps_summary.json"
 REPORT_PNG = "jumps_report.png"
 # TensorBoard folder of the jumps report figure, inside the report's run folder: replaced on every

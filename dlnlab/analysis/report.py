@@ -25,13 +25,12 @@ from omegaconf import OmegaConf
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import prepare
-from dlnlab.runfolder import CONFIG_FILE, EVENTS_FILE, METRICS_DIR, SUMMARY_FILE
+from dlnlab.runfolder import CONFIG_FILE, EVENTS_FILE, METRICS_DIR, STAIRCASE_FILE, SUMMARY_FILE
 from dlnlab.theory.critical import plateau_values
 
-__all__ = ["REPORT_PNG", "STAIRCASE_FILE", "is_plain_run", "run_report", "report_data"]
+__all__ = ["REPORT_PNG", "is_plain_run", "run_report", "report_data"]
 
 REPORT_PNG = "report.png"
-STAIRCASE_FILE = "staircase.csv"
 LOSS_DECADES = 3        # the loss axis shows this many decades below the smallest positive plateau
 BOX_FRAC = 0.15       # the width of a plateau's label box, as a fraction of the step axis (about)
 MARGIN_FLOOR = 1e-10   # the tight-margin axis shows this range below its largest value

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from dlnlab.analysis.jumps_report import read_summary, report_figure, report_table
-from dlnlab.analysis.report import STAIRCASE_FILE, is_plain_run, run_report
+from dlnlab.analysis.report import is_plain_run, run_report
+from dlnlab.runfolder import STAIRCASE_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
