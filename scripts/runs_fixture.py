@@ -17,10 +17,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from dlnlab.analysis.folders import find_runs
-from dlnlab.analysis.runs import _default_threads, load_runs
+from dlnlab.analysis.runs import default_threads, load_runs
 from dlnlab.experiments.build import compose
 from dlnlab.recording.base import Record
-from dlnlab.recording.folder import EVENTS_FILE, STATUS_FILE, TABLE_FILE
+from dlnlab.runfolder import EVENTS_FILE, STATUS_FILE, TABLE_FILE
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.tasks import make_regression
 
@@ -168,7 +168,7 @@ def bench_load(root=None, runs: int = 1000, records: int = 1000, repeat: int = 1
             df = load_runs(root)
             best = min(best, time.perf_counter() - t0)
         return {"runs": int(df["run"].nunique()), "rows": len(df), "columns": df.shape[1],
-                "seconds": best, "fixture_seconds": fixture["seconds"], "cpus": _default_threads()}
+                "seconds": best, "fixture_seconds": fixture["seconds"], "cpus": default_threads()}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

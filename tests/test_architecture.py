@@ -10,7 +10,7 @@ import dlnlab
 
 PACKAGE = Path(dlnlab.__file__).resolve().parent
 # Each layer may import only from itself and the layers before it.
-LAYERS = ["linalg", "model losses", "theory", "tasks", "recording", "train steps", "experiments", "analysis", "cli __main__"]
+LAYERS = ["linalg runfolder", "model losses", "theory", "tasks", "recording", "train steps", "experiments", "analysis", "cli __main__"]
 LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names.split()}
 
 

@@ -13,7 +13,7 @@ from dlnlab.analysis.runs import list_runs, load_run, load_runs
 from dlnlab.experiments.build import compose
 from dlnlab.experiments.run import run
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import read_status
+from dlnlab.runfolder import read_status
 
 BIN = Path(sys.executable).parent
 SHORT = ["optim.steps=300", "record.every=50", "record.log_spaced=0"]

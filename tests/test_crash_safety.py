@@ -12,7 +12,7 @@ from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import compose
 from dlnlab.experiments.run import RunFailed, run
 from dlnlab.recording import table as table_hook
-from dlnlab.recording.folder import atomic_write, read_status
+from dlnlab.runfolder import atomic_write, read_status
 
 # record.checkpoint_every=0: no step checkpoints, so the table is written in parts of exactly 5 records
 # (a step checkpoint flushes the table first) and the write that fails is the part we count to

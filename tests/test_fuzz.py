@@ -25,7 +25,7 @@ from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.config import ConfigError
 from dlnlab.experiments.options import option_rows
 from dlnlab.experiments.run import run
-from dlnlab.recording.folder import read_status
+from dlnlab.runfolder import read_status
 from dlnlab.tasks import DataError
 
 BIN = Path(sys.executable).parent

@@ -24,7 +24,7 @@ from dlnlab.experiments.guards import (
     threads_for,
 )
 from dlnlab.experiments.run import run
-from dlnlab.recording.folder import write_status
+from dlnlab.runfolder import write_status
 
 BIN = Path(sys.executable).parent
 QUIET = ["record.progress=off", "classify.enabled=false", "record.tensorboard=false"]

@@ -25,9 +25,9 @@ from dlnlab.experiments.config import (
 from dlnlab.experiments.jumps import JumpsSummary, run_experiment
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record
-from dlnlab.recording.folder import EVENT_COLUMNS
-from dlnlab.recording.jumps import REPORT_TB_DIR, RankJumpHook
+from dlnlab.recording.jumps import RankJumpHook
 from dlnlab.recording.metrics import MetricsHook
+from dlnlab.runfolder import EVENT_COLUMNS, REPORT_TB_DIR
 from dlnlab.tasks import make_completion, make_regression
 from dlnlab.theory.ridge_labels import ridge_loss_fn
 from dlnlab.theory.ridge_modes import (

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dlnlab import ConfigError, compose, load_events, load_run, run
-from dlnlab.recording.folder import read_status
+from dlnlab.runfolder import read_status
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_worker import OVERRIDES, hooks, worker_main  # noqa: E402

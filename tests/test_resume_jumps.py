@@ -18,7 +18,7 @@ import torch
 from dlnlab import ConfigError, compose, run
 from dlnlab.experiments import jumps
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import read_status
+from dlnlab.runfolder import read_status
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_resume import assert_same  # noqa: E402

@@ -18,7 +18,7 @@ from dlnlab.analysis.runs import list_runs, load_events, load_run, load_runs
 from dlnlab.analysis.summary import summarize
 from dlnlab.experiments.build import compose
 from dlnlab.experiments.run import run
-from dlnlab.recording.folder import part_path, write_part
+from dlnlab.runfolder import part_path, write_part
 
 TINY = ["optim.steps=40", "record.every=10", "record.log_spaced=0", "model.width=3", "record.progress=off",
         "record.tensorboard=false"]
@@ -284,13 +284,13 @@ def test_a_run_compacting_its_parts_while_being_read(tmp_path, monkeypatch):
     """The parts listed a moment ago are gone (the run just compacted them): list again."""
 
     write_run(tmp_path / "r", parts=[part([0, 10], loss=[2.0, 1.0])])
-    real = R._table_files
+    real = R.table_files
     calls = []
 
     def listing(run_dir):
         calls.append(run_dir)
         return [run_dir / "metrics" / "part-00007.parquet"] if len(calls) == 1 else real(run_dir)
-    monkeypatch.setattr(R, "_table_files", listing)
+    monkeypatch.setattr(R, "table_files", listing)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_runs(tmp_path)["loss"].tolist() == [2.0, 1.0] and len(calls) == 2

@@ -5,9 +5,9 @@ from dlnlab.analysis.runs import load_run
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record
 from dlnlab.recording.checkpoint import CheckpointHook
-from dlnlab.recording.folder import read_status
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.table import TableHook
+from dlnlab.runfolder import read_status
 from dlnlab.steps import STEPS_PER_CALL, _scripted, run_steps
 from dlnlab.tasks import make_completion, make_regression
 from dlnlab.train import IndexSampler, RecordSettings, RidgeSGD, Schedule, Trainer, dln_batch_factors

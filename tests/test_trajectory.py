@@ -12,7 +12,7 @@ import pytest
 import torch
 from landscape_data import clean_data, gaussian_data
 
-from dlnlab.analysis.staircase import StaircaseTolerances, staircase
+from dlnlab.recording.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
 from dlnlab.linalg import partial_products, product, singular_values

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dlnlab.analysis.folders import RUN_COLUMNS
 from dlnlab.analysis.summary import config_columns, final_rows
-from dlnlab.recording.folder import RUN_COLUMNS
 
 NON_METRICS = {"run", "step", "member", "member_status", *RUN_COLUMNS}
 

@@ -1,4 +1,21 @@
 """Reading a run folder's small files (status, config, overrides) and finding and selecting runs.
+
+`load_runs(root, where=...)` (dlnlab.analysis.runs) reads many run folders into one tidy DataFrame,
+one row per (run, step, member): `run` (the run folder's path), the recorded metrics, then `status`,
+`wall_time` and `overrides` of the run and every config value as a column with its dotted name.
+`list_runs` gives one row per run without reading any table; `load_events` reads the rank
+tracker's jump events (<run>/events.parquet); `summarize` turns a run table into one row per run
+(or per member): final loss, rank and label, and jumps / first passages from the events.
+
+Damaged files never sink a load: a truncated parquet file, or a status.json / config.yaml /
+overrides.yaml that does not parse, is skipped with a `DamagedRunWarning` naming the file.
+Unfinished runs load (their parts), with the status they wrote ("running" if still going, or
+killed).
+
+Speed (1,000 runs x 1,000 records, H = 4, in a few seconds): tables are read with pyarrow on
+threads, only the columns asked for (`columns=`), and concatenated once; per-run values (run,
+status, overrides, string config values) become categorical columns built from codes, numbers
+plain numeric columns, all added in one concat.
 """
 from __future__ import annotations
 
@@ -16,31 +33,27 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# ---------------------------------------------------------------------------------------------
-# Reading
-from dlnlab.recording.folder import (
+from dlnlab.runfolder import (
     CONFIG_FILE,
     METRICS_DIR,
+    OVERRIDES_FILE,
     STATUS_FILE,
-    TABLE_FILE,
     YAML_LOADER,
-    part_files,
+    has_table,
 )
 
-#
-# `load_runs(root, where=...)` reads many run folders into one tidy DataFrame, one row per
-# (run, step, member): `run` (the run folder's path), the recorded metrics, then `status`,
-# `wall_time` and `overrides` of the run and every config value as a column with its dotted name.
-# `list_runs` gives one row per run without reading any table; `load_events` reads the rank
-# tracker's jump events (<run>/events.parquet); `summarize` turns a run table into one row per run
-# (or per member): final loss, rank and label, and jumps / first passages from the events.
-#
-# Damaged files never sink a load: a truncated parquet file, or a status.json / config.yaml /
-# overrides.yaml that does not parse, is skipped with a `DamagedRunWarning` naming the file.
-# Unfinished runs load (their parts), with the status they wrote ("running" if still going, or
-# killed).
-#
-# Speed (1,000 runs x 1,000 records, H = 4, in a few seconds): tables are read with pyarrow on
+__all__ = [
+    # finding and selecting runs
+    "find_runs", "scan_runs", "run_selector", "RunInfo", "effective_status",
+    # a run's small files
+    "read_config", "read_overrides", "flatten_config",
+    # per-run columns of a loaded table
+    "RUN_COLUMNS", "config_keys", "with_run_columns",
+    # damaged files
+    "DamagedRunWarning", "warn_damaged", "first_line",
+]
+
+RUN_COLUMNS = ("status", "wall_time", "overrides")  # per-run columns added after the metrics
 _HERE = os.path.dirname(__file__)
 
 
@@ -48,8 +61,9 @@ class DamagedRunWarning(UserWarning):
     """A run file that could not be read; that file is skipped and the load goes on."""
 
 
-def _warn_all(messages) -> None:
-    """Warn about each message, attributed to the first caller outside dlnlab.analysis."""
+def warn_damaged(messages) -> None:
+    """Warn (`DamagedRunWarning`) about each message, attributed to the first caller outside
+    dlnlab.analysis."""
     level, frame = 2, sys._getframe(1)
     while frame is not None and os.path.dirname(frame.f_code.co_filename) == _HERE:
         frame, level = frame.f_back, level + 1
@@ -57,7 +71,8 @@ def _warn_all(messages) -> None:
         warnings.warn(m, DamagedRunWarning, stacklevel=level)
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -82,12 +97,12 @@ def _read_yaml(path: Path, what: str, messages: list | None, default):
     except FileNotFoundError:
         return default
     except (OSError, UnicodeDecodeError) as e:
-        problem = _first_line(e)
+        problem = first_line(e)
     else:
         try:
             value = yaml.load(text, Loader=YAML_LOADER)
         except yaml.YAMLError as e:
-            problem = _first_line(e)
+            problem = first_line(e)
         else:
             if value is None:
                 return default
@@ -96,7 +111,7 @@ def _read_yaml(path: Path, what: str, messages: list | None, default):
             problem = f"not a YAML {type(default).__name__}"
     msg = f"damaged {what} {path} skipped ({problem})"
     if messages is None:
-        _warn_all([msg])
+        warn_damaged([msg])
     else:
         messages.append(msg)
     return default
@@ -109,7 +124,7 @@ def read_config(run_dir, messages: list | None = None) -> dict:
 
 def read_overrides(run_dir, messages: list | None = None) -> str:
     """The command-line overrides of a run launched by the CLI, as one string ("" if none)."""
-    items = _read_yaml(Path(run_dir) / ".hydra" / "overrides.yaml", "overrides", messages, [])
+    items = _read_yaml(Path(run_dir) / OVERRIDES_FILE, "overrides", messages, [])
     return " ".join(str(o) for o in items)
 
 
@@ -158,7 +173,7 @@ def _read_status_checked(run_dir: Path, messages: list) -> dict:
         messages.append(f"run {run_dir}: {STATUS_FILE} is missing; its status is 'unknown'")
         return {}
     except (OSError, ValueError) as e:
-        problem = _first_line(e)
+        problem = first_line(e)
     messages.append(f"damaged status {path} skipped ({problem}); the run's status is 'unknown'")
     return {}
 
@@ -167,24 +182,21 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
-def _has_table(folder: Path) -> bool:
-    return (folder / METRICS_DIR).is_dir() and bool(
-        (folder / METRICS_DIR / TABLE_FILE).exists() or part_files(folder / METRICS_DIR))
-
-
 def find_runs(root) -> list[Path]:
     """Every run folder under `root` (a folder holding a status.json, or a run table: a run whose
     status.json was lost is still a run, with status 'unknown'), in natural order (job 2 before
     job 10)."""
     root = Path(root)
-    if (root / STATUS_FILE).exists() or _has_table(root):
+    if (root / STATUS_FILE).exists() or has_table(root):
         return [root]
     found = {p.parent for p in root.rglob(STATUS_FILE)}
-    found |= {p.parent for p in root.rglob(METRICS_DIR) if p.is_dir() and _has_table(p.parent)}
+    found |= {p.parent for p in root.rglob(METRICS_DIR) if p.is_dir() and has_table(p.parent)}
     return sorted(found, key=_natural_key)
 
+
 @dataclass
-class _Run:
+class RunInfo:
+    """What a scan reads of one run folder: its path, status.json, flattened config, overrides."""
     path: Path
     status: dict
     config: dict  # flattened
@@ -201,7 +213,7 @@ def _equal(have, want) -> bool:
     return have == want
 
 
-def _selector(where):
+def run_selector(where):
     """A predicate on a run's flattened config (plus `status`) from `where` (None, a dict
     {dotted key: value or list of values}, or a callable)."""
     if where is None:
@@ -223,19 +235,20 @@ def _selector(where):
     return match
 
 
-def _scan(paths, where=None) -> list[_Run]:
-    """Status, config and overrides of every run folder in `paths`, those `where` selects."""
+def scan_runs(paths, where=None) -> list[RunInfo]:
+    """Status, config and overrides of every run folder in `paths`, those `where` selects (see
+    `load_runs`); damaged files are skipped with a `DamagedRunWarning`."""
     messages: list = []
     runs = []
     for p in paths:
         p = Path(p)
-        if not (p / CONFIG_FILE).exists() and _has_table(p):  # a failed start has neither: no news
+        if not (p / CONFIG_FILE).exists() and has_table(p):  # a failed start has neither: no news
             messages.append(f"run {p}: {CONFIG_FILE} is missing; the run has no config columns "
                             "(and is left out of the swept keys)")
-        runs.append(_Run(p, _read_status_checked(p, messages), flatten_config(read_config(p, messages)),
+        runs.append(RunInfo(p, _read_status_checked(p, messages), flatten_config(read_config(p, messages)),
                          read_overrides(p, messages)))
-    _warn_all(messages)
-    select = _selector(where)
+    warn_damaged(messages)
+    select = run_selector(where)
     if select is None:
         return runs
     if isinstance(where, dict) and runs:
@@ -247,7 +260,9 @@ def _scan(paths, where=None) -> list[_Run]:
     return [r for r in runs if select({**r.config, "status": effective_status(r.status)})]
 
 
-def _config_keys(runs: list[_Run], config) -> list[str]:
+def config_keys(runs: list[RunInfo], config) -> list[str]:
+    """The config keys to add as columns: `config` True: every key of the runs; False or None:
+    none; a key or a list of keys: those (a KeyError for one no run has)."""
     if config is False or config is None:
         return []
     keys: dict = {}
@@ -262,7 +277,7 @@ def _config_keys(runs: list[_Run], config) -> list[str]:
     return wanted
 
 
-def _per_run_frame(runs: list[_Run], keys: list[str], taken: set) -> pd.DataFrame:
+def _per_run_frame(runs: list[RunInfo], keys: list[str], taken: set) -> pd.DataFrame:
     """One row per run: `run` (its folder), status, wall time, overrides and the config values
     `keys`. Numbers and booleans stay numeric; strings and mixed values become categoricals."""
     cols: dict = {"run": pd.Categorical([str(r.path) for r in runs])}
@@ -282,7 +297,7 @@ def _per_run_frame(runs: list[_Run], keys: list[str], taken: set) -> pd.DataFram
     return pd.DataFrame({k: v for k, v in cols.items() if k == "run" or k not in taken})
 
 
-def _with_run_columns(table: pd.DataFrame, runs: list[_Run], codes: np.ndarray, keys: list[str]) -> pd.DataFrame:
+def with_run_columns(table: pd.DataFrame, runs: list[RunInfo], codes: np.ndarray, keys: list[str]) -> pd.DataFrame:
     """`table` (rows of the runs `codes`) with `run` in front and the per-run columns after it,
     expanded from one row per run with a single take per column block."""
     per_run = _per_run_frame(runs, keys, set(table.columns))

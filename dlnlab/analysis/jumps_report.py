@@ -10,19 +10,20 @@ import pandas as pd
 
 from dlnlab.analysis.folders import find_runs
 from dlnlab.analysis.runs import load_run
-from dlnlab.recording.folder import EVENTS_FILE
-from dlnlab.recording.jumps import (
+from dlnlab.runfolder import (
+    EVENTS_FILE,
     REPORT_PNG,
     REPORT_TB_DIR,
     SUMMARY_FILE,
-    _quartiles,
     events_frame,
+    quartiles,
 )
 
 # ---------------------------------------------------------------------------------------------
 # Reading and reporting
 
 def read_summary(path) -> dict | None:
+    """The jumps_summary.json of an experiment's folder as a dict (None when there is none)."""
     p = Path(path) / SUMMARY_FILE
     return json.loads(p.read_text()) if p.exists() else None
 
@@ -70,7 +71,7 @@ def report_table(path) -> pd.DataFrame:
                "final_layer_ranks": dict(sorted((int(k), int(v)) for k, v in last.value_counts().items()))}
         for t, col in (("layer", "layer"), ("end_to_end", "e2e")):
             ent = ev[(ev["kind"] == "entered") & (ev["rank_type"] == t)].groupby("member")["step"].min()
-            q = _quartiles(ent.tolist())
+            q = quartiles(ent.tolist())
             if t == "layer":
                 row["jumped"] = int(len(ent))
             row[f"first_passage_{col}_median"] = q["median"]

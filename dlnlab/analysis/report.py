@@ -25,14 +25,12 @@ from omegaconf import OmegaConf
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import prepare
-from dlnlab.recording.folder import CONFIG_FILE, EVENTS_FILE
-from dlnlab.recording.jumps import SUMMARY_FILE
+from dlnlab.runfolder import CONFIG_FILE, EVENTS_FILE, METRICS_DIR, STAIRCASE_FILE, SUMMARY_FILE
 from dlnlab.theory.critical import plateau_values
 
-__all__ = ["REPORT_PNG", "STAIRCASE_FILE", "is_plain_run", "run_report", "report_data"]
+__all__ = ["REPORT_PNG", "is_plain_run", "run_report", "report_data"]
 
 REPORT_PNG = "report.png"
-STAIRCASE_FILE = "staircase.csv"
 LOSS_DECADES = 3        # the loss axis shows this many decades below the smallest positive plateau
 BOX_FRAC = 0.15       # the width of a plateau's label box, as a fraction of the step axis (about)
 MARGIN_FLOOR = 1e-10   # the tight-margin axis shows this range below its largest value
@@ -45,7 +43,7 @@ LABEL_TEXT = {"nonstrict_saddle": "non-strict saddle", "strict_saddle": "strict 
 def is_plain_run(path) -> bool:
     """A run folder with a run table that is neither a rank-jump experiment nor a tracked run."""
     p = Path(path)
-    return (p / "metrics").is_dir() and not (p / SUMMARY_FILE).exists() and not (p / EVENTS_FILE).exists()
+    return (p / METRICS_DIR).is_dir() and not (p / SUMMARY_FILE).exists() and not (p / EVENTS_FILE).exists()
 
 
 def report_data(path) -> dict:
@@ -295,6 +293,7 @@ def _curvature_panel(ax, table, E) -> None:
 
 
 def plt_colours(n: int) -> list:
+    """`n` distinct matplotlib colours (tab10 up to ten, else viridis)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "viridis"]

@@ -9,32 +9,18 @@ import numpy as np
 import pandas as pd
 
 from dlnlab.analysis.folders import (
-    _config_keys,
-    _first_line,
-    _Run,
-    _scan,
-    _warn_all,
-    _with_run_columns,
-    find_runs,
-)
-from dlnlab.recording.folder import (
-    EVENT_COLUMNS,
-    EVENTS_FILE,
-    METRICS_DIR,
     RUN_COLUMNS,
-    TABLE_FILE,
-    part_files,
-    read_table_file,
+    RunInfo,
+    config_keys,
+    find_runs,
+    first_line,
+    scan_runs,
+    warn_damaged,
+    with_run_columns,
 )
+from dlnlab.runfolder import EVENT_COLUMNS, EVENTS_FILE, read_table_file, table_files
 
-
-def _table_files(run_dir: Path) -> list[Path]:
-    table = run_dir / METRICS_DIR / TABLE_FILE
-    # The compacted table is written (atomically) before any part is removed, so when it exists
-    # it is complete, even if a crash left some parts behind.
-    if table.exists():
-        return [table]
-    return part_files(run_dir / METRICS_DIR)
+__all__ = ["load_runs", "load_run", "list_runs", "load_events", "load_scanned", "run_events", "default_threads"]
 
 
 def _read_file(path: Path, columns, messages: list, what: str = "run-table file"):
@@ -45,7 +31,7 @@ def _read_file(path: Path, columns, messages: list, what: str = "run-table file"
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file must not sink the whole load
-        messages.append(f"damaged {what} {path} skipped ({_first_line(e)})")
+        messages.append(f"damaged {what} {path} skipped ({first_line(e)})")
         return None
 
 
@@ -74,7 +60,7 @@ def _drop_incompatible(tables: list, sources: list, messages: list, what: str) -
                 schema = t.schema if schema is None else pa.unify_schemas([schema, t.schema],
                                                                           promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                messages.append(f"damaged {what} {src} skipped ({_first_line(e)})")
+                messages.append(f"damaged {what} {src} skipped ({first_line(e)})")
                 t = None
         out.append(t)
     return out
@@ -87,7 +73,7 @@ def _read_table(run_dir: Path, columns):
     for attempt in range(2):
         messages: list = []
         try:
-            files = _table_files(run_dir)
+            files = table_files(run_dir)
             tables = [_read_file(f, columns, messages) for f in files]
         except FileNotFoundError:  # a running job compacted its parts meanwhile: list them again
             if attempt == 0:
@@ -102,7 +88,8 @@ def _read_table(run_dir: Path, columns):
     return None, []  # pragma: no cover
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
+    """The reader threads of a load: the cores this process may use (at least 2)."""
     try:
         return max(2, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -110,37 +97,37 @@ def _default_threads() -> int:
 
 
 def _load(paths: list[Path], where=None, columns=None, config=True, threads: int | None = None,
-          runs: list[_Run] | None = None) -> pd.DataFrame:
+          runs: list[RunInfo] | None = None) -> pd.DataFrame:
     """Read the run folders `paths` (those `where` selects; or the scanned `runs`) into one
     DataFrame."""
     from concurrent.futures import ThreadPoolExecutor
 
     if columns is not None:
         columns = {"step", "member", *([columns] if isinstance(columns, str) else columns)}
-    threads = threads or _default_threads()
+    threads = threads or default_threads()
     read = lambda r: _read_table(r, columns)  # noqa: E731
     if runs is not None:
         with ThreadPoolExecutor(max(1, threads)) as pool:
             results = list(pool.map(read, [r.path for r in runs]))
     elif threads <= 1 or len(paths) < 4:
-        runs = _scan(paths, where)
+        runs = scan_runs(paths, where)
         results = [read(r.path) for r in runs]
     elif where is None:
         # pyarrow reads release the GIL: read the tables while the configs are parsed
         with ThreadPoolExecutor(threads) as pool:
             pending = pool.map(read, paths)
-            runs = _scan(paths)
+            runs = scan_runs(paths)
             results = list(pending)
     else:  # `where` needs the configs first, and then reads only what it selects
-        runs = _scan(paths, where)
+        runs = scan_runs(paths, where)
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(read, [r.path for r in runs]))
     messages = [m for _, ms in results for m in ms]
     tables = _drop_incompatible([t for t, _ in results], [r.path for r in runs], messages, "run table of")
-    _warn_all(messages)
-    keys = _config_keys(runs, config)
+    warn_damaged(messages)
+    keys = config_keys(runs, config)
     table, counts = _to_pandas(tables, ["step", "member"])
-    return _with_run_columns(table, runs, np.repeat(np.arange(len(runs)), counts), keys)
+    return with_run_columns(table, runs, np.repeat(np.arange(len(runs)), counts), keys)
 
 
 def _to_pandas(tables: list, base_columns) -> tuple[pd.DataFrame, np.ndarray]:
@@ -166,10 +153,10 @@ def _to_pandas(tables: list, base_columns) -> tuple[pd.DataFrame, np.ndarray]:
 def list_runs(root, where=None, config=True) -> pd.DataFrame:
     """One row per run under `root`, without reading any table: `run` (its folder), `status`,
     `wall_time`, `overrides`, the last recorded `step` (from status.json) and config columns."""
-    runs = _scan(find_runs(root), where)
-    keys = _config_keys(runs, config)
+    runs = scan_runs(find_runs(root), where)
+    keys = config_keys(runs, config)
     step = pd.DataFrame({"step": pd.array([r.status.get("step") for r in runs], dtype="Int64")})
-    return _with_run_columns(step, runs, np.arange(len(runs)), keys)
+    return with_run_columns(step, runs, np.arange(len(runs)), keys)
 
 
 def load_runs(root, where=None, columns=None, config=True, threads: int | None = None) -> pd.DataFrame:
@@ -195,12 +182,18 @@ def load_run(path, config: bool = True, columns=None) -> pd.DataFrame:
     return _load([Path(path)], None, columns, config, threads=1)
 
 
+def load_scanned(runs: list[RunInfo], columns=None, config=True, threads: int | None = None) -> pd.DataFrame:
+    """The tables of runs already scanned and selected (`scan_runs`) in one DataFrame, as
+    `load_runs` gives them."""
+    return _load([], None, columns, config, threads, runs=runs)
+
+
 def _empty_events() -> pd.DataFrame:
     return pd.DataFrame({"run": pd.Series(dtype=object),
                          **{c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()}})
 
 
-def _read_events(runs: list[_Run]) -> tuple[list, list[bool]]:
+def _read_events(runs: list[RunInfo]) -> tuple[list, list[bool]]:
     """(pyarrow tables or None, whether the run has an events file) for every run."""
     messages: list = []
     tables, tracked = [], []
@@ -209,14 +202,14 @@ def _read_events(runs: list[_Run]) -> tuple[list, list[bool]]:
         exists = path.exists()
         tracked.append(exists)
         tables.append(_read_file(path, None, messages, "events file") if exists else None)
-    _warn_all(messages)
+    warn_damaged(messages)
     return tables, tracked
 
 
-def _events_frame(runs: list[_Run], tables: list, config) -> pd.DataFrame:
+def _events_frame(runs: list[RunInfo], tables: list, config) -> pd.DataFrame:
     messages: list = []
     tables = _drop_incompatible(tables, [r.path / EVENTS_FILE for r in runs], messages, "events file")
-    _warn_all(messages)
+    warn_damaged(messages)
     if all(t is None or t.num_rows == 0 for t in tables):
         return _empty_events()
     table, counts = _to_pandas(tables, list(EVENT_COLUMNS))
@@ -224,10 +217,19 @@ def _events_frame(runs: list[_Run], tables: list, config) -> pd.DataFrame:
         if c in table.columns and t == "int64" and table[c].dtype.kind == "f" and table[c].notna().all():
             table[c] = table[c].astype("int64")
     codes = np.repeat(np.arange(len(runs)), counts)
-    df = _with_run_columns(table, runs, codes, _config_keys(runs, config))
+    df = with_run_columns(table, runs, codes, config_keys(runs, config))
     df = df.drop(columns=[c for c in RUN_COLUMNS if c not in ("status",)])
     first = ["run", *[c for c in EVENT_COLUMNS if c in df.columns]]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def run_events(paths) -> tuple[pd.DataFrame, set[str]]:
+    """The jump events of the run folders `paths`, without config columns (an empty events table
+    when none has any), and the paths (as str) of the runs that have an events file."""
+    runs = [RunInfo(Path(p), {}, {}, "") for p in paths]
+    tables, has = _read_events(runs)
+    events = _events_frame(runs, tables, config=False) if any(has) else _empty_events()
+    return events, {str(r.path) for r, h in zip(runs, has) if h}
 
 
 def load_events(root, where=None, config=True) -> pd.DataFrame:
@@ -236,7 +238,7 @@ def load_events(root, where=None, config=True) -> pd.DataFrame:
     a lower-rank set; "increase": a rank increase), rank_type ("layer" | "end_to_end"), any other
     columns present, then `status` and the config columns (config=False: none). No events: an
     empty DataFrame with those columns."""
-    runs = _scan(find_runs(root), where)
+    runs = scan_runs(find_runs(root), where)
     tables, _ = _read_events(runs)
     return _events_frame(runs, tables, config)
 

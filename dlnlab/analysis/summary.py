@@ -7,16 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlnlab.analysis.folders import _Run
-from dlnlab.analysis.runs import (
-    _empty_events,
-    _events_frame,
-    _read_events,
-    list_runs,
-    load_runs,
-)
+from dlnlab.analysis.folders import RUN_COLUMNS
+from dlnlab.analysis.runs import list_runs, load_runs, run_events
 from dlnlab.experiments.config import Config
-from dlnlab.recording.folder import RUN_COLUMNS
 
 # ---------------------------------------------------------------------------------------------
 # Summaries
@@ -126,12 +119,9 @@ def summarize(df: pd.DataFrame, events=None, per: str = "run", metrics=("loss", 
         out["diverged"] = (last["member_status"].astype(object) == "diverged").to_numpy().astype(int)
     tracked = None
     if events is None:
-        runs = [_Run(Path(r), {}, {}, "") for r in out["run"].unique()]
-        tables, has = _read_events(runs)
         # no tracked run at all: the jump columns are still there, NaN (unknown, not zero), so
         # code written for a tracked sweep runs on any sweep
-        events = _events_frame(runs, tables, config=False) if any(has) else _empty_events()
-        tracked = {str(r.path) for r, h in zip(runs, has) if h}
+        events, tracked = run_events(out["run"].unique())
     if isinstance(events, pd.DataFrame):
         out = pd.concat([out, _jump_columns(events, out, tracked, rank_type)], axis=1)
     run_info = last.groupby("run", observed=True, sort=False)[run_level].first() if run_level else None

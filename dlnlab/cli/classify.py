@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from dlnlab.experiments.build import build_loss, build_task
 from dlnlab.recording.classifier import tolerances_from_config
 from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
+from dlnlab.runfolder import CHECKPOINTS_DIR, LAST_CHECKPOINT
 from dlnlab.tasks import with_loss
 from dlnlab.theory.classify import classify
 from dlnlab.theory.convex import ConvexLabeller
@@ -39,7 +40,7 @@ def _fail(msg: str) -> None:
 
 def _load(path: Path):
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = path / CHECKPOINTS_DIR / LAST_CHECKPOINT
     if not path.is_file():
         _fail(f"no checkpoint at {path}")
     try:
@@ -118,6 +119,7 @@ def _convex(task, weights, n: int) -> None:
 
 
 def main(argv=None) -> None:
+    """`dlnlab-classify PATH [--hessian]`: print the label of a checkpoint (see the module's docstring)."""
     ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="a checkpoint .pt, or a run folder (its checkpoints/last.pt)")

@@ -19,14 +19,14 @@ from dlnlab.analysis.compare import (
     unknown,
 )
 from dlnlab.analysis.folders import (
-    _config_keys,
-    _scan,
-    _selector,
+    config_keys,
     effective_status,
     find_runs,
+    run_selector,
+    scan_runs,
 )
-from dlnlab.analysis.runs import _load, _table_files
-from dlnlab.recording.folder import read_table_schema
+from dlnlab.analysis.runs import load_scanned
+from dlnlab.runfolder import read_table_schema, table_files
 
 # ---------------------------------------------------------------------------------------------
 # The command line
@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_cli(argv=None, out=None) -> int:
+    """Run `dlnlab-compare` on `argv`, printing to `out` (stdout); 0 on success, a CompareError
+    (or KeyError) for the user's mistakes."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     root = Path(args.root)
@@ -80,22 +82,22 @@ def run_cli(argv=None, out=None) -> int:
         raise CompareError(f"ROOT {root} does not exist")
     by = None if args.by is None else [k.strip() for k in args.by.split(",") if k.strip()]
     where = _parse_where(args.where) or None
-    runs = _scan(find_runs(root))
+    runs = scan_runs(find_runs(root))
     if where and runs:
-        known = _config_keys(runs, True) + ["status"]
+        known = config_keys(runs, True) + ["status"]
         for key in where:
             if key not in known:
                 raise unknown("--where key", key, known)
-        select = _selector(where)
+        select = run_selector(where)
         runs = [r for r in runs if select({**r.config, "status": effective_status(r.status)})]
     if not runs:
         raise CompareError(f"no runs under {root} (no run folder with a status.json)"
                            + (f" matching --where {' '.join(args.where)}" if where else ""))
-    keys = _config_keys(runs, True)
+    keys = config_keys(runs, True)
     for key in by or ():
         if key not in keys:
             raise unknown("--by key", key, keys)
-    df = _load([], columns=[args.metric, "member_status"], runs=runs)
+    df = load_scanned(runs, columns=[args.metric, "member_status"])
     if args.metric not in df.columns:
         available = _recorded_columns([r.path for r in runs])
         if not available:
@@ -137,7 +139,7 @@ def _recorded_columns(run_dirs) -> list[str]:
     """The union of the recorded columns of the runs' tables (read from the files' schemas)."""
     names: dict = {}
     for d in run_dirs:
-        for f in _table_files(Path(d)):
+        for f in table_files(d):
             try:
                 names.update(dict.fromkeys(read_table_schema(f).names))
             except Exception:  # noqa: BLE001 - damaged files were reported by the load

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from dlnlab.analysis.jumps_report import read_summary, report_figure, report_table
-from dlnlab.analysis.report import STAIRCASE_FILE, is_plain_run, run_report
+from dlnlab.analysis.report import is_plain_run, run_report
+from dlnlab.runfolder import STAIRCASE_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_cli(argv=None, out=None) -> int:
+    """Run `dlnlab-report` on `argv`, printing to `out` (stdout); the exit status."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     run = Path(args.run)

@@ -67,6 +67,7 @@ class SweepSummary(Callback):
     """Claims the sweep folder when a multirun starts; prints `sweep_report` when it ends."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        """Claim the sweep folder (Hydra calls this before the first job)."""
         try:
             claim_sweep_dir(config.hydra.sweep.dir, resume=bool(config.get("resume", None)))
         except SweepFolderInUse as e:  # Hydra turns a callback's exception into a warning
@@ -74,6 +75,7 @@ class SweepSummary(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        """Print the end-of-sweep table (Hydra calls this after the last job)."""
         try:
             print(sweep_report(config.hydra.sweep.dir), flush=True)
         except Exception as e:  # noqa: BLE001 - a report must never fail the sweep

@@ -26,7 +26,7 @@ from dlnlab.experiments.resume import (
     sweep_overrides,
 )
 from dlnlab.experiments.run import RunFailed, mark_failed, run
-from dlnlab.recording.folder import CONFIG_FILE, read_status
+from dlnlab.runfolder import CONFIG_FILE, read_status
 from dlnlab.tasks import DataError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.config import ConfigError
 from dlnlab.recording.background import cpu_count
-from dlnlab.recording.folder import (
+from dlnlab.runfolder import (
     EVENTS_FILE,
     METRICS_DIR,
     STATUS_FILE,

@@ -45,8 +45,8 @@ from dlnlab.experiments.resume import (
 )
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import atomic_write, remove_tmp_files
-from dlnlab.recording.jumps import RANK_TYPES, SUMMARY_FILE, RankJumpHook, _atomic_json
+from dlnlab.recording.jumps import RANK_TYPES, RankJumpHook
+from dlnlab.runfolder import SUMMARY_FILE, atomic_write, remove_tmp_files, write_json
 from dlnlab.theory.ridge_labels import RidgePoint
 from dlnlab.theory.ridge_labels import classify as ridge_classify
 from dlnlab.theory.ridge_modes import LabelTolerances, mode_threshold, tie_value
@@ -240,7 +240,7 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
                             for n, t in trackers.items() for f in (t if isinstance(t, list) else t.findings())]
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            _atomic_json(summary.to_dict(), out / SUMMARY_FILE)
+            write_json(summary.to_dict(), out / SUMMARY_FILE)
 
     def finish(status):
         summary.status = status

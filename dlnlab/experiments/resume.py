@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from dlnlab.experiments.config import Config, ConfigError
-from dlnlab.recording.folder import CONFIG_FILE, read_status
+from dlnlab.runfolder import CONFIG_FILE, read_status
 
 # options that do not change what a run computes (its progress display, its folder's name, the
 # fused loop, record batches and the record thread: the same numbers bit for bit)

@@ -30,7 +30,7 @@ from dlnlab.experiments.resume import (
 )
 from dlnlab.linalg import chain, numerical_rank
 from dlnlab.recording.base import Hook
-from dlnlab.recording.folder import (
+from dlnlab.runfolder import (
     atomic_write,
     read_status,
     remove_tmp_files,

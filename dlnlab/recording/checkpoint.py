@@ -9,12 +9,7 @@ import torch
 
 from dlnlab.linalg import finite_members
 from dlnlab.recording.base import Hook, Record
-
-
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+from dlnlab.runfolder import LAST_CHECKPOINT, save_torch, step_checkpoint
 
 
 class CheckpointHook(Hook):
@@ -95,8 +90,8 @@ class CheckpointHook(Hook):
         self._remember(rec)
         if rec.checkpoint and not rec.final:
             good = torch.where(self._ok, rec.step, -1)  # -1: that member's weights here are not good
-            _atomic_save(self.state(trainer, rec.step, rec.weights, good, hooks=True, loop_state=rec.loop_state),
-                         os.path.join(self.dir, f"step_{rec.step:09d}.pt"))
+            save_torch(self.state(trainer, rec.step, rec.weights, good, hooks=True, loop_state=rec.loop_state),
+                       os.path.join(self.dir, step_checkpoint(rec.step)))
 
     def on_end(self, trainer, status: str) -> None:
         """Write `last.pt`: every member's last good state."""
@@ -114,6 +109,6 @@ class CheckpointHook(Hook):
             return
         weights = [torch.where(have.view(-1, 1, 1), g, w) for g, w in zip(self._good, trainer.weights)]
         step = int(self._good_step.max())
-        _atomic_save(self.state(trainer, step, weights, self._good_step.clone()),
-                     os.path.join(self.dir, "last.pt"))
+        save_torch(self.state(trainer, step, weights, self._good_step.clone()),
+                   os.path.join(self.dir, LAST_CHECKPOINT))
 

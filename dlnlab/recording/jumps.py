@@ -12,12 +12,10 @@ record's declared scalars and `tb_tags`. The phases of the jump experiments live
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +23,12 @@ import torch
 
 from dlnlab.linalg import finite_members
 from dlnlab.recording.base import Hook, Record
-from dlnlab.recording.folder import EVENT_COLUMNS, EVENTS_FILE, atomic_write
+from dlnlab.runfolder import (
+    EVENTS_FILE,
+    atomic_write,
+    events_frame,
+    quartiles,
+)
 from dlnlab.theory.ridge_labels import classify as ridge_classify
 from dlnlab.theory.ridge_modes import (
     LabelTolerances,
@@ -38,47 +41,10 @@ log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("entered", "increase")
 RANK_TYPES = ("layer", "end_to_end")
-SUMMARY_FILE = "jumps_summary.json"
-REPORT_PNG = "jumps_report.png"
-# TensorBoard folder of the report figure, inside the report's RUN folder: replaced on every
-# report, so re-running jumps_report.py leaves exactly one `jumps/report` image.
-REPORT_TB_DIR = "jumps_report_tb"
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
-
-
-def _atomic_json(obj, path: Path) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def events_frame(rows: Sequence[tuple]) -> pd.DataFrame:
-    """Rows (member, step, from_rank, to_rank, kind, rank_type, in_B) as the events table."""
-    cols = list(EVENT_COLUMNS)
-    data = list(zip(*rows)) if rows else [[] for _ in cols]
-    return pd.DataFrame({c: pd.Series(list(v), dtype=EVENT_COLUMNS[c]) for c, v in zip(cols, data)})
-
-
-def _quartiles(values: Sequence[float]) -> dict:
-    if not len(values):
-        return {"count": 0, "min": None, "q1": None, "median": None, "q3": None, "max": None}
-    v = np.asarray(values, dtype=float)
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"count": int(v.size), "min": float(v.min()), "q1": float(q1), "median": float(med),
-            "q3": float(q3), "max": float(v.max())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,8 +317,8 @@ class RankJumpHook(Hook):
             out[t] = {
                 "start_rank": start, "final_rank": final, "lowest_rank": self.low[t].tolist(),
                 "jumped": len(jumped), "fraction_jumped": len(jumped) / max(self.E, 1),
-                "first_jump": _quartiles(first_jump),
-                "first_passage": {str(r): {**_quartiles([s for s in v if s is not None]),
+                "first_jump": quartiles(first_jump),
+                "first_passage": {str(r): {**quartiles([s for s in v if s is not None]),
                                            "fraction": sum(s is not None for s in v) / max(self.E, 1),
                                            "steps": v}
                                   for r, v in fp.items()},

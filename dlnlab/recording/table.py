@@ -14,11 +14,12 @@ import torch
 import yaml
 
 from dlnlab.recording.base import Hook, Record
-from dlnlab.recording.folder import (
+from dlnlab.runfolder import (
     CONFIG_FILE,
     METRICS_DIR,
     STATUS_FILE,
     TABLE_FILE,
+    TMP_SUFFIX,
     atomic_write,
     part_files,
     part_path,
@@ -55,6 +56,8 @@ class TableHook(Hook):
         self.written_bytes = 0
 
     def on_start(self, trainer) -> None:
+        """Write config.yaml and the first status.json; on resume, cut the table back to the
+        checkpoint's step; else remove an earlier run's table from a reused folder."""
         (self.dir / METRICS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / CONFIG_FILE, yaml.safe_dump(trainer.config, sort_keys=False))
         resumed = getattr(trainer, "resumed_from", None)
@@ -74,6 +77,7 @@ class TableHook(Hook):
         atomic_write(self.dir / STATUS_FILE, json.dumps(status, indent=1))
 
     def on_record(self, trainer, rec: Record) -> None:
+        """Buffer the record's metrics as rows; write a part when one is due."""
         # Numbers go into one (E, n_columns) block per record and become a DataFrame only at flush;
         # strings (labels) are kept as object columns beside it.
         # One torch op per metric at most: a record has dozens of them and this runs at every one.
@@ -106,6 +110,7 @@ class TableHook(Hook):
             self.flush(trainer)
 
     def flush(self, trainer=None) -> None:
+        """Write the buffered rows as the next part (and, given the trainer, a status heartbeat)."""
         import pyarrow as pa
 
         if not self.blocks:
@@ -158,6 +163,7 @@ class TableHook(Hook):
             p.unlink()
 
     def on_end(self, trainer, status: str) -> None:
+        """Write the last part, compact the parts into table.parquet and write the final status."""
         try:
             self.flush(trainer)
             self.compact()
@@ -182,7 +188,7 @@ def truncate_table(metrics_dir: Path, step: int) -> int:
     files = part_files(metrics_dir)
     if (metrics_dir / TABLE_FILE).exists():  # a compacted table holds the oldest rows
         files.insert(0, metrics_dir / TABLE_FILE)
-    for tmp in metrics_dir.glob("*.tmp"):
+    for tmp in metrics_dir.glob("*" + TMP_SUFFIX):
         tmp.unlink()
     tables = [t for t in (read_table_file(f) for f in files) if t.num_rows]
     tables = [t.filter(pc.less_equal(t["step"], step)) for t in tables]
@@ -200,9 +206,7 @@ def truncate_table(metrics_dir: Path, step: int) -> int:
     first = part_path(metrics_dir, 0)
     if kept:
         table = pa.concat_tables(kept, promote_options="permissive")
-        tmp = first.with_name(first.name + ".tmp")
-        write_part(table, tmp)
-        os.replace(tmp, first)
+        atomic_write(first, lambda tmp: write_part(table, tmp))
     for f in files:
         if f != first or not kept:
             f.unlink(missing_ok=True)

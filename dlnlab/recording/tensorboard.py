@@ -11,7 +11,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from dlnlab.recording.base import Hook, Record, nth_due, product_key
-from dlnlab.recording.folder import swept_keys_of
+from dlnlab.runfolder import swept_keys_of
 
 # descriptions of the fixed tags (shown by TensorBoard next to a chart); hooks add theirs for the
 # columns they declare (`tb_descriptions`); docs/columns.md lists them all
