@@ -15,13 +15,8 @@ from bench_jumps import bench_r1, bench_tracker
 
 from dlnlab.analysis.runs import load_events, load_run, load_runs
 from dlnlab.experiments.build import compose, prepare
-from dlnlab.experiments.config import (
-    LABEL_TOL_FIELDS,
-    ConfigError,
-    JumpsConfig,
-    label_tolerances,
-    validate,
-)
+from dlnlab.experiments.checks import LABEL_TOL_FIELDS, label_tolerances, validate
+from dlnlab.experiments.config import ConfigError, JumpsConfig
 from dlnlab.experiments.jumps import JumpsSummary, run_experiment
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record

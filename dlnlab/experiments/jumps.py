@@ -34,7 +34,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
-from dlnlab.experiments.config import check_options, label_tolerances, rank_tolerances
+from dlnlab.experiments.checks import label_tolerances, rank_tolerances, validate
 from dlnlab.experiments.guards import clean_run_dir, threads_for
 from dlnlab.experiments.resume import (
     ENDED,
@@ -195,7 +195,7 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
     if task is None:
         task = prepare(cfg)  # validates, jumps.* included
     else:
-        check_options(cfg)
+        validate(cfg, task)
     j = cfg.jumps
     out = Path(out_dir) if out_dir is not None else None
     sub = (lambda name: out / name) if out is not None else (lambda name: None)
