@@ -15,8 +15,6 @@ from omegaconf import OmegaConf
 
 from dlnlab.experiments.checks import label_tolerances, validate
 from dlnlab.experiments.config import (
-    TASK_KINDS,
-    TASKS,
     ConfigError,
     checkpoint_every,
     register,
@@ -24,6 +22,7 @@ from dlnlab.experiments.config import (
 )
 from dlnlab.experiments.guards import layer_widths, threads_for
 from dlnlab.experiments.options import check_overrides
+from dlnlab.experiments.task_kinds import TASK_KINDS, TASKS
 from dlnlab.losses import LossError, make_loss
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook

@@ -1,6 +1,6 @@
 """Every check of a config behind one entry point, `validate(cfg)`: keys against the typed schema, the
 semantic checks that types cannot express (H >= 2, widths >= 1, lr > 0, lambda >= 0, tolerances in (0, 1)...),
-the task kind's own checks (dlnlab.experiments.config.TASKS), the loss's parameters, the jumps.* label
+the task kind's own checks (dlnlab.experiments.task_kinds.TASKS), the loss's parameters, the jumps.* label
 tolerances, the run name and the memory estimate; with the task, the checks that need its data.
 
 Each failure is a ConfigError naming the option and what is allowed. The command-line overrides are checked
@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import math
 
-from dlnlab.experiments.config import (
-    MAX_DEPTH,
-    OPTIMIZERS,
-    TASK_KINDS,
-    TASKS,
-    ConfigError,
-    need,
-    resolve_device,
-)
+from dlnlab.experiments.config import MAX_DEPTH, OPTIMIZERS, resolve_device
+from dlnlab.experiments.fields import ConfigError, need
 from dlnlab.experiments.guards import check_keys, check_memory, check_name, layer_widths, task_dims
+from dlnlab.experiments.task_kinds import TASK_KINDS, TASKS
 from dlnlab.losses import LOSSES, LossError, make_loss
 from dlnlab.model import INITS
 from dlnlab.theory.ridge_modes import LabelTolerances, RankTolerances

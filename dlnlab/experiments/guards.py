@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.config import ConfigError
+from dlnlab.experiments.task_kinds import TASKS
 from dlnlab.recording.background import cpu_count
 from dlnlab.recording.folder import (
     EVENTS_FILE,
@@ -57,7 +58,7 @@ def unknown_keys(node, schema, prefix: str = "") -> list[str]:
             continue
         sub = _schema_of(hints[key])
         if key == "task" and schema is _config.Config:
-            kind = _config.TASKS.get(getattr(node[key], "kind", None))
+            kind = TASKS.get(getattr(node[key], "kind", None))
             sub = kind.schema if kind is not None else None
         child = node[key]
         if sub is not None and hasattr(child, "keys"):
@@ -125,8 +126,8 @@ def _gb(n: int) -> str:
 
 def task_dims(cfg) -> tuple[int, int, int] | None:
     """(d_in, d_out, samples) read from the task config (its kind's `dims` in
-    dlnlab.experiments.config.TASKS), None when only the data knows them."""
-    return _config.TASKS[cfg.task.kind].dims(cfg.task)
+    dlnlab.experiments.task_kinds.TASKS), None when only the data knows them."""
+    return TASKS[cfg.task.kind].dims(cfg.task)
 
 
 def layer_widths(cfg, d_in: int, d_out: int) -> list[int]:

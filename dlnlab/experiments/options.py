@@ -1,6 +1,6 @@
 """What `dlnlab-train --help` prints: the config groups and every option with its one-line description.
 
-The descriptions are the `help` metadata of the schema's fields (dlnlab.experiments.config.option), the
+The descriptions are the `help` metadata of the schema's fields (dlnlab.experiments.fields.option), the
 one place they are written; the help shows the first sentence of each.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.guards import check_name
+from dlnlab.experiments.task_kinds import TASKS
 
 
 def field_help(f: dataclasses.Field) -> str:
@@ -84,7 +85,7 @@ def help_text(conf_dir: str, version: str) -> str:
     for name, default, note in option_rows():
         if name != "task":
             lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
-    for kind, spec in _config.TASKS.items():
+    for kind, spec in TASKS.items():
         lines += ["", f"Options of task={kind}:"]
         for name, default, note in option_rows(spec.schema, "task."):
             lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
