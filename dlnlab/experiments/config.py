@@ -155,7 +155,7 @@ class JumpsConfig:
         "label the last record of every phase (all members), and the warm-up and GD end points in "
         "jumps_summary.json (with the A.3 mode table)")
     # Label tolerances (dlnlab.theory.ridge_modes.LabelTolerances, same names and defaults; all plumbed by
-    # dlnlab.experiments.config.label_tolerances), also for the classifier hook's ridge labels (`label`):
+    # dlnlab.experiments.checks.label_tolerances), also for the classifier hook's ridge labels (`label`):
     grad_tol: float = option(1.0e-7, "||grad|| <= grad_tol is critical")
     eig_rtol: float = option(1.0e-6, "Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0")
     eig_atol: float = option(1.0e-12, "absolute floor of that tolerance")
