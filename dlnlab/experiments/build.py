@@ -153,7 +153,6 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
 
 
 def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
-    """The Trainer of `cfg.optim` and `cfg.record` for this net, task and hooks."""
     o = cfg.optim
     return Trainer(net, task, optim=o.name, lr=o.lr, steps=o.steps, ridge=o.ridge,
                    batch_size=o.batch_size,
