@@ -48,20 +48,38 @@ class Task(Protocol):
     loss_of_product: bool   # True: `loss([P])` is the loss at end-to-end product P (cheap gradients)
 
     @property
-    def d_in(self) -> int: ...          # d_0
-    @property
-    def d_out(self) -> int: ...         # d_H
-    @property
-    def n_samples(self) -> int: ...     # what SGD samples from (samples or observed entries)
-    @property
-    def paper_scale(self) -> float: ... # paper loss = paper_scale * lab loss (docs/theory.md §1)
+    def d_in(self) -> int:
+        """d_0, the input width."""
 
-    def to(self, dtype: torch.dtype, device=None) -> "Task": ...  # device: only for config `device`
-    def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor: ...  # (E,) full-batch lab loss
-    def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor: ...
-    def batch_arrays(self, idx: torch.Tensor | None): ...  # (x, y) rows of a batch for the factored step
-    def target(self) -> torch.Tensor: ...  # the matrix whose scale sets rank floors
-    def landscape_data(self): ...  # (X, Y) of the square-loss landscape, or None
+    @property
+    def d_out(self) -> int:
+        """d_H, the output width."""
+
+    @property
+    def n_samples(self) -> int:
+        """What SGD samples from (samples or observed entries)."""
+
+    @property
+    def paper_scale(self) -> float:
+        """paper loss = paper_scale * lab loss (docs/theory.md §1)."""
+
+    def to(self, dtype: torch.dtype, device=None) -> "Task":
+        """The task in `dtype` (device: only for config `device`)."""
+
+    def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(E,) the full-batch lab loss of an ensemble's weights."""
+
+    def batch_loss(self, weights: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """(E,) the lab loss on the samples (or observed entries) `idx`."""
+
+    def batch_arrays(self, idx: torch.Tensor | None):
+        """(x, y) rows of a batch for the factored step."""
+
+    def target(self) -> torch.Tensor:
+        """The matrix whose scale sets rank floors."""
+
+    def landscape_data(self):
+        """(X, Y) of the square-loss landscape, or None."""
 
 
 class _LossOfTask:
@@ -95,10 +113,12 @@ class RegressionTask(_LossOfTask):
 
     @property
     def d_in(self) -> int:
+        """d_0 = d_x, the columns of X."""
         return self.X.shape[1]
 
     @property
     def d_out(self) -> int:
+        """d_H = d_y, the columns of Y."""
         return self.Y.shape[1]
 
     @property
@@ -112,11 +132,13 @@ class RegressionTask(_LossOfTask):
         return float(self.n_samples)
 
     def to(self, dtype: torch.dtype, device=None) -> "RegressionTask":
+        """The same task in `dtype` on `device`."""
         T = None if self.targets is None else self.targets.to(device, dtype)
         return RegressionTask(self.X.to(device, dtype), self.Y.to(device, dtype), self.name, self.info,
                               self.objective, self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(E,) the full-batch lab loss (mean over samples) of the ensemble."""
         if self.objective is None:
             return (forward(weights, self.X) - self.Y).pow(2).sum(-1).mean(-1)
         return _with_ridge(self.objective.value(forward(weights, self.X), self.targets), weights, self.product_ridge)
@@ -192,10 +214,12 @@ class CompletionTask(_LossOfTask):
 
     @property
     def d_in(self) -> int:
+        """d_0 = n2, the columns of the target."""
         return self.n2
 
     @property
     def d_out(self) -> int:
+        """d_H = n1, the rows of the target."""
         return self.n1
 
     @property
@@ -205,6 +229,7 @@ class CompletionTask(_LossOfTask):
 
     @property
     def fully_observed(self) -> bool:
+        """Every entry observed (the fully observed noisy variant)."""
         return self.n_samples == self.n1 * self.n2
 
     @property
@@ -217,12 +242,14 @@ class CompletionTask(_LossOfTask):
         return float(self.n_samples)
 
     def to(self, dtype: torch.dtype, device=None) -> "CompletionTask":
+        """The same task in `dtype` on `device`."""
         T = None if self.targets is None else self.targets.to(device, dtype)
         return CompletionTask(self.n1, self.n2, self.rows.to(device), self.cols.to(device),
                               self.values.to(device, dtype), self.truth.to(device, dtype), self.name, self.info,
                               self.objective, self.product_ridge, T)
 
     def loss(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(E,) the lab loss over the observed entries of the ensemble."""
         A = product(weights)
         if self.objective is None:
             return (A[..., self.rows, self.cols] - self.values).pow(2).mean(-1)
@@ -256,11 +283,13 @@ class CompletionTask(_LossOfTask):
         return x, self.values[idx], self.rows[idx]
 
     def observed_matrix(self) -> torch.Tensor:
+        """The (n1, n2) matrix of the observed values, 0 elsewhere."""
         M = torch.zeros(self.n1, self.n2, dtype=self.values.dtype)
         M[self.rows, self.cols] = self.values
         return M
 
     def target(self) -> torch.Tensor:
+        """The observed matrix in float64: the scale of the problem."""
         return self.observed_matrix().double()
 
     def landscape_data(self):

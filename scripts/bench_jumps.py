@@ -27,9 +27,9 @@ def bench_r1(members: int = 256, threads: int = 2, overrides: Sequence[str] = ()
         t0 = time.perf_counter()
         s = run_experiment(cfg, out_dir=out_dir or tmp)
         wall = time.perf_counter() - t0
-    h = s.headline
+    h = s.headline.to_dict() if s.headline is not None else {}
     return {"members": members, "threads": threads, "wall_time": wall,
-            "phases": {n: p["wall_time"] for n, p in s.phases.items()},
+            "phases": {n: p.wall_time for n, p in s.phases.items()},
             "jumped": h.get("jumped"), "fraction_jumped": h.get("fraction_jumped"),
             "first_jump_layer": h.get("first_jump_layer"), "increases_layer": h.get("increases_layer"),
             "gd_final_layer_rank": h.get("gd_final_layer_rank"), "status": s.status}

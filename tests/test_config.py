@@ -4,7 +4,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from dlnlab.experiments.build import compose, conf_dir, prepare
-from dlnlab.experiments.config import ConfigError, validate
+from dlnlab.experiments.checks import validate
+from dlnlab.experiments.config import ConfigError
 from dlnlab.tasks import DataError
 
 GROUPS = ("model", "task", "optim", "record", "experiment")

@@ -6,7 +6,8 @@ import torch
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import compose, prepare
-from dlnlab.experiments.config import ConfigError, resolve_device, validate
+from dlnlab.experiments.checks import validate
+from dlnlab.experiments.config import ConfigError, resolve_device
 from dlnlab.experiments.run import run
 
 SMALL = ["model.depth=3", "model.width=4", "task.m=16", "task.d_x=4", "task.d_y=3", "task.spectrum=[]",

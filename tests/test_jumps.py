@@ -15,13 +15,8 @@ from bench_jumps import bench_r1, bench_tracker
 
 from dlnlab.analysis.runs import load_events, load_run, load_runs
 from dlnlab.experiments.build import compose, prepare
-from dlnlab.experiments.config import (
-    LABEL_TOL_FIELDS,
-    ConfigError,
-    JumpsConfig,
-    label_tolerances,
-    validate,
-)
+from dlnlab.experiments.checks import LABEL_TOL_FIELDS, label_tolerances, validate
+from dlnlab.experiments.config import ConfigError, JumpsConfig
 from dlnlab.experiments.jumps import JumpsSummary, run_experiment
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record
@@ -435,10 +430,10 @@ def test_r1_gd_stays_at_rank_2_and_sgd_jumps_one_way(r1_run):
     out, s = r1_run
     assert s.status == "finished" and s.findings == []
     assert "FINDING" not in str(s)
-    gd = s.phases["gd"]["tracker"]
+    gd = s.phases["gd"].tracker
     assert gd["layer"]["start_rank"] == [2] and gd["layer"]["lowest_rank"] == [2] and gd["layer"]["final_rank"] == [2]
     assert gd["end_to_end"]["final_rank"] == [2]
-    sgd = s.phases["sgd"]["tracker"]["layer"]
+    sgd = s.phases["sgd"].tracker["layer"]
     assert sgd["start_rank"] == [2] * 16
     reached = sgd["first_passage"]["1"]["steps"]
     assert sum(t is not None and t <= 8000 for t in reached) >= 12, reached
@@ -447,7 +442,7 @@ def test_r1_gd_stays_at_rank_2_and_sgd_jumps_one_way(r1_run):
     assert set(phase) <= {"warmup", "sgd", "gd"}
     assert not (ev["kind"].astype(str) == "increase").any()  # no increase anywhere, either rank type
     # the warm-up is tracked too: from the all-modes-on init (layer rank 10) down to rank 2
-    w = s.phases["warmup"]["tracker"]["layer"]
+    w = s.phases["warmup"].tracker["layer"]
     assert w["start_rank"] == [10] and w["final_rank"] == [2] and w["increases"] == 0
     ev = ev[phase == "sgd"]
     entered = ev[(ev["kind"].astype(str) == "entered") & (ev["rank_type"].astype(str) == "layer")]
@@ -464,7 +459,7 @@ def test_r1_warmup_minimum_matches_the_closed_form(r1_run):
     """The GD minimum: rank 2 with s(A) = (9.965, 0.519) = the A.3 on-states, a local minimum
     (Hessian PSD, positive off the symmetry orbit), balanced: ||theta||^2 = 3 sum s^(2/3)."""
     out, s = r1_run
-    lab = s.phases["warmup"]["label"]
+    lab = s.phases["warmup"].label
     assert lab["label"] == "local_min" and lab["layer_rank"] == 2 and lab["in_B"] == 2
     assert lab["identity_holds"] and abs(lab["identity_residual"]) <= TOL.identity_rtol
     assert lab["nullity"] == lab["orbit_dim"]
@@ -473,21 +468,21 @@ def test_r1_warmup_minimum_matches_the_closed_form(r1_run):
     assert lab["singular_values"][:2] == pytest.approx([9.965, 0.5186], abs=1e-3)  # spec: (9.965, 0.519)
     assert lab["modes"][1]["off_preferred"] and lab["modes"][1]["could_switch_off"]
     assert not lab["modes"][0]["could_switch_off"]  # the dominant mode's basin is deep
-    assert s.phases["gd"]["label"]["label"] == "local_min"
+    assert s.phases["gd"].label["label"] == "local_min"
 
 
 def test_r1_polished_sgd_end_points_are_rank_1_minima(r1_run):
     out, s = r1_run
-    p = s.phases["sgd"]["polish"]
-    ranks = [m["layer_rank"] for m in p["per_member"]]
+    p = s.phases["sgd"].polish
+    ranks = [m.layer_rank for m in p.per_member]
     assert ranks.count(1) >= 12
     # rank-1 end points converge fast (curvature >= 2 lambda); a member still at rank 2 sits in the
     # shallow basin (curvature ~3e-3) and may still be `not_critical` after the polish
-    assert all(m["label"] == "local_min" for m in p["per_member"] if m["layer_rank"] == 1)
-    assert all(abs(m["identity_residual"]) <= TOL.identity_rtol for m in p["per_member"] if m["label"] == "local_min")
+    assert all(m.label == "local_min" for m in p.per_member if m.layer_rank == 1)
+    assert all(abs(m.identity_residual) <= TOL.identity_rtol for m in p.per_member if m.label == "local_min")
     # rank-1 minima have the lower objective (A.3: per-mode energy 0.0311 < 0.0349)
-    gd_loss = s.phases["gd"]["label"]["loss"]
-    assert all(m["loss"] < gd_loss for m in p["per_member"] if m["layer_rank"] == 1)
+    gd_loss = s.phases["gd"].label["loss"]
+    assert all(m.loss < gd_loss for m in p.per_member if m.layer_rank == 1)
 
 
 def test_r1_every_phase_has_labels_at_its_last_record_and_events_know_B(r1_run):
@@ -496,7 +491,7 @@ def test_r1_every_phase_has_labels_at_its_last_record_and_events_know_B(r1_run):
     from the run table's MetricsHook columns (balance_h, theta_sq) at that record."""
 
     out, s = r1_run
-    bal_rtol = s.phases["sgd"]["tracker"]["tolerances"]["bal_rtol"]
+    bal_rtol = s.phases["sgd"].tracker["tolerances"]["bal_rtol"]
     for name in ("warmup", "sgd", "gd"):
         df = load_run(out / name, config=False)
         last = df["step"] == df["step"].max()
@@ -607,7 +602,7 @@ def test_a_layer_rank_increase_in_the_warm_up_is_a_finding(tmp_path, capsys):
     layer_rank = pd.concat([(df.filter(regex=rf"^sv_{h}_{h}_\d+$") > tol).sum(axis=1) for h in (1, 2, 3)],
                            axis=1).max(axis=1)
     n_inc = int((layer_rank.diff() > 0).sum())
-    assert n_inc >= 1 and s.phases["warmup"]["tracker"]["layer"]["increases"] == n_inc
+    assert n_inc >= 1 and s.phases["warmup"].tracker["layer"]["increases"] == n_inc
     assert len(s.findings) == 1 and s.findings[0].startswith("warmup: ") and "lambda 0" in s.findings[0]
     assert [ln for ln in str(s).splitlines() if ln.startswith("FINDING:")] == [f"FINDING: {s.findings[0]}"]
     assert json.loads((tmp_path / "jumps_summary.json").read_text())["findings"] == s.findings
@@ -668,8 +663,8 @@ def test_r1_16_members_on_other_seeds(tmp_path):
                                     f"seed={seed}", "optim.lr=0.08", "jumps.polish_steps=0"]),
                            out_dir=tmp_path / str(seed))
         h = s.headline
-        assert h["gd_final_layer_rank"] == 2 and h["increases_layer"] == 0 and not s.findings
-        assert h["jumped"] >= 8, (seed, h)
+        assert h.gd_final_layer_rank == 2 and h.increases_layer == 0 and not s.findings
+        assert h.jumped >= 8, (seed, h)
 
 
 @pytest.mark.slow
@@ -679,9 +674,9 @@ def test_rank_staircase(tmp_path):
 
     s = _run("rank_staircase", tmp_path)
     h = s.headline
-    assert h["gd_final_layer_rank"] == 3 and h["start_layer_rank"] == 3 and not s.findings
-    assert h["fraction_jumped"] >= 0.75 and h["increases_layer"] == 0
-    reached = s.phases["sgd"]["tracker"]["layer"]["first_passage"]["2"]["steps"]
+    assert h.gd_final_layer_rank == 3 and h.start_layer_rank == 3 and not s.findings
+    assert h.fraction_jumped >= 0.75 and h.increases_layer == 0
+    reached = s.phases["sgd"].tracker["layer"]["first_passage"]["2"]["steps"]
     assert sum(t is not None and t <= 12500 for t in reached) >= 12, reached
     assert sorted(load_run(tmp_path / "gd", config=False)["step"].unique()) == list(range(0, 20001, 1000))
 
@@ -690,7 +685,7 @@ def test_rank_staircase(tmp_path):
 def test_annealed(tmp_path):
     s = _run("annealed", tmp_path)
     h = s.headline
-    assert h["final_layer_ranks"].get("1", 0) >= 12 and h["increases_layer"] == 0 and h["gd_final_layer_rank"] == 2
+    assert h.final_layer_ranks.get("1", 0) >= 12 and h.increases_layer == 0 and h.gd_final_layer_rank == 2
     assert not s.findings
 
 
@@ -698,11 +693,11 @@ def test_annealed(tmp_path):
 def test_negative_controls(tmp_path):
     s2 = _run("depth2_control", tmp_path / "d2")
     d2 = s2.headline
-    assert d2["lowest_layer_rank"] >= d2["gd_final_layer_rank"] >= 2  # nobody falls towards rank 1
+    assert d2.lowest_layer_rank >= d2.gd_final_layer_rank >= 2  # nobody falls towards rank 1
     assert not s2.findings  # increases at H = 2 are allowed, never findings
     # the yaml's claim: the warm-up ends near, not at, the minimum, with its ranks settled (4, 4)
-    w = s2.phases["warmup"]["label"]
+    w = s2.phases["warmup"].label
     assert w["label"] == "not_critical" and w["layer_rank"] == 4 and w["e2e_rank"] == 4
     nrs = _run("no_ridge_control", tmp_path / "nr")
     nr = nrs.headline
-    assert nr["jumped"] == 0 and nr["increases_layer"] == 0 and nr["gd_final_layer_rank"] == 2 and not nrs.findings
+    assert nr.jumped == 0 and nr.increases_layer == 0 and nr.gd_final_layer_rank == 2 and not nrs.findings

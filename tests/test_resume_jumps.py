@@ -113,7 +113,7 @@ def test_an_experiment_killed_in_a_phase_resumes_bitwise(reference, tmp_path, ph
 def test_a_finished_experiment_is_not_run_again_and_a_phase_folder_is_refused(reference):
     before = {n: (reference / n / "metrics").stat().st_mtime_ns for n in PHASES}
     s = run(None, resume=str(reference))
-    assert s.status == "finished" and set(s.phases) == set(PHASES) and s.headline["members"] == 3
+    assert s.status == "finished" and set(s.phases) == set(PHASES) and s.headline.members == 3
     assert {n: (reference / n / "metrics").stat().st_mtime_ns for n in PHASES} == before
     with pytest.raises(ConfigError, match="a phase of a rank-jump experiment; resume the experiment"):
         run(None, resume=str(reference / "sgd"))

@@ -13,24 +13,16 @@ from typing import Sequence
 import torch
 from omegaconf import OmegaConf
 
+from dlnlab.experiments.checks import label_tolerances, validate
 from dlnlab.experiments.config import (
-    TASK_KINDS,
     ConfigError,
     checkpoint_every,
-    label_tolerances,
     register,
     resolve_device,
-    validate,
-    validate_against_task,
 )
-from dlnlab.experiments.guards import (
-    check_keys,
-    check_memory,
-    check_name,
-    task_dims,
-    threads_for,
-)
+from dlnlab.experiments.guards import layer_widths, threads_for
 from dlnlab.experiments.options import check_overrides
+from dlnlab.experiments.task_kinds import TASK_KINDS, TASKS
 from dlnlab.losses import LossError, make_loss
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
@@ -42,7 +34,7 @@ from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
 from dlnlab.recording.tensorboard import TensorBoardHook
 from dlnlab.recording.trajectory import TrajectoryHook
-from dlnlab.tasks import load_regression, make_completion, make_regression, with_loss
+from dlnlab.tasks import with_loss
 from dlnlab.theory.convex_reference import WidthReport, width_condition
 from dlnlab.train import RecordSettings, Schedule, Trainer
 
@@ -70,16 +62,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config"):
 
 
 def build_task(tc):
-    """The task of a task config (see conf/task/)."""
-    if tc.kind == "regression":
-        return make_regression(tc.m, tc.d_x, tc.d_y, list(tc.spectrum), tc.noise, tc.whiten,
-                                     tc.seed, tc.eig_gap_rtol, getattr(tc, "targets", "real"))
-    if tc.kind == "regression_file":
-        return load_regression(tc.path, tc.x_path, tc.y_path, tc.eig_gap_rtol)
-    if tc.kind == "matrix_completion":
-        return make_completion(tc.n1, tc.n2, tc.rank, list(tc.singular_values), tc.noise,
-                                     tc.observed_fraction, tc.observed_count, tc.seed)
-    raise ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(TASK_KINDS)}")
+    """The task of a task config (see conf/task/), built by its kind's entry in TASKS."""
+    kind = TASKS.get(tc.kind)
+    if kind is None:
+        raise ConfigError(f"task={tc.kind!r} is invalid: allowed {' | '.join(TASK_KINDS)}")
+    return kind.build(tc)
 
 
 def build_loss(lc):
@@ -95,12 +82,7 @@ def build_loss(lc):
 
 def layer_dims(cfg, task) -> list[int]:
     """[d_0, ..., d_H]: the task fixes d_0 and d_H, the model the hidden widths."""
-    return _dims(cfg, task.d_in, task.d_out)
-
-
-def _dims(cfg, d_in: int, d_out: int) -> list[int]:
-    hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
-    return [int(d_in), *map(int, hidden), int(d_out)]
+    return layer_widths(cfg, task.d_in, task.d_out)
 
 
 def width_report(cfg, task) -> WidthReport:
@@ -117,6 +99,8 @@ def run_info(cfg, task) -> dict:
 
 
 def build_net(cfg, task) -> DeepLinearNet:
+    """The ensemble of networks of `cfg.model` for `task` (a balanced init factorises the task's map or
+    a matrix of `model.init.target_spectrum`)."""
     dtype = getattr(torch, cfg.precision)
     dims = layer_dims(cfg, task)
     init = cfg.model.init
@@ -185,17 +169,9 @@ def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
 def prepare(cfg):
     """Validate a config and build its task (errors name the option, before any training or any
     large allocation: a run that would not fit in memory is refused with its estimate)."""
-    check_keys(cfg)
     validate(cfg)
-    check_name(cfg.name)
     threads_for(cfg, warn=True)
-    known = task_dims(cfg)
-    if known is not None:  # before the task's data is made
-        check_memory(cfg, _dims(cfg, known[0], known[1]), known[2])
     task = build_task(cfg.task).to(getattr(torch, cfg.precision))
-    if known is None:
-        check_memory(cfg, layer_dims(cfg, task), task.n_samples)
+    validate(cfg, task)  # the checks that need the data (its size: the memory, the batch)
     lc = getattr(cfg, "loss", None)
-    task = with_loss(task, build_loss(lc), lc.product_ridge if lc is not None else 0.0)
-    validate_against_task(cfg, task)
-    return task
+    return with_loss(task, build_loss(lc), lc.product_ridge if lc is not None else 0.0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,25 @@ def _grad_theta_norm(task, ws) -> float:
     return float(torch.sqrt(sum(x.pow(2).sum() for x in g)))
 
 
-def run_cell(task, ref_value: float, dims, c, seed: int) -> list[dict]:
+@dataclass
+class CellRun:
+    """One run of a cell (one init, one optimiser): a row of convex_losses_runs.csv."""
+    loss: str
+    depth: int
+    width: int
+    width_condition: bool
+    optimiser: str  # lbfgs | gd
+    init: int
+    init_std: float
+    loss_value: float  # NaN: diverged
+    gap: float  # loss_value - ell*
+    grad_norm: float  # ||grad_theta||
+    iterations: int
+    diverged: bool
+    seconds: float
+
+
+def run_cell(task, ref_value: float, dims, c, seed: int) -> list[CellRun]:
     """One cell: every init trained by L-BFGS and (as one ensemble) by GD; one row per run."""
     inits = initial_weights(dims, c, seed)
     rows = []
@@ -145,9 +163,9 @@ def run_cell(task, ref_value: float, dims, c, seed: int) -> list[dict]:
         t0 = time.perf_counter()
         ws, nit = lbfgs_theta(task, ws0, c.lbfgs_maxiter)
         f = float(task.loss([w.unsqueeze(0) for w in ws])[0])
-        rows.append(dict(base, optimiser="lbfgs", init=k, init_std=c.init_stds[k % len(c.init_stds)], loss_value=f,
-                         gap=f - ref_value, grad_norm=_grad_theta_norm(task, ws), iterations=nit,
-                         diverged=False, seconds=time.perf_counter() - t0))
+        rows.append(CellRun(**base, optimiser="lbfgs", init=k, init_std=c.init_stds[k % len(c.init_stds)],
+                            loss_value=f, gap=f - ref_value, grad_norm=_grad_theta_norm(task, ws), iterations=nit,
+                            diverged=False, seconds=time.perf_counter() - t0))
     if c.gd_steps > 0:
         t0 = time.perf_counter()
         net = DeepLinearNet(dims, ensemble=c.inits, init="zero")
@@ -161,11 +179,11 @@ def run_cell(task, ref_value: float, dims, c, seed: int) -> list[dict]:
         for k in range(c.inits):
             ok = bool(tr.active[k]) and bool(torch.isfinite(fs[k]))
             ws = net.member(k)
-            rows.append(dict(base, optimiser="gd", init=k, init_std=c.init_stds[k % len(c.init_stds)],
-                             loss_value=float(fs[k]) if ok else float("nan"),
-                             gap=float(fs[k]) - ref_value if ok else float("nan"),
-                             grad_norm=_grad_theta_norm(task, ws) if ok else float("nan"),
-                             iterations=c.gd_steps, diverged=not ok, seconds=sec))
+            rows.append(CellRun(**base, optimiser="gd", init=k, init_std=c.init_stds[k % len(c.init_stds)],
+                                loss_value=float(fs[k]) if ok else float("nan"),
+                                gap=float(fs[k]) - ref_value if ok else float("nan"),
+                                grad_norm=_grad_theta_norm(task, ws) if ok else float("nan"),
+                                iterations=c.gd_steps, diverged=not ok, seconds=sec))
     return rows
 
 
@@ -219,11 +237,12 @@ def plot_cells(runs: pd.DataFrame, reach_tol: float, path) -> None:
 
 @dataclass
 class ConvexLossesSummary:
+    """What the table B.3 grid did: status and time, the cell table, every run, and ell* per loss."""
     out_dir: str | None
     status: str
     wall_time: float
-    table: pd.DataFrame
-    runs: pd.DataFrame
+    table: pd.DataFrame  # one row per (loss, depth, width, optimiser): cell_table
+    runs: pd.DataFrame  # one row per run: the CellRun fields
     references: dict = field(default_factory=dict)  # loss -> ell*
 
     def __str__(self) -> str:
@@ -253,7 +272,7 @@ def run_convex_losses(cfg, out_dir=None) -> ConvexLossesSummary:
             for H in c.depths:
                 for w in c.widths:
                     rows += run_cell(task, ref.value, [c.d_in] + [w] * (H - 1) + [c.d_out], c, cfg.seed)
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame([asdict(r) for r in rows])
     table = cell_table(runs, c.reach_tol)
     s = ConvexLossesSummary(str(out_dir) if out_dir else None, "finished", time.perf_counter() - t0, table, runs, refs)
     if out_dir is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.config import ConfigError
+from dlnlab.experiments.task_kinds import TASKS
 from dlnlab.recording.background import cpu_count
 from dlnlab.runfolder import (
     EVENTS_FILE,
@@ -25,8 +26,6 @@ from dlnlab.runfolder import (
 )
 
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-TASK_SCHEMAS = {"regression": _config.RegressionConfig, "regression_file": _config.RegressionFileConfig,
-                "matrix_completion": _config.CompletionConfig}
 
 
 def check_name(name) -> None:
@@ -59,7 +58,8 @@ def unknown_keys(node, schema, prefix: str = "") -> list[str]:
             continue
         sub = _schema_of(hints[key])
         if key == "task" and schema is _config.Config:
-            sub = TASK_SCHEMAS.get(getattr(node[key], "kind", None))
+            kind = TASKS.get(getattr(node[key], "kind", None))
+            sub = kind.schema if kind is not None else None
         child = node[key]
         if sub is not None and hasattr(child, "keys"):
             out += unknown_keys(child, sub, name + ".")
@@ -102,6 +102,7 @@ def available_memory() -> int | None:
 
 @dataclass
 class MemoryEstimate:
+    """About how many bytes a run needs at its peak, by what holds them."""
     parameters: int  # the weights and what training keeps beside them (update, last good copy)
     activations: int  # the factored step's activations and errors (or autograd's), per member
     recording: int  # every partial product W_j...W_i in float64 and its SVD workspace
@@ -109,6 +110,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
+        """All the bytes."""
         return self.parameters + self.activations + self.recording + self.data
 
     def __str__(self) -> str:
@@ -123,13 +125,15 @@ def _gb(n: int) -> str:
 
 
 def task_dims(cfg) -> tuple[int, int, int] | None:
-    """(d_in, d_out, samples) read from the task config, None when only the data knows them."""
-    t = cfg.task
-    if t.kind == "regression":
-        return int(t.d_x), int(t.d_y), int(t.m)
-    if t.kind == "matrix_completion":
-        return int(t.n2), int(t.n1), int(t.n1) * int(t.n2)
-    return None
+    """(d_in, d_out, samples) read from the task config (its kind's `dims` in
+    dlnlab.experiments.task_kinds.TASKS), None when only the data knows them."""
+    return TASKS[cfg.task.kind].dims(cfg.task)
+
+
+def layer_widths(cfg, d_in: int, d_out: int) -> list[int]:
+    """[d_0, ..., d_H] of a task with inputs d_in and outputs d_out: the model gives the hidden widths."""
+    hidden = list(cfg.model.widths) or [cfg.model.width] * (cfg.model.depth - 1)
+    return [int(d_in), *map(int, hidden), int(d_out)]
 
 
 def estimate_memory(cfg, dims: list[int], samples: int) -> MemoryEstimate:

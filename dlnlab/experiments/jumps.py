@@ -16,7 +16,7 @@ point from its last.pt), the stopped one resumes from its newest checkpoint, the
     from dlnlab import compose
     from dlnlab.experiments.jumps import run_experiment
     s = run_experiment(compose(["experiment=one_way_jumps"]), out_dir="runs/r1")
-    print(s); s.headline["fraction_jumped"]
+    print(s); s.headline.fraction_jumped
 """
 from __future__ import annotations
 
@@ -25,17 +25,26 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import yaml
 from omegaconf import OmegaConf
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
-from dlnlab.experiments.config import check_options, label_tolerances, rank_tolerances
+from dlnlab.experiments.checks import label_tolerances, rank_tolerances, validate
 from dlnlab.experiments.guards import clean_run_dir, threads_for
+from dlnlab.experiments.jumps_results import (
+    JumpsSummary,
+    PhaseResult,
+    PolishedMember,
+    PolishResult,
+    TaskFacts,
+    WarmupResult,
+    make_headline,
+)
 from dlnlab.experiments.resume import (
     ENDED,
     EXPERIMENT_CONFIG,
@@ -45,7 +54,7 @@ from dlnlab.experiments.resume import (
 )
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
-from dlnlab.recording.jumps import RANK_TYPES, RankJumpHook
+from dlnlab.recording.jumps import RankJumpHook
 from dlnlab.runfolder import SUMMARY_FILE, atomic_write, remove_tmp_files, write_json
 from dlnlab.theory.ridge_labels import RidgePoint
 from dlnlab.theory.ridge_labels import classify as ridge_classify
@@ -76,60 +85,6 @@ def phase_config(cfg, phase: str, **changes):
 def _ridge_at(cfg, step: int) -> float:
     o = cfg.optim
     return Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle)(step)
-
-
-# ---------------------------------------------------------------------------------------------
-# The phases
-
-@dataclass
-class JumpsSummary:
-    """What `run_experiment` did; `headline` holds the numbers the CLI prints."""
-    out_dir: str | None
-    status: str
-    wall_time: float
-    phases: dict = field(default_factory=dict)
-    headline: dict = field(default_factory=dict)
-    task: dict = field(default_factory=dict)
-    # "<phase>: <RankJumpHook.findings() line>" for every phase: layer-rank increases at H >= 3
-    findings: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        h = self.headline
-        times = ", ".join(f"{n} {p.get('wall_time', 0):.1f} s" for n, p in self.phases.items())
-        lines = [f"status      {self.status} in {self.wall_time:.1f} s ({times})"]
-        lines += [f"FINDING: {f}" for f in self.findings]
-        w = self.phases.get("warmup")
-        if w:
-            lab = w.get("label") or {}
-            t = w.get("tracker") or {}
-            sv = ", ".join(f"{v:.4g}" for v in (lab.get("singular_values") or [])[:4])
-            if lab:
-                ranks = (lab.get("layer_rank"), lab.get("e2e_rank"))
-            else:  # no label (jumps.label_final=false): the tracker's last record
-                ranks = tuple((t.get(k) or {}).get("final_rank", [None])[0] for k in RANK_TYPES)
-            lines.append(f"warm-up     GD {w['steps']} steps at lr {w['lr']:g}, lambda {w['ridge']:g}: "
-                         f"layer rank {ranks[0]}, A-rank {ranks[1]}"
-                         + (f", {lab['label']}; s(A) = {sv}" if lab else ""))
-        if "gd_final_layer_rank" in h:
-            lines.append(f"gd          final layer rank {h['gd_final_layer_rank']}, A-rank "
-                         f"{h['gd_final_e2e_rank']}, rank increases {h['gd_increases']}")
-        if "members" in h:
-            fj = h["first_jump_layer"]
-            q = (f"first passage below the start: median step {fj['median']:.0f} "
-                 f"[q1 {fj['q1']:.0f}, q3 {fj['q3']:.0f}]" if fj["count"] else "no first passage")
-            lines.append(f"{h['main_optim']:<11} {h['members']} members: {h['jumped']}/{h['members']} jumped "
-                         f"(layer rank {h['start_layer_rank']} -> lowest {h['lowest_layer_rank']}), {q}; "
-                         f"rank increases: layer {h['increases_layer']}, A-rank {h['increases_e2e']}")
-        if h.get("polish"):
-            p = h["polish"]
-            lines.append(f"polished    labels {p['labels']}, layer ranks {p['layer_ranks']}")
-        if self.out_dir:
-            lines.append(f"outputs     {self.out_dir}  (dlnlab-report {self.out_dir}; "
-                         f"tensorboard --logdir {self.out_dir})")
-        return "\n".join(lines)
 
 
 def _copy_overrides(out_dir: Path, phase_dir: Path) -> None:
@@ -183,35 +138,99 @@ def _label_dict(pt: RidgePoint) -> dict:
     return d
 
 
+@dataclass
+class Experiment:
+    """What the phases of one rank-jump experiment share: its config and task, its folder, the summary
+    so far and (on a resume) the summary read back."""
+    cfg: Any
+    task: Any
+    out: Path | None
+    resume: bool
+    summary: JumpsSummary
+    ltol: LabelTolerances
+    t_start: float
+    old: dict = field(default_factory=dict)  # jumps_summary.json of the experiment resumed
+    # per phase: its tracker, or the findings of a phase read back ("<phase>: ..." lines)
+    trackers: dict = field(default_factory=dict)
+
+    def sub(self, name: str) -> Path | None:
+        """The folder of phase `name` (None without an output folder)."""
+        return self.out / name if self.out is not None else None
+
+    def read_back(self, name: str, kind):
+        """The result (a `kind`) of a phase that ended before a resume, with its findings; None: run it."""
+        info = _read_back(self.out, self.resume, self.old, name)
+        if info is None:
+            return None
+        self.trackers[name] = [f for f in self.old.get("findings") or [] if f.startswith(f"{name}: ")]
+        return kind.from_dict(info)
+
+    def tracker_for(self, name: str) -> RankJumpHook:
+        """The rank tracker of phase `name` (its events and tables go to the phase folder)."""
+        j = self.cfg.jumps
+        return RankJumpHook(rank_tolerances(self.cfg), self.sub(name), label_every=j.label_every,
+                            label_final=j.label_final, label_tol=self.ltol)
+
+    def save(self) -> None:
+        """Write jumps_summary.json: after each phase (status running) and at the end; a resume reads it."""
+        summary, out = self.summary, self.out
+        summary.wall_time = time.perf_counter() - self.t_start
+        summary.findings = [f if isinstance(t, list) else f"{n}: {f}"
+                            for n, t in self.trackers.items() for f in (t if isinstance(t, list) else t.findings())]
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(summary.to_dict(), out / SUMMARY_FILE)
+
+    def finish(self, status: str) -> JumpsSummary:
+        """End with `status`: save the summary, log the findings, return it."""
+        self.summary.status = status
+        self.save()
+        for f in self.summary.findings:
+            log.warning("FINDING: %s", f)
+        return self.summary
+
+
 def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None,
                    resume: bool = False) -> JumpsSummary:
     """Run the phases of a `jumps.enabled` config (see the module docstring); returns a JumpsSummary
     and, with out_dir, writes the phase folders and `<out_dir>/jumps_summary.json`. `resume`: go on
     with the experiment in `out_dir` (phases that ended are read back, not run again)."""
+    ex = start_experiment(cfg, out_dir, task, resume)
+    start = None
+    if cfg.jumps.warmup.steps > 0:
+        start, status = warmup_phase(ex)
+        if status != "finished":
+            return ex.finish(status)
+    main = main_phase(ex, start, extra_hooks)
+    reference = gd_reference_phase(ex, start) if main != "interrupted" else None
+    ended = (main, reference)
+    status = "interrupted" if "interrupted" in ended else "failed" if "failed" in ended else "finished"
+    ex.summary.headline = make_headline(ex.summary.phases, cfg.optim.name)
+    return ex.finish(status)
 
+
+def start_experiment(cfg, out_dir, task, resume: bool) -> Experiment:
+    """Validate, prepare the task, and open the experiment's folder: its config saved (a new experiment),
+    or its summary read back (a resume)."""
     t_start = time.perf_counter()
     if threads_for(cfg):
         torch.set_num_threads(threads_for(cfg))
     if task is None:
         task = prepare(cfg)  # validates, jumps.* included
     else:
-        check_options(cfg)
-    j = cfg.jumps
+        validate(cfg, task)
     out = Path(out_dir) if out_dir is not None else None
-    sub = (lambda name: out / name) if out is not None else (lambda name: None)
     ltol = label_tolerances(cfg)
-    main_name = cfg.optim.name
     summary = JumpsSummary(str(out) if out else None, "running", 0.0)
     if hasattr(task, "observed_matrix"):
         y = torch.linalg.svdvals(task.observed_matrix().double()).tolist()
         a = 1.0 / task.n_samples
         H = cfg.model.depth
         lam0 = _ridge_at(cfg, 0)
-        summary.task = {"kind": "matrix_completion", "singular_values": y[:6], "a": a,
-                        "fully_observed": bool(task.fully_observed), "ridge": lam0,
-                        "threshold_y_star": mode_threshold(lam0, a, H),
-                        "tie_y": tie_value(lam0, a, H) if lam0 > 0 else None}
-
+        summary.task = TaskFacts(kind="matrix_completion", singular_values=y[:6], a=a,
+                                 fully_observed=bool(task.fully_observed), ridge=lam0,
+                                 threshold_y_star=mode_threshold(lam0, a, H),
+                                 tie_y=tie_value(lam0, a, H) if lam0 > 0 else None)
     old: dict = {}
     if out is not None and resume:
         try:
@@ -221,112 +240,96 @@ def run_experiment(cfg, out_dir=None, extra_hooks: Sequence[Hook] = (), task=Non
     elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / EXPERIMENT_CONFIG, yaml.safe_dump(_container(cfg), sort_keys=False))
-    # per phase: its tracker, or the findings of a phase read back ("<phase>: ..." lines)
-    trackers: dict[str, RankJumpHook | list] = {}
+    return Experiment(cfg, task, out, resume, summary, ltol, t_start, old)
 
-    def read_back(name):
-        info = _read_back(out, resume, old, name)
-        if info is not None:
-            trackers[name] = [f for f in old.get("findings") or [] if f.startswith(f"{name}: ")]
-        return info
 
-    def tracker_for(name):
-        return RankJumpHook(rank_tolerances(cfg), sub(name), label_every=j.label_every,
-                            label_final=j.label_final, label_tol=ltol)
+def warmup_phase(ex: Experiment) -> tuple[list[torch.Tensor] | None, str]:
+    """1. The warm-up: GD, one network, from model.init (or its result read back on a resume). Returns
+    its end point (the later phases' start) and its status."""
+    cfg, task, j = ex.cfg, ex.task, ex.cfg.jumps
+    ridge_w = j.warmup.ridge if j.warmup.ridge is not None else _ridge_at(cfg, 0)
+    cw = phase_config(cfg, "warmup", **{"optim.name": "gd", "optim.lr": j.warmup.lr,
+                                        "optim.steps": j.warmup.steps, "optim.ridge": ridge_w,
+                                        "optim.milestones": [], "optim.lr_values": [],
+                                        "optim.ridge_values": [], "optim.cycle": 0,
+                                        "model.ensemble": 1, "record.every": j.warmup.every,
+                                        "record.log_spaced": 0})
+    info = ex.read_back("warmup", WarmupResult)
+    if info is not None:  # ended before a resume: its end point as the run had it in memory
+        ex.summary.phases["warmup"] = info
+        if info.status != "finished":
+            return None, info.status
+        return _end_point(ex.sub("warmup")), info.status
+    net = build_net(cw, task)
+    if ex.out is not None:
+        _copy_overrides(ex.out, ex.sub("warmup"))
+    # tracked like the other phases: an increase of the layer rank under GD counts here too
+    ex.trackers["warmup"] = tracker = ex.tracker_for("warmup")
+    tr, res = _run_phase(cw, task, net, ex.sub("warmup"), [tracker], ex.resume)
+    start = net.member(0)
+    pt = ridge_classify(start, task, ridge_w, tol=ex.ltol) if j.label_final else None
+    ex.summary.phases["warmup"] = WarmupResult(dir=str(ex.sub("warmup")) if ex.out else None, status=res.status,
+                                               steps=res.step, wall_time=res.wall_time, lr=j.warmup.lr,
+                                               ridge=ridge_w, label=_label_dict(pt) if pt else None,
+                                               tracker=tracker.summary())
+    if res.status == "finished":
+        ex.save()
+    return start, res.status
 
-    def save():  # after each phase (status running) and at the end: what a resume reads back
-        summary.wall_time = time.perf_counter() - t_start
-        summary.findings = [f if isinstance(t, list) else f"{n}: {f}"
-                            for n, t in trackers.items() for f in (t if isinstance(t, list) else t.findings())]
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(summary.to_dict(), out / SUMMARY_FILE)
 
-    def finish(status):
-        summary.status = status
-        save()
-        for f in summary.findings:
-            log.warning("FINDING: %s", f)
-        return summary
+def main_phase(ex: Experiment, start, extra_hooks: Sequence[Hook] = ()) -> str | None:
+    """2. The main phase: cfg.optim, every member from the warm-up end point `start` (None: from
+    model.init), then the polish. Its status (None: read back on a resume)."""
+    name = ex.cfg.optim.name
+    return train_phase(ex, name, phase_config(ex.cfg, name), list(extra_hooks), start)
 
-    # 1. warm-up: GD, one network, from model.init
-    start = None
-    if j.warmup.steps > 0:
-        ridge_w = j.warmup.ridge if j.warmup.ridge is not None else _ridge_at(cfg, 0)
-        cw = phase_config(cfg, "warmup", **{"optim.name": "gd", "optim.lr": j.warmup.lr,
-                                            "optim.steps": j.warmup.steps, "optim.ridge": ridge_w,
-                                            "optim.milestones": [], "optim.lr_values": [],
-                                            "optim.ridge_values": [], "optim.cycle": 0,
-                                            "model.ensemble": 1, "record.every": j.warmup.every,
-                                            "record.log_spaced": 0})
-        info = read_back("warmup")
-        if info is not None:  # ended before a resume: its end point as the run had it in memory
-            summary.phases["warmup"] = info
-            if info["status"] != "finished":
-                return finish(info["status"])
-            start = _end_point(sub("warmup"))
-        else:
-            net = build_net(cw, task)
-            if out is not None:
-                _copy_overrides(out, sub("warmup"))
-            # tracked like the other phases: an increase of the layer rank under GD counts here too
-            trackers["warmup"] = tracker = tracker_for("warmup")
-            tr, res = _run_phase(cw, task, net, sub("warmup"), [tracker], resume)
-            start = net.member(0)
-            pt = ridge_classify(start, task, ridge_w, tol=ltol) if j.label_final else None
-            summary.phases["warmup"] = {"dir": str(sub("warmup")) if out else None, "status": res.status,
-                                        "steps": res.step, "wall_time": res.wall_time, "lr": j.warmup.lr,
-                                        "ridge": ridge_w, "label": _label_dict(pt) if pt else None,
-                                        "tracker": tracker.summary()}
-            if res.status not in ("finished",):
-                return finish(res.status)
-            save()
 
-    # 2. main phase (cfg.optim, all members from the warm-up end point) and 3. the GD reference
-    phases = [(main_name, phase_config(cfg, main_name), list(extra_hooks))]
-    if j.gd_reference and main_name != "gd":
-        gd_changes = {"optim.name": "gd", "model.ensemble": 1}
-        if j.gd_every is not None:  # GD follows one deterministic path: sparse records lose little
-            gd_changes.update({"record.every": j.gd_every, "record.log_spaced": 0})
-        phases.append(("gd", phase_config(cfg, "gd", **gd_changes), []))
-    status = "finished"
-    for name, pc, extra in phases:
-        info = read_back(name)
-        if info is not None:  # ended before a resume (status finished or diverged)
-            summary.phases[name] = info
-            continue
-        net = build_net(pc, task)
-        if start is not None:
-            with torch.no_grad():
-                for p, w in zip(net.weights, start):
-                    p.copy_(w.to(p.dtype).expand_as(p))
-        trackers[name] = tracker = tracker_for(name)
-        if out is not None:
-            _copy_overrides(out, sub(name))
-        tr, res = _run_phase(pc, task, net, sub(name), [tracker, *extra], resume)
-        ridge_end = _ridge_at(pc, max(res.step - 1, 0))
-        info = {"dir": str(sub(name)) if out else None, "status": res.status, "steps": res.step,
-                "wall_time": res.wall_time, "members": net.E, "lr": pc.optim.lr, "ridge_end": ridge_end,
-                "tracker": tracker.summary()}
-        if j.label_final and net.E == 1:
-            info["label"] = _label_dict(ridge_classify(net.member(0), task, ridge_end, tol=ltol))
-        if name == main_name and j.polish_steps > 0 and res.status in ("finished", "diverged"):
-            info["polish"] = polish(net, task, ridge_end, j.polish_steps,
-                                    j.polish_lr if j.polish_lr is not None else j.warmup.lr, ltol,
-                                    tr.active, j.polish_members)
-        summary.phases[name] = info
-        save()
-        if res.status == "interrupted":
-            status = "interrupted"
-            break
-        if res.status == "failed":
-            status = "failed"
-    summary.headline = _headline(summary, main_name)
-    return finish(status)
+def gd_reference_phase(ex: Experiment, start) -> str | None:
+    """3. The GD reference: one network by GD from the same start. Its status (None: not run, or read
+    back on a resume)."""
+    j = ex.cfg.jumps
+    if not j.gd_reference or ex.cfg.optim.name == "gd":
+        return None
+    gd_changes = {"optim.name": "gd", "model.ensemble": 1}
+    if j.gd_every is not None:  # GD follows one deterministic path: sparse records lose little
+        gd_changes.update({"record.every": j.gd_every, "record.log_spaced": 0})
+    return train_phase(ex, "gd", phase_config(ex.cfg, "gd", **gd_changes), [], start)
+
+
+def train_phase(ex: Experiment, name: str, pc, extra: list, start) -> str | None:
+    """Train phase `name` of config `pc` from `start`, tracked; label a one-network phase's end point and
+    polish the main phase's. Its status (None: it had ended before a resume, and is read back)."""
+    task, j = ex.task, ex.cfg.jumps
+    info = ex.read_back(name, PhaseResult)
+    if info is not None:  # ended before a resume (status finished or diverged)
+        ex.summary.phases[name] = info
+        return None
+    net = build_net(pc, task)
+    if start is not None:
+        with torch.no_grad():
+            for p, w in zip(net.weights, start):
+                p.copy_(w.to(p.dtype).expand_as(p))
+    ex.trackers[name] = tracker = ex.tracker_for(name)
+    if ex.out is not None:
+        _copy_overrides(ex.out, ex.sub(name))
+    tr, res = _run_phase(pc, task, net, ex.sub(name), [tracker, *extra], ex.resume)
+    ridge_end = _ridge_at(pc, max(res.step - 1, 0))
+    info = PhaseResult(dir=str(ex.sub(name)) if ex.out else None, status=res.status, steps=res.step,
+                       wall_time=res.wall_time, members=net.E, lr=pc.optim.lr, ridge_end=ridge_end,
+                       tracker=tracker.summary())
+    if j.label_final and net.E == 1:
+        info.label = _label_dict(ridge_classify(net.member(0), task, ridge_end, tol=ex.ltol))
+    if name == ex.cfg.optim.name and j.polish_steps > 0 and res.status in ("finished", "diverged"):
+        info.polish = polish(net, task, ridge_end, j.polish_steps,
+                             j.polish_lr if j.polish_lr is not None else j.warmup.lr, ex.ltol,
+                             tr.active, j.polish_members)
+    ex.summary.phases[name] = info
+    ex.save()
+    return res.status
 
 
 def polish(net, task, ridge: float, steps: int, lr: float, tol: LabelTolerances,
-           active: torch.Tensor | None = None, max_members: int | None = None) -> dict:
+           active: torch.Tensor | None = None, max_members: int | None = None) -> PolishResult:
     """GD on copies of the members' end points (no recording), then `ridge.classify` each of the first
     `max_members` (all: None): raw SGD iterates are noisy, their labels only mean something after a
     short GD polish (docs/theory.md §7, recipe R1)."""
@@ -347,35 +350,12 @@ def polish(net, task, ridge: float, steps: int, lr: float, tol: LabelTolerances,
     for p in pts.values():
         ranks[str(p.layer_rank)] = ranks.get(str(p.layer_rank), 0) + 1
     mins = [p for p in pts.values() if p.label == "local_min"]
-    return {"steps": steps, "lr": lr, "ridge": ridge, "seconds": time.perf_counter() - t0,
-            "labels": labels, "layer_ranks": ranks,
-            "per_member": [{"member": k, "label": p.label, "layer_rank": p.layer_rank, "e2e_rank": p.e2e_rank,
-                            "grad_norm": p.grad_norm, "min_eig_normal": p.min_eig_normal,
-                            "identity_residual": p.identity_residual, "loss": p.loss}
-                           for k, p in pts.items()],
-            "max_identity_residual_at_minima": max((abs(p.identity_residual) for p in mins), default=None)}
-
-
-def _headline(summary: JumpsSummary, main_name: str) -> dict:
-    h: dict = {"main_optim": main_name}
-    gd = summary.phases.get("gd")
-    if gd:
-        t = gd["tracker"]
-        h.update(gd_final_layer_rank=t["layer"]["final_rank"][0], gd_final_e2e_rank=t["end_to_end"]["final_rank"][0],
-                 gd_increases=t["layer"]["increases"] + t["end_to_end"]["increases"])
-    main = summary.phases.get(main_name)
-    if main:
-        t = main["tracker"]["layer"]
-        start = [r for r in t["start_rank"] if r >= 0]
-        h.update(members=main["members"], jumped=t["jumped"], fraction_jumped=t["fraction_jumped"],
-                 start_layer_rank=max(set(start), key=start.count) if start else None,
-                 lowest_layer_rank=min(t["lowest_rank"]) if t["lowest_rank"] else None,
-                 final_layer_ranks={str(r): t["final_rank"].count(r) for r in sorted(set(t["final_rank"]))},
-                 first_jump_layer=t["first_jump"],
-                 first_jump_e2e=main["tracker"]["end_to_end"]["first_jump"],
-                 increases_layer=t["increases"], increases_e2e=main["tracker"]["end_to_end"]["increases"])
-        if "polish" in main:
-            h["polish"] = {k: main["polish"][k] for k in ("labels", "layer_ranks", "max_identity_residual_at_minima")}
-    return h
-
-
+    return PolishResult(steps=steps, lr=lr, ridge=ridge, seconds=time.perf_counter() - t0,
+                        labels=labels, layer_ranks=ranks,
+                        per_member=[PolishedMember(member=k, label=p.label, layer_rank=p.layer_rank,
+                                                   e2e_rank=p.e2e_rank, grad_norm=p.grad_norm,
+                                                   min_eig_normal=p.min_eig_normal,
+                                                   identity_residual=p.identity_residual, loss=p.loss)
+                                    for k, p in pts.items()],
+                        max_identity_residual_at_minima=max((abs(p.identity_residual) for p in mins),
+                                                            default=None))

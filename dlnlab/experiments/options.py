@@ -1,50 +1,31 @@
 """What `dlnlab-train --help` prints: the config groups and every option with its one-line description.
 
-The descriptions are the comments of the dataclass fields in dlnlab/experiments/config.py (the one
-place they are written), read from its source.
+The descriptions are the `help` metadata of the schema's fields (dlnlab.experiments.fields.option), the
+one place they are written; the help shows the first sentence of each.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from pathlib import Path
 
 from dlnlab.experiments import config as _config
 from dlnlab.experiments.guards import check_name
-
-_FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
-
-
-def field_comments(cls) -> dict[str, str]:
-    """{field: description} of a config dataclass: the field's inline comment, else the comment lines
-    just above it."""
-    out: dict[str, str] = {}
-    block: list[str] = []
-    for line in inspect.getsource(cls).splitlines()[1:]:
-        s = line.strip()
-        if s.startswith("#"):
-            block.append(s.lstrip("# ").strip())
-            continue
-        m = _FIELD.match(line) if s and not s.startswith(('"""', "def ", "@")) else None
-        if m and m.group(1) not in out:
-            text = (m.group(3) or "").strip() or " ".join(block)
-            out[m.group(1)] = _one_line(text)
-        block = []
-    return out
+from dlnlab.experiments.task_kinds import TASKS
 
 
-def _one_line(text: str, width: int = 100) -> str:
+def field_help(f: dataclasses.Field) -> str:
+    """The one-line description of a schema field: the first sentence of its `help` metadata."""
+    return one_line(f.metadata.get("help", ""))
+
+
+def one_line(text: str, width: int = 100) -> str:
     """The first sentence of a comment, cut to `width` characters."""
     text = re.split(r"(?<=[.:;])\s+(?=[A-Z(])", text, maxsplit=1)[0].rstrip(".")
     return text if len(text) <= width else text[:width - 3].rstrip() + "..."
 
 
 def _walk(cls, prefix: str, rows: list) -> None:
-    notes = {}
-    for klass in reversed(cls.__mro__):
-        if dataclasses.is_dataclass(klass):
-            notes.update(field_comments(klass))
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         sub = getattr(_config, str(f.type), None) if isinstance(f.type, str) else f.type
@@ -57,7 +38,7 @@ def _walk(cls, prefix: str, rows: list) -> None:
             default = f.default_factory()
         else:
             default = "???"
-        rows.append((name, _fmt(default), notes.get(f.name, "")))
+        rows.append((name, _fmt(default), field_help(f)))
 
 
 def _fmt(v) -> str:
@@ -73,10 +54,6 @@ def option_rows(cls=None, prefix: str = "") -> list[tuple[str, str, str]]:
     rows: list = []
     _walk(cls or _config.Config, prefix, rows)
     return rows
-
-
-TASK_SCHEMAS = {"regression": _config.RegressionConfig, "regression_file": _config.RegressionFileConfig,
-                "matrix_completion": _config.CompletionConfig}
 
 
 def config_groups(conf_dir: str) -> dict[str, list[str]]:
@@ -108,9 +85,9 @@ def help_text(conf_dir: str, version: str) -> str:
     for name, default, note in option_rows():
         if name != "task":
             lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
-    for kind, cls in TASK_SCHEMAS.items():
+    for kind, spec in TASKS.items():
         lines += ["", f"Options of task={kind}:"]
-        for name, default, note in option_rows(cls, "task."):
+        for name, default, note in option_rows(spec.schema, "task."):
             lines.append(f"  {name:28s} [{default}]  {note}".rstrip())
     lines += ["", "Docs: README.md; every run-table column and TensorBoard tag: docs/columns.md."]
     return "\n".join(lines)

@@ -53,6 +53,7 @@ def is_experiment(path) -> bool:
 
 
 def saved_config(run_dir) -> dict:
+    """The config saved in a run folder (or a rank-jump experiment's folder), as a dict."""
     path = Path(run_dir) / (EXPERIMENT_CONFIG if is_experiment(run_dir) else CONFIG_FILE)
     if not Path(run_dir).is_dir():
         raise ConfigError(f"resume={run_dir}: no such folder")
@@ -135,6 +136,7 @@ def run_state(run_dir) -> str:
 
 
 def is_sweep(path) -> bool:
+    """A sweep folder: it has the sweep's file and is not itself a run."""
     return (Path(path) / SWEEP_FILE).exists() and not (Path(path) / CONFIG_FILE).exists()
 
 

@@ -12,16 +12,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
-from dlnlab.experiments.convex_losses import run_convex_losses
+from dlnlab.experiments.convex_losses import ConvexLossesSummary, run_convex_losses
 from dlnlab.experiments.guards import clean_run_dir, threads_for
-from dlnlab.experiments.jumps import run_experiment
+from dlnlab.experiments.jumps import JumpsSummary, run_experiment
 from dlnlab.experiments.resume import (
     clear_after,
     newest_checkpoint,
@@ -36,13 +36,13 @@ from dlnlab.runfolder import (
     remove_tmp_files,
     write_status,
 )
-from dlnlab.recording.staircase import format_staircase, staircase
+from dlnlab.recording.staircase import format_staircase
 from dlnlab.recording.trajectory import TrajectoryHook
-from dlnlab.theory.critical import plateau_values
 
 
 @dataclass
 class RunSummary:
+    """What one run did: status, steps, time, and per member the final loss, rank, label and divergence."""
     out_dir: str | None
     status: str
     steps: int
@@ -100,32 +100,68 @@ def _ensemble_lines(loss: list, rank: list, labels: list) -> list[str]:
     return lines
 
 
-def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, resume=None) -> RunSummary:
-    """Validate `cfg`, build task, network and hooks, train, and return a summary.
+class Summary(Protocol):
+    """What `dlnlab-train` reads of any run or experiment: its folder, status and time, and its text."""
+    out_dir: str | None
+    status: str
+    wall_time: float
+
+    def __str__(self) -> str:
+        """The lines the CLI prints."""
+
+
+def run_jumps(cfg, task, out_dir=None, extra_hooks: Sequence[Hook] = (), resume: bool = False) -> JumpsSummary:
+    """The rank-jump phases of a `jumps.enabled` config (dlnlab.experiments.jumps)."""
+    return run_experiment(cfg, out_dir, extra_hooks, task, resume=resume)
+
+
+def run_table_b3(cfg, task, out_dir=None, extra_hooks: Sequence[Hook] = (),
+                 resume: bool = False) -> ConvexLossesSummary:
+    """The table B.3 grid of a `convex_losses.enabled` config (dlnlab.experiments.convex_losses; it makes
+    its own data, trains without hooks and does not resume)."""
+    return run_convex_losses(cfg, out_dir)
+
+
+# The experiments a config may enable instead of one run: `<key>.enabled` (checked in this order).
+EXPERIMENTS: dict[str, Callable[..., Summary]] = {"convex_losses": run_table_b3, "jumps": run_jumps}
+
+
+def experiment_of(cfg) -> str | None:
+    """The experiment `cfg` enables (a key of EXPERIMENTS), None for one ordinary run."""
+    for key in EXPERIMENTS:
+        section = getattr(cfg, key, None)
+        if section is not None and section.enabled:
+            return key
+    return None
+
+
+def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, resume=None) -> Summary:
+    """Validate `cfg`, build its task, then train one run (`run_one`, a RunSummary) or the experiment it
+    enables (EXPERIMENTS: a JumpsSummary for `jumps.enabled`, a ConvexLossesSummary for
+    `convex_losses.enabled`).
 
     `resume` (or `cfg.resume`): a run folder to continue from its newest checkpoint, with the config
     saved there (`cfg` may then be None; options of `cfg` that would change the trajectory raise
-    ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again.
-    With `jumps.enabled` the run is the rank-jump phases (warm-up, main, GD reference) of
-    `dlnlab.experiments.jumps.run_experiment`, which returns a `JumpsSummary` instead (`resume`: the
-    experiment's folder; phases that ended are not run again); with
-    `convex_losses.enabled` it is the table B.3 grid of `dlnlab.experiments.convex_losses` (a
-    `ConvexLossesSummary`)."""
+    ConfigError; pass the same `extra_hooks` as the first time). A run that ended is not run again;
+    a rank-jump experiment resumes from its folder (phases that ended are not run again)."""
     if resume is None and cfg is not None:
         resume = getattr(cfg, "resume", None)
-    ck = None
     if resume:
         cfg = resume_config(cfg, resume)
         out_dir = resume
     task = task or prepare(cfg)
     if threads_for(cfg):
         torch.set_num_threads(threads_for(cfg))
-    grid = getattr(cfg, "convex_losses", None)
-    if grid is not None and grid.enabled:
-        return run_convex_losses(cfg, out_dir)
-    jumps = getattr(cfg, "jumps", None)
-    if jumps is not None and jumps.enabled:
-        return run_experiment(cfg, out_dir, extra_hooks, task, resume=bool(resume))
+    key = experiment_of(cfg)
+    if key is not None:
+        return EXPERIMENTS[key](cfg, task, out_dir, extra_hooks, resume=bool(resume))
+    return run_one(cfg, task, out_dir, extra_hooks, resume)
+
+
+def run_one(cfg, task, out_dir=None, extra_hooks: Sequence[Hook] = (), resume=None) -> RunSummary:
+    """Train one run of a validated `cfg` on `task` (`resume`: its folder, see `run`); a failure after the
+    start marks the folder failed and raises RunFailed."""
+    ck = None
     net = build_net(cfg, task)
     if resume:
         if run_state(resume) == "ended":
@@ -161,18 +197,16 @@ def run(cfg=None, out_dir=None, extra_hooks: Sequence[Hook] = (), task=None, res
     return RunSummary(str(out_dir) if out_dir else None, result.status, result.step,
                       time.perf_counter() - t0, loss, ranks,
                       result.diverged_at, next((h.latest for h in hooks if hasattr(h, "latest")), []), width,
-                      write_staircase(hooks, task, out_dir))
+                      write_staircase(hooks, out_dir))
 
 
-def write_staircase(hooks: Sequence[Hook], task, out_dir) -> pd.DataFrame | None:
-    """The staircase of a square-loss run from the TrajectoryHook's rows (LAB units), saved as
-    `staircase.csv` in the run folder; None when no such hook labelled anything."""
-    hook = next((h for h in hooks if isinstance(h, TrajectoryHook)), None)
-    if hook is None or hook.clf is None or not hook.rows:
-        return None
-    rows = hook.staircase   # computed in the hook's on_end (also the TensorBoard text)
+def write_staircase(hooks: Sequence[Hook], out_dir) -> pd.DataFrame | None:
+    """The staircase of a square-loss run, as the TrajectoryHook declared it at the end (its public
+    `staircase`, LAB units), saved as `staircase.csv` in the run folder; None when no such hook
+    labelled anything."""
+    rows = next((h.staircase for h in hooks if isinstance(h, TrajectoryHook)), None)
     if rows is None:
-        rows = staircase(pd.DataFrame(hook.rows), plateau_values(hook.clf.data), paper_scale=task.paper_scale)
+        return None
     if out_dir is not None:
         atomic_write(Path(out_dir) / "staircase.csv", rows.to_csv(index=False))
     return rows
@@ -225,6 +259,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def mark_failed(out_dir, message: str) -> None:
+    """Write status `failed` with this one-line message into the run folder."""
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_status(out_dir, status="failed", message=message, ended=time.time())
