@@ -84,6 +84,7 @@ class IndexSampler:
         self.pos = chunk
 
     def next(self) -> torch.Tensor:
+        """The next minibatch of every member: (E, batch_size) sample indices."""
         return self.take(1)[0]
 
     def take(self, n: int) -> torch.Tensor:
@@ -103,9 +104,11 @@ class IndexSampler:
         self.pos -= int(k)
 
     def state_dict(self) -> dict:
+        """The generators' states and the unread rest of the drawn buffer, for a checkpoint."""
         return {"gens": [g.get_state() for g in self.gens], "buf": self.buf, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` returned: the next draws are those of the run it came from."""
         for g, s in zip(self.gens, state["gens"]):
             g.set_state(s)
         self.buf, self.pos = state["buf"], int(state["pos"])

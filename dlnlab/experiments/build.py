@@ -153,6 +153,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
 
 
 def build_trainer(cfg, task, net, hooks, out_dir=None) -> Trainer:
+    """The `Trainer` of `cfg`: its optimiser, schedules (the one source of lr and lambda), seed,
+    record cadence and settings, driving `hooks` on `net` and `task`."""
     o = cfg.optim
     return Trainer(net, task, optim=o.name, steps=o.steps, batch_size=o.batch_size,
                    lr=Schedule(o.lr, o.milestones, o.lr_values, o.cycle),
