@@ -22,11 +22,11 @@ import torch
 
 from dlnlab.linalg import partial_products, product, singular_values
 from dlnlab.tasks import make_regression
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.critical import loss_of_product
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.lanczos import SquareLossHVP
-from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.critical import loss_of_product
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.lanczos import SquareLossHVP
+from dlnlab.theory.square.trajectory import curvature, project_to_critical, tight_margin
 
 
 def checkpoints(data, dims, E, eps, steps, lr, gen):

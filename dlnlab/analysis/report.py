@@ -27,7 +27,7 @@ from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import prepare
 from dlnlab.recording.folder import CONFIG_FILE, EVENTS_FILE
 from dlnlab.recording.jumps import SUMMARY_FILE
-from dlnlab.theory.critical import plateau_values
+from dlnlab.theory.square.critical import plateau_values
 
 __all__ = ["REPORT_PNG", "STAIRCASE_FILE", "is_plain_run", "run_report", "report_data"]
 

@@ -14,8 +14,8 @@ from omegaconf import MISSING
 
 from dlnlab.losses import LOSSES
 from dlnlab.model import INITS
-from dlnlab.theory.classify import TRAINING_TOLERANCES
-from dlnlab.theory.ridge_modes import LabelTolerances, RankTolerances
+from dlnlab.theory.square.classify import TRAINING_TOLERANCES
+from dlnlab.theory.ridge.modes import LabelTolerances, RankTolerances
 
 
 class ConfigError(ValueError):

@@ -47,9 +47,9 @@ from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
 from dlnlab.recording.folder import atomic_write, remove_tmp_files
 from dlnlab.recording.jumps import RANK_TYPES, SUMMARY_FILE, RankJumpHook, _atomic_json
-from dlnlab.theory.ridge_labels import RidgePoint
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_modes import LabelTolerances, mode_threshold, tie_value
+from dlnlab.theory.ridge.labels import RidgePoint
+from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.ridge.modes import LabelTolerances, mode_threshold, tie_value
 from dlnlab.train import Schedule, Trainer
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from dlnlab.recording.folder import (
 )
 from dlnlab.recording.staircase import format_staircase, staircase
 from dlnlab.recording.trajectory import TrajectoryHook
-from dlnlab.theory.critical import plateau_values
+from dlnlab.theory.square.critical import plateau_values
 
 
 @dataclass

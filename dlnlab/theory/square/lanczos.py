@@ -2,7 +2,7 @@
 
 Everything is float64 and batched over an ensemble dim E: weights [W_1..W_H], W_h of shape
 (E, d_h, d_{h-1}); parameter vectors are flat (E, P), P = sum_h d_h d_{h-1}, in the row-major order of
-`dlnlab.theory.hessian.flatten` (vec(W_1), ..., vec(W_H)).
+`dlnlab.theory.square.hessian.flatten` (vec(W_1), ..., vec(W_H)).
 
 The loss is the paper's L = ||(W_H..W_1 - A) Sxx^{1/2}||_F^2 + const (docs/theory.md §1), so with
 G = dL/dP = 2 (P - A) Sxx, Pre_h = W_h..W_1 and Suf_h = W_H..W_{h+1}:

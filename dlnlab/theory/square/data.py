@@ -65,12 +65,6 @@ def dims_of(weights: Sequence[torch.Tensor]) -> list[int]:
     return [int(weights[0].shape[-1])] + [int(w.shape[-2]) for w in weights]
 
 
-def _gen(generator: torch.Generator | int | None) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    return torch.Generator().manual_seed(int(generator))
-
-
 def format_S(S: Sequence[int] | None) -> str:
     """S as a table string: "{1,2}", "{}" for the empty set, "" for None."""
     return "" if S is None else "{" + ",".join(str(i) for i in S) + "}"

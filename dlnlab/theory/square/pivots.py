@@ -1,0 +1,231 @@
+"""The pivots of Theorem 7 and their complementary blocks (docs/theory.md §3), one builder for the
+classifier's pivot test (`pivot_test`, for `theorem7`) and the trajectory's tight margin (`trajectory`).
+
+For a pivot (i, j), 1 <= j < i <= H, the blocks are the two arcs of the cycle W_H..W_1 Sxy that avoid
+W_i and W_j:  B1(i, j) = W_{j-1}..W_1 Sxy W_H..W_{i+1},  B2(i, j) = W_{i-1}..W_{j+1}.
+
+A block is described by a source, so that callers decompose each matrix once and share what they
+already have (the partial products of the metrics hook and their spectra):
+    ("I", j)        the identity I_{d_j} (B2(j+1, j))
+    ("S",)          Sxy itself (B1(H, 1))
+    ("P", b, a)     the partial product W_b..W_a
+    ("B1", i, j)    a true B1 block with Sxy inside (`sandwiches` builds it)
+The rank shortcuts of docs/theory.md §5 replace some B1 blocks by a partial product of the same rank
+but other singular values: only a rank test may use them (`shortcuts=True`), never a margin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlnlab.linalg import singular_values as spectra_of
+from dlnlab.theory.square.verdicts import PreparedData, block_name
+
+__all__ = [
+    # the blocks
+    "pivots", "block_sources", "sandwiches", "b1_cores", "factor_scale", "ordered_prod", "rank_spec",
+    # the pivot test of Theorem 7.2
+    "PivotTest", "pivot_test",
+]
+
+# label codes (indices into verdicts.LABELS) the pivot test decides
+_SS, _NS, _AM = 2, 3, 4
+
+
+def pivots(H: int) -> list[tuple[int, int]]:
+    """Every pivot (i, j), 1 <= j < i <= H, in the order the classifier reports them."""
+    return [(i, j) for i in range(2, H + 1) for j in range(1, i)]
+
+
+def block_sources(H: int, sxy_inj: bool = False, sxy_surj: bool = False) -> dict:
+    """{(i, j): (source of B1, source of B2)}.
+
+    sxy_inj (Sxy of full column rank): rk B1(i, 1) = rk W_H..W_{i+1}; sxy_surj (full row rank):
+    rk B1(H, j) = rk W_{j-1}..W_1. False for both gives the true blocks."""
+    out = {}
+    for i, j in pivots(H):
+        b2 = ("I", j) if i == j + 1 else ("P", i - 1, j + 1)
+        if i == H and j == 1:
+            b1 = ("S",)
+        elif j == 1 and sxy_inj:
+            b1 = ("P", H, i + 1)
+        elif i == H and sxy_surj:
+            b1 = ("P", j - 1, 1)
+        else:
+            b1 = ("B1", i, j)
+        out[(i, j)] = (b1, b2)
+    return out
+
+
+def sandwiches(products: dict, Sxy: torch.Tensor, keys, H: int) -> dict:
+    """{(i, j): B1(i, j)} for the pivots in `keys`, from the partial products {(b, a): W_b..W_a}
+    (batched or not); the left arcs W_{j-1}..W_1 Sxy are shared between pivots of the same j.
+    A batched product by the 2-D Sxy is one GEMM of the stack, which rounds as the 2-D product of
+    each member (a bmm of an expanded Sxy would not, for small blocks)."""
+    left: dict = {}
+    out = {}
+    for i, j in keys:
+        if j not in left:
+            left[j] = Sxy if j == 1 else products[(j - 1, 1)] @ Sxy
+        out[(i, j)] = left[j] if i == H else left[j] @ products[(H, i + 1)]
+    return out
+
+
+def b1_cores(pp: dict, Sxy: torch.Tensor, keys, H: int) -> dict:
+    """{("B1", i, j): a matrix with the singular values of B1(i, j) = L Sxy R}, L = W_{j-1}..W_1,
+    R = W_H..W_{i+1}. A factor with more rows (L) or columns (R) than Sxy is replaced by the
+    triangular factor of its QR decomposition, which has its singular values and right (left)
+    singular vectors: the block then shrinks to at most d_x x d_y, however wide the layers. For
+    singular values only (the tight margin); a rank test that must round as the per-point
+    classifier does uses `sandwiches`."""
+    dx, dy = Sxy.shape
+    left, right, out = {}, {}, {}
+    for i, j in keys:
+        if j not in left:
+            L = pp[(j - 1, 1)] if j > 1 else None
+            if L is not None and L.shape[-2] > dx:
+                L = torch.linalg.qr(L).R
+            left[j] = Sxy if L is None else L @ Sxy
+        if i not in right:
+            R = pp[(H, i + 1)] if i < H else None
+            if R is not None and R.shape[-1] > dy:
+                R = torch.linalg.qr(R.transpose(-1, -2)).R.transpose(-1, -2)
+            right[i] = R
+        out[("B1", i, j)] = left[j] if right[i] is None else left[j] @ right[i]
+    return out
+
+
+def factor_scale(source: tuple, norms: list, sxy_norm, H: int):
+    """The product of the norms of a block's factors (math.prod's order: left to right), given the
+    per-layer norms [|W_1|..|W_H|] and |Sxy| in the same norm; 1 for an identity."""
+    kind = source[0]
+    if kind == "I":
+        return 1
+    if kind == "S":
+        return sxy_norm
+    if kind == "P":
+        b, a = source[1], source[2]
+        return ordered_prod(norms[a - 1:b])
+    i, j = source[1], source[2]
+    return ordered_prod(norms[:j - 1]) * sxy_norm * ordered_prod(norms[i:H])
+
+
+def ordered_prod(xs):
+    """math.prod of per-layer factors (floats or per-member tensors), multiplied left to right as
+    math.prod does: the noise floors then round alike for one point and for an ensemble."""
+    out = 1
+    for x in xs:
+        out = out * x
+    return out
+
+
+def rank_spec(H: int, dims, sxy_rank: int, sxy_inj: bool, sxy_surj: bool) -> tuple[dict, dict]:
+    """The classifier's pivot test (docs/theory.md §5 step 5, with the rank shortcuts):
+    ({(i, j): (key of B1, key of B2)}, {key: source of the matrix to rank}).
+
+    A key is an int where the rank is known exactly (I_{d_j}: d_j; Sxy: its rank), else the name of
+    the matrix in messages: ("C", b, a) for W_b..W_a standing in for a B1 block, ("B2", i, j),
+    ("B1", i, j). dims = [d_0..d_H]."""
+    spec, sources = {}, {}
+    for (i, j), (s1, s2) in block_sources(H, sxy_inj, sxy_surj).items():
+        if s2[0] == "I":
+            k2 = dims[j]
+        else:
+            k2 = ("B2", i, j)
+            sources[k2] = s2
+        if s1[0] == "S":
+            k1 = sxy_rank
+        else:
+            k1 = ("C",) + s1[1:] if s1[0] == "P" else s1
+            sources[k1] = s1
+        spec[(i, j)] = (k1, k2)
+    return spec, sources
+
+
+@dataclass
+class PivotTest:
+    """The pivot test's columns over all E members (zeros where it did not run)."""
+    pivots: list
+    code: torch.Tensor          # (n,) labels of the tested members, in member order
+    block_ranks: torch.Tensor   # (E, n_pivots, 2)
+    loose: torch.Tensor         # (E, n_pivots) both blocks of rank > r
+    amb: torch.Tensor           # (E, n_pivots) neither certainly loose nor certainly tight
+    prop4: torch.Tensor         # (E, n_pivots) a block of rank < r (Prop. 4 fails)
+    amb_values: dict            # member -> ambiguous_values
+    H: int
+    r_max: int
+
+
+def _block_matrices(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tensor, H: int,
+                    singular_values: dict | None) -> dict:
+    """Singular values of every ranked block of `rank_spec`, for the members idx (each matrix once,
+    batched); the partial products' own spectra are taken from `singular_values` when given."""
+    sub = {k: ch[k][idx] for k in {s[1:] for s in sources.values() if s[0] == "P"}}
+    b1_keys = [s[1:] for s in sources.values() if s[0] == "B1"]
+    if b1_keys:
+        sub.update({k: ch[k][idx] for k in [(j - 1, 1) for _, j in b1_keys if j > 1]
+                    + [(H, i + 1) for i, _ in b1_keys if i < H]})
+    b1 = sandwiches(sub, prep.data.Sxy, b1_keys, H)
+    mats = {key: b1[src[1:]] if src[0] == "B1" else sub[src[1:]] for key, src in sources.items()
+            if not (src[0] == "P" and singular_values is not None)}
+    sv = spectra_of(mats) if mats else {}
+    if singular_values is not None:
+        sv.update({key: singular_values[src[1:]][idx] for key, src in sources.items() if src[0] == "P"})
+    return sv
+
+
+def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: torch.Tensor,
+               r: torch.Tensor, singular_values: dict | None) -> PivotTest:
+    """Theorem 7.2 for the members in `piv` (S = {1..r}, r < r_max; docs/theory.md §5 step 5): rank
+    every block of `rank_spec` once for all of them and decide strict (some pivot certainly loose),
+    ambiguous (some pivot inside the tolerance gap) or non-strict (every pivot tightened).
+
+    ch: the partial products {(b, a): W_b..W_a}; fro: [|W_1|_F..|W_H|_F] per member; r: (E,) ranks."""
+    d, tol, H, E = prep.data, prep.tol, len(fro), piv.shape[0]
+    spec, sources = rank_spec(H, dims, d.assumptions.sxy_rank, prep.sxy_inj, prep.sxy_surj)
+    n_p = len(spec)
+    ranks = torch.zeros(E, n_p, 2, dtype=torch.long)
+    flags = torch.zeros(3, E, n_p, dtype=torch.bool)
+    idx = torch.nonzero(piv).flatten()
+    if not idx.numel():
+        return PivotTest(list(spec), torch.zeros(0, dtype=torch.long), ranks, *flags, {}, H, min(dims))
+    rr, band = r[idx], tol.rank_band
+    sv = _block_matrices(prep, ch, sources, idx, H, singular_values)
+    fro_sub = [f[idx] for f in fro]
+    info = {}   # key -> (rank, lo, hi, in-band mask, thr)
+    for key, src in sources.items():
+        s = sv[key]
+        s_top = s[:, 0] if s.shape[-1] else torch.zeros(len(idx), dtype=torch.float64)
+        thr = torch.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro_sub, prep.sxy_fro, H))
+        t = thr.unsqueeze(-1)
+        info[key] = ((s > t).sum(-1), (s > t * band).sum(-1), (s > t / band).sum(-1),
+                     (s > t / band) & (s <= t * band), thr)
+    cols = []
+    for (k1, k2) in spec.values():
+        b = [info[k] if isinstance(k, tuple) else (torch.full_like(rr, k),) * 3 for k in (k1, k2)]
+        cols.append((b[0][0], b[1][0], (b[0][0] > rr) & (b[1][0] > rr), (b[0][1] > rr) & (b[1][1] > rr),
+                     ~((b[0][2] <= rr) | (b[1][2] <= rr)), (b[0][0] < rr) | (b[1][0] < rr)))
+    rk = torch.stack([torch.stack([c[0], c[1]], -1) for c in cols], 1)
+    loose, certain, unsure, prop4 = (torch.stack([c[n] for c in cols], 1) for n in range(2, 6))
+    unsure &= ~certain
+    strict, amb = certain.any(1), unsure.any(1)
+    code = torch.where(strict, _SS, torch.where(amb, _AM, _NS))
+    ranks[idx], flags[0, idx], flags[1, idx], flags[2, idx] = rk, loose, unsure, prop4
+    amb_values = _gap_values(list(spec.values()), sv, info, idx, amb & ~strict, unsure)
+    return PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
+
+
+def _gap_values(keys: list, sv: dict, info: dict, idx: torch.Tensor, amb: torch.Tensor,
+                unsure: torch.Tensor) -> dict:
+    """{member: ((block, singular value, threshold), ...)} of the ambiguous members (rare)."""
+    out = {}
+    for n in torch.nonzero(amb).flatten().tolist():
+        vals = []
+        for p in torch.nonzero(unsure[n]).flatten().tolist():
+            for key in keys[p]:
+                if isinstance(key, tuple):
+                    s, band_mask, thr = sv[key][n], info[key][3][n], float(info[key][4][n])
+                    vals += [(block_name(key), v, thr) for v in s[band_mask].tolist()]
+        out[int(idx[n])] = tuple(vals)
+    return out
