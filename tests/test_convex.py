@@ -185,7 +185,7 @@ def test_exact_stiemke_certificate_and_newton_polish():
     the probabilities at the optimum, M^T M in closed form, and Newton reaches rounding level."""
     import numpy as np
 
-    from dlnlab.theory import convex_newton as cn
+    from dlnlab.theory.convex import newton as cn
 
     X, y = ce_data(m=80, d_in=4, C=3, seed=5)
     Xn, T = X.numpy(), torch.nn.functional.one_hot(y, 3).double().numpy()

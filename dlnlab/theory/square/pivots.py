@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dlnlab.linalg import singular_values as spectra_of
@@ -190,29 +191,36 @@ def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float,
     idx = torch.nonzero(piv).flatten()
     if not idx.numel():
         return PivotTest(list(spec), torch.zeros(0, dtype=torch.long), ranks, *flags, {}, H, min(dims))
-    rr, band = r[idx], tol.rank_band
+    if not n_p:  # H = 1: no pivot, so none is loose
+        return PivotTest([], torch.full((idx.numel(),), _NS, dtype=torch.long), ranks, *flags, {}, H, min(dims))
+    band = tol.rank_band
     sv = _block_matrices(prep, ch, sources, idx, H, singular_values)
     fro_sub = [f[idx] for f in fro]
+    # the rank decisions on numpy arrays: the same float64 comparisons, a fraction of the overhead
+    # per operation (a single point runs this path too)
+    rr = r[idx].numpy()
     info = {}   # key -> (rank, lo, hi, in-band mask, thr)
     for key, src in sources.items():
         s = sv[key]
         s_top = s[:, 0] if s.shape[-1] else torch.zeros(len(idx), dtype=torch.float64)
         thr = torch.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro_sub, prep.sxy_fro, H))
-        t = thr.unsqueeze(-1)
-        info[key] = ((s > t).sum(-1), (s > t * band).sum(-1), (s > t / band).sum(-1),
-                     (s > t / band) & (s <= t * band), thr)
+        sn, t = s.numpy(), thr.numpy()[:, None]
+        above = sn > t / band
+        info[key] = ((sn > t).sum(-1), (sn > t * band).sum(-1), above.sum(-1), above & (sn <= t * band), thr)
     cols = []
     for (k1, k2) in spec.values():
-        b = [info[k] if isinstance(k, tuple) else (torch.full_like(rr, k),) * 3 for k in (k1, k2)]
+        b = [info[k] if isinstance(k, tuple) else (np.full_like(rr, k),) * 3 for k in (k1, k2)]
         cols.append((b[0][0], b[1][0], (b[0][0] > rr) & (b[1][0] > rr), (b[0][1] > rr) & (b[1][1] > rr),
                      ~((b[0][2] <= rr) | (b[1][2] <= rr)), (b[0][0] < rr) | (b[1][0] < rr)))
-    rk = torch.stack([torch.stack([c[0], c[1]], -1) for c in cols], 1)
-    loose, certain, unsure, prop4 = (torch.stack([c[n] for c in cols], 1) for n in range(2, 6))
+    rk = np.stack([np.stack([c[0], c[1]], -1) for c in cols], 1)
+    loose, certain, unsure, prop4 = (np.stack([c[n] for c in cols], 1) for n in range(2, 6))
     unsure &= ~certain
     strict, amb = certain.any(1), unsure.any(1)
-    code = torch.where(strict, _SS, torch.where(amb, _AM, _NS))
-    ranks[idx], flags[0, idx], flags[1, idx], flags[2, idx] = rk, loose, unsure, prop4
-    amb_values = _gap_values(list(spec.values()), sv, info, idx, amb & ~strict, unsure)
+    code = torch.from_numpy(np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64))
+    unsure_t = torch.from_numpy(unsure)
+    ranks[idx] = torch.from_numpy(rk.astype(np.int64))
+    flags[0, idx], flags[1, idx], flags[2, idx] = torch.from_numpy(loose), unsure_t, torch.from_numpy(prop4)
+    amb_values = _gap_values(list(spec.values()), sv, info, idx, torch.from_numpy(amb & ~strict), unsure_t)
     return PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
 
 
@@ -225,7 +233,7 @@ def _gap_values(keys: list, sv: dict, info: dict, idx: torch.Tensor, amb: torch.
         for p in torch.nonzero(unsure[n]).flatten().tolist():
             for key in keys[p]:
                 if isinstance(key, tuple):
-                    s, band_mask, thr = sv[key][n], info[key][3][n], float(info[key][4][n])
+                    s, band_mask, thr = sv[key][n], torch.from_numpy(info[key][3][n]), float(info[key][4][n])
                     vals += [(block_name(key), v, thr) for v in s[band_mask].tolist()]
         out[int(idx[n])] = tuple(vals)
     return out
