@@ -211,7 +211,13 @@ class LandscapeData:
         of tr(Syy) - sum near the global minimum).
         """
         S = set(int(i) for i in S)
-        return self.ls_loss + float(sum(float(self.lam[i - 1]) for i in range(1, self.k + 1) if i not in S))
+        lam = self.lam_values
+        return self.ls_loss + float(sum(lam[i - 1] for i in range(1, self.k + 1) if i not in S))
+
+    @cached_property
+    def lam_values(self) -> tuple[float, ...]:
+        """lam as Python floats (read once per S by `critical_value`, on every checkpoint)."""
+        return tuple(self.lam.tolist())
 
     @cached_property
     def top_values(self) -> torch.Tensor:

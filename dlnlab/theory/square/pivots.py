@@ -146,25 +146,27 @@ def rank_spec(H: int, dims, sxy_rank: int, sxy_inj: bool, sxy_surj: bool) -> tup
 
 @dataclass
 class PivotTest:
-    """The pivot test's columns over all E members (zeros where it did not run)."""
+    """The pivot test's columns over all E members (zeros where it did not run), numpy arrays."""
     pivots: list
-    code: torch.Tensor          # (n,) labels of the tested members, in member order
-    block_ranks: torch.Tensor   # (E, n_pivots, 2)
-    loose: torch.Tensor         # (E, n_pivots) both blocks of rank > r
-    amb: torch.Tensor           # (E, n_pivots) neither certainly loose nor certainly tight
-    prop4: torch.Tensor         # (E, n_pivots) a block of rank < r (Prop. 4 fails)
+    code: np.ndarray            # (n,) labels of the tested members, in member order
+    block_ranks: np.ndarray     # (E, n_pivots, 2)
+    loose: np.ndarray           # (E, n_pivots) both blocks of rank > r
+    amb: np.ndarray             # (E, n_pivots) neither certainly loose nor certainly tight
+    prop4: np.ndarray           # (E, n_pivots) a block of rank < r (Prop. 4 fails)
     amb_values: dict            # member -> ambiguous_values
     H: int
     r_max: int
 
 
-def _block_matrices(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tensor, H: int,
-                    singular_values: dict | None) -> dict:
-    """Singular values of every ranked block of `rank_spec`, for the members idx (each matrix once,
-    batched); the partial products' own spectra are taken from `singular_values` when given."""
-    sub = {k: ch[k][idx] for k in {s[1:] for s in sources.values() if s[0] == "P"}}
+def _block_spectra(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tensor | None, H: int,
+                   singular_values: dict | None) -> dict:
+    """Singular values of every ranked block of `rank_spec`, for the members idx (None: all; each
+    matrix once, batched); the partial products' own spectra are taken from `singular_values` when given."""
     b1_keys = [s[1:] for s in sources.values() if s[0] == "B1"]
-    if b1_keys:
+    if idx is None:
+        sub = ch
+    else:
+        sub = {k: ch[k][idx] for k in {s[1:] for s in sources.values() if s[0] == "P"}}
         sub.update({k: ch[k][idx] for k in [(j - 1, 1) for _, j in b1_keys if j > 1]
                     + [(H, i + 1) for i, _ in b1_keys if i < H]})
     b1 = sandwiches(sub, prep.data.Sxy, b1_keys, H)
@@ -172,41 +174,48 @@ def _block_matrices(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tens
             if not (src[0] == "P" and singular_values is not None)}
     sv = spectra_of(mats) if mats else {}
     if singular_values is not None:
-        sv.update({key: singular_values[src[1:]][idx] for key, src in sources.items() if src[0] == "P"})
+        sv.update({key: singular_values[src[1:]] if idx is None else singular_values[src[1:]][idx]
+                   for key, src in sources.items() if src[0] == "P"})
     return sv
 
 
-def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: torch.Tensor,
-               r: torch.Tensor, singular_values: dict | None) -> PivotTest:
+def _block_ranks(prep: PreparedData, sources: dict, sv: dict, fro: list, floor_rtol: float, H: int) -> dict:
+    """{key: (rank, rank at thr * band, rank at thr / band, in-band mask, thr)} of every ranked block
+    (numpy: the same float64 comparisons as torch, a fraction of the overhead per operation)."""
+    tol, band = prep.tol, prep.tol.rank_band
+    info = {}
+    for key, src in sources.items():
+        sn = sv[key].numpy()
+        s_top = sn[:, 0] if sn.shape[-1] else np.zeros(sn.shape[0])
+        thr = np.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro, prep.sxy_fro, H))
+        t = thr[:, None]
+        above = sn > t / band
+        info[key] = ((sn > t).sum(-1), (sn > t * band).sum(-1), above.sum(-1), above & (sn <= t * band), thr)
+    return info
+
+
+def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: np.ndarray,
+               r: np.ndarray, singular_values: dict | None) -> PivotTest:
     """Theorem 7.2 for the members in `piv` (S = {1..r}, r < r_max; docs/theory.md §5 step 5): rank
     every block of `rank_spec` once for all of them and decide strict (some pivot certainly loose),
     ambiguous (some pivot inside the tolerance gap) or non-strict (every pivot tightened).
 
-    ch: the partial products {(b, a): W_b..W_a}; fro: [|W_1|_F..|W_H|_F] per member; r: (E,) ranks."""
-    d, tol, H, E = prep.data, prep.tol, len(fro), piv.shape[0]
+    ch: the partial products {(b, a): W_b..W_a}; fro: [|W_1|_F..|W_H|_F] per member (numpy);
+    piv: (E,) bool, the members to test; r: (E,) their ranks."""
+    d, H, E = prep.data, len(fro), piv.shape[0]
     spec, sources = rank_spec(H, dims, d.assumptions.sxy_rank, prep.sxy_inj, prep.sxy_surj)
     n_p = len(spec)
-    ranks = torch.zeros(E, n_p, 2, dtype=torch.long)
-    flags = torch.zeros(3, E, n_p, dtype=torch.bool)
-    idx = torch.nonzero(piv).flatten()
-    if not idx.numel():
-        return PivotTest(list(spec), torch.zeros(0, dtype=torch.long), ranks, *flags, {}, H, min(dims))
+    ranks = np.zeros((E, n_p, 2), dtype=np.int64)
+    flags = np.zeros((3, E, n_p), dtype=bool)
+    idx = np.nonzero(piv)[0]
+    if not idx.size:
+        return PivotTest(list(spec), np.zeros(0, dtype=np.int64), ranks, *flags, {}, H, min(dims))
     if not n_p:  # H = 1: no pivot, so none is loose
-        return PivotTest([], torch.full((idx.numel(),), _NS, dtype=torch.long), ranks, *flags, {}, H, min(dims))
-    band = tol.rank_band
-    sv = _block_matrices(prep, ch, sources, idx, H, singular_values)
-    fro_sub = [f[idx] for f in fro]
-    # the rank decisions on numpy arrays: the same float64 comparisons, a fraction of the overhead
-    # per operation (a single point runs this path too)
-    rr = r[idx].numpy()
-    info = {}   # key -> (rank, lo, hi, in-band mask, thr)
-    for key, src in sources.items():
-        s = sv[key]
-        s_top = s[:, 0] if s.shape[-1] else torch.zeros(len(idx), dtype=torch.float64)
-        thr = torch.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro_sub, prep.sxy_fro, H))
-        sn, t = s.numpy(), thr.numpy()[:, None]
-        above = sn > t / band
-        info[key] = ((sn > t).sum(-1), (sn > t * band).sum(-1), above.sum(-1), above & (sn <= t * band), thr)
+        return PivotTest([], np.full(idx.size, _NS, dtype=np.int64), ranks, *flags, {}, H, min(dims))
+    every = idx.size == E   # all members tested (one point): no copies of their products
+    sv = _block_spectra(prep, ch, sources, None if every else torch.from_numpy(idx), H, singular_values)
+    info = _block_ranks(prep, sources, sv, fro if every else [f[idx] for f in fro], floor_rtol, H)
+    rr = r[idx]
     cols = []
     for (k1, k2) in spec.values():
         b = [info[k] if isinstance(k, tuple) else (np.full_like(rr, k),) * 3 for k in (k1, k2)]
@@ -216,24 +225,21 @@ def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float,
     loose, certain, unsure, prop4 = (np.stack([c[n] for c in cols], 1) for n in range(2, 6))
     unsure &= ~certain
     strict, amb = certain.any(1), unsure.any(1)
-    code = torch.from_numpy(np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64))
-    unsure_t = torch.from_numpy(unsure)
-    ranks[idx] = torch.from_numpy(rk.astype(np.int64))
-    flags[0, idx], flags[1, idx], flags[2, idx] = torch.from_numpy(loose), unsure_t, torch.from_numpy(prop4)
-    amb_values = _gap_values(list(spec.values()), sv, info, idx, torch.from_numpy(amb & ~strict), unsure_t)
+    code = np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64)
+    ranks[idx], flags[0, idx], flags[1, idx], flags[2, idx] = rk, loose, unsure, prop4
+    amb_values = _gap_values(list(spec.values()), sv, info, idx, amb & ~strict, unsure)
     return PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
 
 
-def _gap_values(keys: list, sv: dict, info: dict, idx: torch.Tensor, amb: torch.Tensor,
-                unsure: torch.Tensor) -> dict:
+def _gap_values(keys: list, sv: dict, info: dict, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:
     """{member: ((block, singular value, threshold), ...)} of the ambiguous members (rare)."""
     out = {}
-    for n in torch.nonzero(amb).flatten().tolist():
+    for n in np.nonzero(amb)[0].tolist():
         vals = []
-        for p in torch.nonzero(unsure[n]).flatten().tolist():
+        for p in np.nonzero(unsure[n])[0].tolist():
             for key in keys[p]:
                 if isinstance(key, tuple):
-                    s, band_mask, thr = sv[key][n], torch.from_numpy(info[key][3][n]), float(info[key][4][n])
+                    s, band_mask, thr = sv[key][n].numpy(), info[key][3][n], float(info[key][4][n])
                     vals += [(block_name(key), v, thr) for v in s[band_mask].tolist()]
         out[int(idx[n])] = tuple(vals)
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from dlnlab.theory.square.data import format_S
 from dlnlab.theory.square.verdicts import PreparedData
@@ -19,23 +19,24 @@ PRODUCT = "product W_H..W_1 Sxx^1/2"   # the matrix whose rank is the product's 
 
 @dataclass
 class ProductRank:
-    """The numerical rank of the product per member (step 2), with the ambiguity band."""
-    s: torch.Tensor             # (E, n) singular values of P Sxx^{1/2}, descending
-    thr: torch.Tensor           # (E,) threshold
-    r: torch.Tensor             # (E,) nominal rank: s > thr
-    amb: torch.Tensor           # (E,) some singular value inside the band
-    lo: torch.Tensor            # (E,) rank at thr * band
-    hi: torch.Tensor            # (E,) rank at thr / band
-    inside: torch.Tensor        # (E, n) thr / band < s <= thr * band
+    """The numerical rank of the product per member (step 2), with the ambiguity band (numpy)."""
+    s: np.ndarray               # (E, n) singular values of P Sxx^{1/2}, descending
+    thr: np.ndarray             # (E,) threshold
+    r: np.ndarray               # (E,) nominal rank: s > thr
+    amb: np.ndarray             # (E,) some singular value inside the band
+    lo: np.ndarray              # (E,) rank at thr * band
+    hi: np.ndarray              # (E,) rank at thr / band
+    inside: np.ndarray          # (E, n) thr / band < s <= thr * band
 
-    def gap_values(self, mask: torch.Tensor) -> dict:
+    def gap_values(self, mask: np.ndarray) -> dict:
         """{member: ((PRODUCT, singular value, threshold), ...)} for the members in mask."""
         return {e: tuple((PRODUCT, v, float(self.thr[e])) for v in self.s[e][self.inside[e]].tolist())
-                for e in torch.nonzero(mask).flatten().tolist()}
+                for e in _rows(mask)}
 
 
-def _rows(mask: torch.Tensor) -> list:
-    return torch.nonzero(mask).flatten().tolist()
+def _rows(mask: np.ndarray) -> list:
+    """The members (row indices) in a bool mask."""
+    return np.nonzero(mask)[0].tolist()
 
 
 def undecided_text(prep: PreparedData, fo, gam, pr: ProductRank, masks: dict, gtol: float) -> tuple[list, list]:
@@ -58,7 +59,7 @@ def undecided_text(prep: PreparedData, fo, gam, pr: ProductRank, masks: dict, gt
     for e in _rows(masks["amb_rank"]):
         reasons[e] = (f"the rank of the product is ambiguous ({lo[e]}..{hi[e]}): singular value(s) "
                       "inside the tolerance gap")
-    om, dv = gam.off_max.tolist(), gam.dev.tolist()
+    om, dv = masks["off_max"].tolist(), masks["dev"].tolist()
     for e in _rows(masks["gam_bad"]):
         reasons[e] = ("S cannot be read from the product: Gamma = U^T P Sxy U diag(1/lam) is not a 0/1 "
                       f"diagonal (max |off-diagonal| {om[e]:.3g}, max distance of a diagonal entry to 0/1 "
@@ -70,25 +71,22 @@ def undecided_text(prep: PreparedData, fo, gam, pr: ProductRank, masks: dict, gt
     return reasons, warns
 
 
-def decided_text(prep: PreparedData, masks: dict, r: torch.Tensor, gam, L: torch.Tensor, lemma: list, pt,
+def decided_text(prep: PreparedData, masks: dict, r: np.ndarray, gam, L: np.ndarray, lemma: list, pt,
                  reasons: list, warns: list) -> None:
     """reason and warnings of the members whose S is decided: one string per distinct decision; the
     warnings of a member only where one of its checks fails."""
-    d, tol, E = prep.data, prep.tol, r.shape[0]
+    d, tol = prep.data, prep.tol
     decided, piv, code, nmask = masks["decided"], masks["piv"], masks["code"], gam.nmask
-    idx = torch.nonzero(decided).flatten()
-    if idx.numel() == 1:
+    idx = np.nonzero(decided)[0]
+    if idx.size == 1:
         reasons[int(idx[0])] = _reason(int(idx[0]), code, r, piv, nmask, pt)
     else:
-        key = torch.cat([code[:, None], r[:, None], piv[:, None].long(), nmask.long(), pt.loose.long(),
-                         pt.amb.long()], 1)[idx]
-        uniq, inv = torch.unique(key, dim=0, return_inverse=True)
-        first = torch.full((uniq.shape[0],), E, dtype=torch.long).scatter_reduce(
-            0, inv, torch.arange(idx.numel()), "amin", include_self=True)
+        key = np.concatenate([code[:, None], r[:, None], piv[:, None], nmask, pt.loose, pt.amb], 1)[idx]
+        _, first, inv = np.unique(key.astype(np.int64), axis=0, return_index=True, return_inverse=True)
         strs = [_reason(int(idx[n]), code, r, piv, nmask, pt) for n in first.tolist()]
-        for e, u in zip(idx.tolist(), inv.tolist()):
+        for e, u in zip(idx.tolist(), inv.reshape(-1).tolist()):
             reasons[e] = strs[u]
-    lw = (L - gam.nearest_value).abs() > tol.value_rtol * d.tr_syy
+    lw = np.abs(L - gam.nearest_value) > tol.value_rtol * d.tr_syy
     bad = lw | pt.prop4.any(1)
     for _, rk in lemma:
         bad |= rk != r
@@ -101,7 +99,7 @@ def _warnings(prep: PreparedData, e: int, re: int, loss_off: bool, loss: float, 
               pt) -> tuple:
     """Member e's warnings: the data's, then each failed check (loss == critical value, Lemma 24, Prop. 4)."""
     w = list(prep.data_warnings)
-    S = tuple(int(i) + 1 for i in torch.nonzero(nmask[e]).flatten().tolist())
+    S = tuple(int(i) + 1 for i in np.nonzero(nmask[e])[0])
     if loss_off:
         w.append(f"loss {loss:.10g} differs from the critical value {value:.10g} of S = {format_S(S)}")
     w += [f"Lemma 24 check failed: rk({name}) = {int(rk[e])} != r = {re}" for name, rk in lemma if int(rk[e]) != re]
@@ -114,7 +112,7 @@ def _warnings(prep: PreparedData, e: int, re: int, loss_off: bool, loss: float, 
 def _reason(e, code, r, piv, nmask, pt) -> str:
     """The reason of a decided member e."""
     H, r_max, re, c = pt.H, pt.r_max, int(r[e]), int(code[e])
-    S = tuple(int(i) + 1 for i in torch.nonzero(nmask[e]).flatten().tolist())
+    S = tuple(int(i) + 1 for i in np.nonzero(nmask[e])[0])
     if bool(piv[e]):
         if c == _SS:
             pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)
