@@ -103,6 +103,7 @@ class RidgePoint:
     tolerances: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row)."""
         return asdict(self)
 
     def __str__(self) -> str:

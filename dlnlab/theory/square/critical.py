@@ -33,6 +33,7 @@ class CriticalValue:
     labels: tuple[str, ...]
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row; S as "{1,2}", labels joined by "|")."""
         d = asdict(self)
         d["S"] = format_S(self.S)
         d["labels"] = "|".join(self.labels)
@@ -105,6 +106,7 @@ class PlateauValue:
     kind: str
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row; S as "{1,2}")."""
         d = asdict(self)
         d["S"] = format_S(self.S)
         return d

@@ -226,6 +226,8 @@ class LandscapeData:
         return torch.tensor([self.critical_value(range(1, r + 1)) for r in range(self.k + 1)], dtype=F64)
 
     def check_dims(self, dims: Sequence[int]) -> list[int]:
+        """dims = [d_0..d_H] as ints, checked against the data (H >= 2, d_0 = d_x, d_H = d_y; else
+        ValueError)."""
         dims = [int(d) for d in dims]
         if len(dims) < 3:
             raise ValueError(f"dims = [d_0, ..., d_H] needs H >= 2, got {dims}")

@@ -42,6 +42,7 @@ class LabelledPoint:
 
     @property
     def H(self) -> int:
+        """The depth: number of weight matrices."""
         return len(self.weights)
 
 
@@ -362,12 +363,15 @@ class EscapePath:
 
     @property
     def H(self) -> int:
+        """The depth: number of weight matrices."""
         return len(self.base)
 
     def weights_at(self, t: float) -> list[torch.Tensor]:
+        """The point base + t * direction on the path."""
         return [w + t * d for w, d in zip(self.base, self.direction)]
 
     def loss_formula(self, t: float) -> float:
+        """The loss along the path in closed form: L(0) - 2 lam t^H + lam t^(2H)."""
         return self.base_loss - 2 * self.lam * t ** self.H + self.lam * t ** (2 * self.H)
 
 

@@ -225,7 +225,8 @@ def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, 
     code = torch.from_numpy(masks["code"])
     return EnsembleClassification(
         label=[LABELS[c] for c in masks["code"].tolist()],
-        S=[S if on else None for S, on in zip(gam.nearest, decided.tolist())], r=torch.from_numpy(np.where(fine, pr.r, 0)),
+        S=[S if on else None for S, on in zip(gam.nearest, decided.tolist())],
+        r=torch.from_numpy(np.where(fine, pr.r, 0)),
         critical_value=torch.from_numpy(np.where(decided, gam.nearest_value, nan)), loss=fo.L, grad_norm=fo.gnorm,
         nearest_S=[S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
         nearest_value=torch.from_numpy(np.where(fine, gam.nearest_value, nan)),

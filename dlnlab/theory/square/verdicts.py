@@ -241,7 +241,8 @@ def input_eps(weights: Sequence[Any]) -> float:
 
 
 def check_ndims(ws: list[torch.Tensor]) -> None:
-    """Raise ValueError unless the weights are one network (every W_h 2-D) or one ensemble (every W_h 3-D with the same E): never a mix."""
+    """Raise ValueError unless the weights are one network (every W_h 2-D) or one ensemble (every W_h
+    3-D with the same E): never a mix."""
     nd = [w.ndim for w in ws]
     if any(n not in (2, 3) for n in nd) or len(set(nd)) != 1:
         raise ValueError("weights must be all 2-D (one network) or all 3-D (an ensemble (E, d_h, d_{h-1})); got "
