@@ -179,19 +179,40 @@ def _block_spectra(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tenso
     return sv
 
 
-def _block_ranks(prep: PreparedData, sources: dict, sv: dict, fro: list, floor_rtol: float, H: int) -> dict:
-    """{key: (rank, rank at thr * band, rank at thr / band, in-band mask, thr)} of every ranked block
-    (numpy: the same float64 comparisons as torch, a fraction of the overhead per operation)."""
+@dataclass
+class _Ranks:
+    """The ranked blocks' numerical ranks over the members, one row per block (`keys`), then one row
+    per known exact rank (`exact`): rank, rank at thr * band (lo), rank at thr / band (hi); in-band
+    mask and threshold of the ranked blocks."""
+    row: dict                   # key (tuple, or an int: an exact rank) -> row
+    rank: np.ndarray            # (rows, E)
+    lo: np.ndarray
+    hi: np.ndarray
+    inside: np.ndarray          # (blocks, E, n): thr / band < s <= thr * band (zero-padded spectra)
+    thr: np.ndarray             # (blocks, E)
+
+
+def _block_ranks(prep: PreparedData, sources: dict, sv: dict, fro: list, floor_rtol: float, H: int,
+                 exact: list, E: int) -> _Ranks:
+    """Rank every block of `sources` at once: their spectra zero-padded into one (blocks, E, n) array
+    (a zero never counts), the thresholds max(rank_rtol * s_1, floor_rtol * prod of the factors'
+    norms) per block and member. numpy: the same float64 comparisons as torch, with a fraction of the
+    overhead per operation (one point runs this path too)."""
     tol, band = prep.tol, prep.tol.rank_band
-    info = {}
-    for key, src in sources.items():
-        sn = sv[key].numpy()
-        s_top = sn[:, 0] if sn.shape[-1] else np.zeros(sn.shape[0])
-        thr = np.maximum(tol.rank_rtol * s_top, floor_rtol * factor_scale(src, fro, prep.sxy_fro, H))
-        t = thr[:, None]
-        above = sn > t / band
-        info[key] = ((sn > t).sum(-1), (sn > t * band).sum(-1), above.sum(-1), above & (sn <= t * band), thr)
-    return info
+    keys = list(sources)
+    S = np.zeros((len(keys), E, max([1] + [sv[k].shape[-1] for k in keys])))
+    for i, k in enumerate(keys):
+        S[i, :, :sv[k].shape[-1]] = sv[k].numpy()
+    scale = np.zeros((len(keys), E))
+    for i, k in enumerate(keys):
+        scale[i] = factor_scale(sources[k], fro, prep.sxy_fro, H)
+    thr = np.maximum(tol.rank_rtol * S[:, :, 0], floor_rtol * scale)
+    t = thr[..., None]
+    above = S > t / band
+    ex = np.repeat(np.array(exact, dtype=np.int64)[:, None], E, 1)
+    row = {**{k: i for i, k in enumerate(keys)}, **{x: len(keys) + i for i, x in enumerate(exact)}}
+    return _Ranks(row, np.concatenate([(S > t).sum(-1), ex]), np.concatenate([(S > t * band).sum(-1), ex]),
+                  np.concatenate([above.sum(-1), ex]), above & (S <= t * band), thr)
 
 
 def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: np.ndarray,
@@ -203,35 +224,39 @@ def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float,
     ch: the partial products {(b, a): W_b..W_a}; fro: [|W_1|_F..|W_H|_F] per member (numpy);
     piv: (E,) bool, the members to test; r: (E,) their ranks."""
     d, H, E = prep.data, len(fro), piv.shape[0]
+    idx = np.nonzero(piv)[0]
+    if not idx.size:
+        n_p = H * (H - 1) // 2
+        return PivotTest(pivots(H), np.zeros(0, dtype=np.int64), np.zeros((E, n_p, 2), dtype=np.int64),
+                         *np.zeros((3, E, n_p), dtype=bool), {}, H, min(dims))
     spec, sources = rank_spec(H, dims, d.assumptions.sxy_rank, prep.sxy_inj, prep.sxy_surj)
     n_p = len(spec)
     ranks = np.zeros((E, n_p, 2), dtype=np.int64)
     flags = np.zeros((3, E, n_p), dtype=bool)
-    idx = np.nonzero(piv)[0]
-    if not idx.size:
-        return PivotTest(list(spec), np.zeros(0, dtype=np.int64), ranks, *flags, {}, H, min(dims))
     if not n_p:  # H = 1: no pivot, so none is loose
         return PivotTest([], np.full(idx.size, _NS, dtype=np.int64), ranks, *flags, {}, H, min(dims))
     every = idx.size == E   # all members tested (one point): no copies of their products
     sv = _block_spectra(prep, ch, sources, None if every else torch.from_numpy(idx), H, singular_values)
-    info = _block_ranks(prep, sources, sv, fro if every else [f[idx] for f in fro], floor_rtol, H)
+    exact = sorted({k for pair in spec.values() for k in pair if not isinstance(k, tuple)})
+    rk_ = _block_ranks(prep, sources, sv, fro if every else [f[idx] for f in fro], floor_rtol, H, exact,
+                       idx.size)
     rr = r[idx]
-    cols = []
-    for (k1, k2) in spec.values():
-        b = [info[k] if isinstance(k, tuple) else (np.full_like(rr, k),) * 3 for k in (k1, k2)]
-        cols.append((b[0][0], b[1][0], (b[0][0] > rr) & (b[1][0] > rr), (b[0][1] > rr) & (b[1][1] > rr),
-                     ~((b[0][2] <= rr) | (b[1][2] <= rr)), (b[0][0] < rr) | (b[1][0] < rr)))
-    rk = np.stack([np.stack([c[0], c[1]], -1) for c in cols], 1)
-    loose, certain, unsure, prop4 = (np.stack([c[n] for c in cols], 1) for n in range(2, 6))
-    unsure &= ~certain
-    strict, amb = certain.any(1), unsure.any(1)
+    i1 = np.array([rk_.row[k1] for k1, _ in spec.values()])
+    i2 = np.array([rk_.row[k2] for _, k2 in spec.values()])
+    b1, b2 = rk_.rank[i1], rk_.rank[i2]                       # (n_pivots, members)
+    loose = (b1 > rr) & (b2 > rr)
+    certain = (rk_.lo[i1] > rr) & (rk_.lo[i2] > rr)
+    unsure = ~((rk_.hi[i1] <= rr) | (rk_.hi[i2] <= rr)) & ~certain
+    prop4 = (b1 < rr) | (b2 < rr)
+    strict, amb = certain.any(0), unsure.any(0)
     code = np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64)
-    ranks[idx], flags[0, idx], flags[1, idx], flags[2, idx] = rk, loose, unsure, prop4
-    amb_values = _gap_values(list(spec.values()), sv, info, idx, amb & ~strict, unsure)
+    ranks[idx] = np.stack([b1, b2], -1).transpose(1, 0, 2)
+    flags[0, idx], flags[1, idx], flags[2, idx] = loose.T, unsure.T, prop4.T
+    amb_values = _gap_values(list(spec.values()), sv, rk_, idx, amb & ~strict, unsure.T)
     return PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
 
 
-def _gap_values(keys: list, sv: dict, info: dict, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:
+def _gap_values(keys: list, sv: dict, rk: _Ranks, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:
     """{member: ((block, singular value, threshold), ...)} of the ambiguous members (rare)."""
     out = {}
     for n in np.nonzero(amb)[0].tolist():
@@ -239,7 +264,8 @@ def _gap_values(keys: list, sv: dict, info: dict, idx: np.ndarray, amb: np.ndarr
         for p in np.nonzero(unsure[n])[0].tolist():
             for key in keys[p]:
                 if isinstance(key, tuple):
-                    s, band_mask, thr = sv[key][n].numpy(), info[key][3][n], float(info[key][4][n])
+                    s, i = sv[key][n].numpy(), rk.row[key]
+                    band_mask, thr = rk.inside[i, n, :s.shape[-1]], float(rk.thr[i, n])
                     vals += [(block_name(key), v, thr) for v in s[band_mask].tolist()]
         out[int(idx[n])] = tuple(vals)
     return out

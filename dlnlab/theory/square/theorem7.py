@@ -73,12 +73,19 @@ def _finite(mats: list) -> torch.Tensor:
     return finite_members(mats)
 
 
-def _first_order(d, weights: list, ch: dict, finite: torch.Tensor, given: bool) -> _FirstOrder:
+def _first_order(d, weights: list, ch: dict, finite: torch.Tensor | None, given: bool) -> _FirstOrder:
     """Step 1's numbers. Members with a non-finite product are zeroed in `ch` and `weights` (the
     batch's SVDs stay finite); their loss and gradient are read before. given: the products were
-    handed in, so a member marked not finite may hold zeros instead of its own products."""
+    handed in, so a member marked not finite may hold zeros instead of its own products.
+
+    finite None (products of `partial_products`): a finite loss and gradient norm mean finite
+    products, so they are the test. A non-finite entry of W_b..W_a makes every product of the
+    chain W_H..W_a that contains it non-finite (inf * 0 is NaN), and W_H..W_a enters the gradient
+    of W_{a-1} (a > 1) or the loss (a = 1)."""
     H, E = len(weights), weights[0].shape[0]
     L, gnorm = _loss_grad(d, ch, H)
+    if finite is None:
+        finite = torch.isfinite(L) & torch.isfinite(gnorm)
     none = np.zeros(E, dtype=bool)
     nonfinite, redo = none, none
     if not bool(finite.all()):
@@ -196,8 +203,8 @@ def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, produ
     gtol = tol.grad_atol + max(tol.grad_rtol, tol.grad_eps * eps) * d.tr_syy
     floor_rtol = max(tol.rank_floor_rtol, tol.rank_floor_eps * eps)
     ch = products if products is not None else partial_products(weights)
-    if finite is None:  # partial_products holds the weights themselves as (h, h)
-        finite = _finite(list(ch.values()) if products is None else [*ch.values(), *weights])
+    if finite is None and products is not None:
+        finite = _finite([*ch.values(), *weights])
     fo = _first_order(d, weights, ch, finite, products is not None)
     gam = _gamma(prep, fo.ch[(H, 1)])
     fro = [torch.linalg.matrix_norm(w).numpy() for w in fo.weights]  # the noise floors: numpy arithmetic
@@ -223,6 +230,7 @@ def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, 
     """The verdicts as columns (members that are not finite: r = 0, no nearest plateau, no Gamma)."""
     nan, fine, decided = float("nan"), fo.fine, masks["decided"]
     code = torch.from_numpy(masks["code"])
+    gdiag = gam.diag if fine.all() else torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan)
     return EnsembleClassification(
         label=[LABELS[c] for c in masks["code"].tolist()],
         S=[S if on else None for S, on in zip(gam.nearest, decided.tolist())],
@@ -230,7 +238,7 @@ def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, 
         critical_value=torch.from_numpy(np.where(decided, gam.nearest_value, nan)), loss=fo.L, grad_norm=fo.gnorm,
         nearest_S=[S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
         nearest_value=torch.from_numpy(np.where(fine, gam.nearest_value, nan)),
-        gamma_diag=torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan), reason=reasons, warnings=warns,
+        gamma_diag=gdiag, reason=reasons, warnings=warns,
         r_max=min(dims), H=len(dims) - 1, grad_tol=gtol, assumptions_ok=prep.data.assumptions.ok, code=code,
         pivots=pt.pivots, pivot_ran=torch.from_numpy(masks["piv"]), block_ranks=torch.from_numpy(pt.block_ranks),
         loose=torch.from_numpy(pt.loose), ambiguous_values={**pr.gap_values(masks["amb_rank"]), **pt.amb_values},
