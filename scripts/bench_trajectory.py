@@ -170,8 +170,7 @@ def projection_labels_margin(E: int) -> None:
 
     def old():
         p = project_to_critical(ws, data, label=False, classifier=clf)
-        return [c.label for c in (clf._classify_one([w[e] for w in p.weights_proj], False, "auto", 2.0 ** -52)
-                                  for e in range(E))]
+        return [clf.classify([w[e] for w in p.weights_proj]).label for e in range(E)]
     t_old, labels = timed(old, max(1, n // 3))
     assert labels == pr.near_label == pc.near_label
     pp = partial_products(ws)

@@ -58,9 +58,9 @@ def _loss_grad(d, ch: dict, H: int) -> tuple[torch.Tensor, torch.Tensor]:
     L = (Ew * Ew).sum((-1, -2)) + d.ls_loss
     G = 2.0 * (Err @ d.Sxx)
     g2 = torch.zeros(P.shape[0], dtype=torch.float64)
-    for h in range(1, H + 1):
-        left = G if h == H else ch[(H, h + 1)].transpose(-1, -2) @ G
-        gh = left if h == 1 else left @ ch[(h - 1, 1)].transpose(-1, -2)
+    for h in range(1, H + 1):  # bmm: the kernel `@` calls for two stacks, without its reshapes
+        left = G if h == H else torch.bmm(ch[(H, h + 1)].transpose(-1, -2), G)
+        gh = left if h == 1 else torch.bmm(left, ch[(h - 1, 1)].transpose(-1, -2))
         g2 = g2 + (gh * gh).sum((-1, -2))
     return L, torch.sqrt(g2)
 
@@ -84,8 +84,10 @@ def _first_order(d, weights: list, ch: dict, finite: torch.Tensor | None, given:
     of W_{a-1} (a > 1) or the loss (a = 1)."""
     H, E = len(weights), weights[0].shape[0]
     L, gnorm = _loss_grad(d, ch, H)
+    ok = None
     if finite is None:
         finite = torch.isfinite(L) & torch.isfinite(gnorm)
+        ok = finite.numpy()
     none = np.zeros(E, dtype=bool)
     nonfinite, redo = none, none
     if not bool(finite.all()):
@@ -97,7 +99,8 @@ def _first_order(d, weights: list, ch: dict, finite: torch.Tensor | None, given:
         keep = finite.view(-1, 1, 1)
         ch = {k: torch.where(keep, p, 0.0) for k, p in ch.items()}
         weights = [torch.where(keep, w, 0.0) for w in weights]
-    ok = (finite & torch.isfinite(gnorm) & torch.isfinite(L)).numpy()
+    if ok is None:
+        ok = (finite & torch.isfinite(gnorm) & torch.isfinite(L)).numpy()
     overflow = ~nonfinite & ~redo & ~ok
     return _FirstOrder(L, gnorm, ch, weights, nonfinite, overflow, redo, ~(nonfinite | overflow | redo))
 
