@@ -15,8 +15,8 @@ from dlnlab.experiments.config import Config, ConfigError
 from dlnlab.experiments.run import RunSummary, run
 from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook, Record
-from dlnlab.theory.classify import Classifier, Tolerances, classify
-from dlnlab.theory.critical import critical_values, plateau_values
+from dlnlab.theory.square.classify import Classifier, Tolerances, classify
+from dlnlab.theory.square.critical import critical_values, plateau_values
 from dlnlab.train import Trainer
 
 try:

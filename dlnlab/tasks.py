@@ -29,7 +29,7 @@ import torch
 
 from dlnlab.linalg import forward, product, random_orthogonal
 from dlnlab.losses import Loss
-from dlnlab.theory.data import LandscapeData
+from dlnlab.theory.square.data import LandscapeData
 
 
 class DataError(ValueError):
@@ -188,7 +188,7 @@ class RegressionTask(_LossOfTask):
         return (self.X, self.Y) if self.square_loss else None
 
     def convex_data(self):
-        """(X, canonical targets) of the convex reference ell* (dlnlab.theory.convex_reference)."""
+        """(X, canonical targets) of the convex reference ell* (dlnlab.theory.convex.reference)."""
         return self.X, (self.Y if self.targets is None else self.targets)
 
 

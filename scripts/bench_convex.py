@@ -1,4 +1,4 @@
-"""Benchmark of dlnlab.theory.convex against the issue's targets (float64, one torch thread):
+"""Benchmark of dlnlab.theory.convex.labels against the issue's targets (float64, one torch thread):
 labelling one checkpoint <= 20 ms at H = 4, width 32, m = 256 (Hessian excluded); ell* <= 2 s at
 d_in = 64, d_out = 10, m = 2000."""
 import time
@@ -6,7 +6,7 @@ import time
 import torch
 
 from dlnlab.losses import make_loss
-from dlnlab.theory.convex import ConvexLabeller, convex_reference
+from dlnlab.theory.convex.labels import ConvexLabeller, convex_reference
 
 F64 = torch.float64
 

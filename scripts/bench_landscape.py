@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.hessian import hessian_min_eig
-from dlnlab.theory.points import random_global_min, saddle_family
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.hessian import hessian_min_eig
+from dlnlab.theory.square.points import random_global_min, saddle_family
 
 F64 = torch.float64
 

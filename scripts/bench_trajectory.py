@@ -22,11 +22,11 @@ import torch
 
 from dlnlab.linalg import partial_products, product, singular_values
 from dlnlab.tasks import make_regression
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.critical import loss_of_product
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.lanczos import SquareLossHVP
-from dlnlab.theory.trajectory import curvature, project_to_critical, tight_margin
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.critical import loss_of_product
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.lanczos import SquareLossHVP
+from dlnlab.theory.square.trajectory import curvature, project_to_critical, tight_margin
 
 
 def checkpoints(data, dims, E, eps, steps, lr, gen):
@@ -170,8 +170,7 @@ def projection_labels_margin(E: int) -> None:
 
     def old():
         p = project_to_critical(ws, data, label=False, classifier=clf)
-        return [c.label for c in (clf._classify_one([w[e] for w in p.weights_proj], False, "auto", 2.0 ** -52)
-                                  for e in range(E))]
+        return [clf.classify([w[e] for w in p.weights_proj]).label for e in range(E)]
     t_old, labels = timed(old, max(1, n // 3))
     assert labels == pr.near_label == pc.near_label
     pp = partial_products(ws)

@@ -8,7 +8,7 @@ import time
 
 from dlnlab import Hook, compose, run
 from dlnlab.recording.jumps import RankJumpHook
-from dlnlab.theory.ridge_modes import RankTolerances
+from dlnlab.theory.ridge.modes import RankTolerances
 
 OVERRIDES = ["optim=sgd", "optim.steps=600", "optim.lr=0.02", "optim.batch_size=2", "model.ensemble=4",
              "optim.milestones=[200,400]", "optim.ridge_values=[0.0,0.01,0.001]", "record.every=10",

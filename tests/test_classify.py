@@ -1,4 +1,4 @@
-"""dlnlab.theory.classify: Theorem 7 on the hand-checkable oracles O1-O18 (the oracles of docs/theory.md §4), on random exact critical
+"""dlnlab.theory.square.classify: Theorem 7 on the hand-checkable oracles O1-O18 (the oracles of docs/theory.md §4), on random exact critical
 points (checked against an independent float64 Hessian), and on the edge cases (ambiguity band, d_y > d_x,
 failing assumptions, ensembles, approximate training points)."""
 
@@ -11,11 +11,11 @@ import torch
 from landscape_data import clean_data, data_loss, gaussian_data, random_dims
 
 from dlnlab import theory
-from dlnlab.theory.classify import Classifier, Tolerances, classify
-from dlnlab.theory.critical import critical_values
-from dlnlab.theory.data import LandscapeData, dims_of
-from dlnlab.theory.hessian import hessian_min_eig
-from dlnlab.theory.points import (
+from dlnlab.theory.square.classify import Classifier, Tolerances, classify
+from dlnlab.theory.square.critical import critical_values
+from dlnlab.theory.square.data import LandscapeData, dims_of
+from dlnlab.theory.square.hessian import hessian_min_eig
+from dlnlab.theory.square.points import (
     enumeration_points,
     escape_path,
     normal_form,

@@ -1,7 +1,7 @@
-"""dlnlab.theory.classify_batch: the batched Theorem 7 classifier gives, member for member, exactly the
-Classification of the per-point path (Classifier._classify_one): every field, on the oracles of
+"""dlnlab.theory.square.theorem7: classifying an ensemble gives, member for member, exactly the
+Classification of each member classified on its own (a batch of one, Classifier.classify): every field, on the oracles of
 docs/theory.md §4 stacked by shape, on random ensembles mixing every label kind and every branch
-(including the ones handed to the per-point path), on data outside Assumption 1, with float32 input,
+(non-finite and overflowing members included), on data outside Assumption 1, with float32 input,
 and with the products and singular values of the metrics hook passed in."""
 
 import math
@@ -13,23 +13,20 @@ from landscape_data import clean_data, gaussian_data
 from test_classify import ORACLES, _mirror_O7
 
 from dlnlab.linalg import partial_products, singular_values
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.classify_batch import LABELS
-from dlnlab.theory.points import (
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.verdicts import LABELS
+from dlnlab.theory.square.points import (
     random_global_min,
     random_normal_form_point,
     saddle_family,
 )
-from dlnlab.theory.verdicts import input_eps
 
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
 
 
 def per_member(clf, stacked):
-    eps = input_eps(stacked)
-    ws = [w.double() for w in stacked]
-    return [clf._classify_one([w[e] for w in ws], False, "auto", eps) for e in range(ws[0].shape[0])]
+    return [clf.classify([w[e] for w in stacked]) for e in range(stacked[0].shape[0])]
 
 
 FLOATS = ("loss", "grad_norm", "gamma_diag")  # sums over small matrices: bmm and mm may round differently
@@ -181,7 +178,7 @@ def test_width_32_ensemble_is_bit_identical():
 def test_pivot_test_is_batched_and_agrees(dims):
     """Tightened (non-strict) and loose (strict) saddles of S = {1..r}, every r < r_max, batched with
     points of the other branches: the pivot test runs for all of them at once (nobody is handed to
-    the per-point path) and agrees with it, block ranks and loose pivots included."""
+    a member-by-member path) and agrees with each member classified alone, block ranks and loose pivots included."""
     X, Y = gaussian_data(14, 6, 4, seed=7)
     clf = Classifier(X, Y)
     pts, want = [], []
@@ -194,7 +191,7 @@ def test_pivot_test_is_batched_and_agrees(dims):
     want.append("global_min")
     stacked = [torch.stack([p[h] for p in pts]) for h in range(len(dims) - 1)]
     b = clf.classify_ensemble(stacked)
-    assert b.single == {} and b.label == want
+    assert b.label == want
     assert bool(b.pivot_ran[:-1].all()) and not bool(b.pivot_ran[-1])
     assert assert_same(clf, stacked) == want
     assert all(c.loose_pivots for c, w in zip(b.members(), want) if w == "strict_saddle")

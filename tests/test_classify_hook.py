@@ -179,7 +179,7 @@ def test_classify_cli_labels_a_cross_entropy_run_as_its_convex_hook_did(tmp_path
 
 
 def test_classify_cli_ridge_completion_prints_ranks_balance_and_modes(tmp_path, capsys):
-    """lambda > 0: the CLI labels by first and second order (dlnlab.theory.ridge_labels.classify) and prints the layer
+    """lambda > 0: the CLI labels by first and second order (dlnlab.theory.ridge.labels.classify) and prints the layer
     ranks, B_r membership, balancedness, the balanced identity and (fully observed completion) the mode
     table."""
     cfg = compose(["task=matrix_completion", "optim.ridge=0.01", "optim.steps=50", "record.every=50",

@@ -4,17 +4,17 @@ import torch
 
 from dlnlab.linalg import product
 from dlnlab.losses import make_loss
-from dlnlab.theory.classify import classify
-from dlnlab.theory.convex import (
+from dlnlab.theory.square.classify import classify
+from dlnlab.theory.convex.labels import (
     ConvexLabeller,
     ConvexTolerances,
     convex_reference,
     label_convex,
     width_condition,
 )
-from dlnlab.theory.convex_certificate import curvature
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.points import random_global_min, saddle_family
+from dlnlab.theory.convex.certificate import curvature
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.points import random_global_min, saddle_family
 
 F64 = torch.float64
 
@@ -185,7 +185,7 @@ def test_exact_stiemke_certificate_and_newton_polish():
     the probabilities at the optimum, M^T M in closed form, and Newton reaches rounding level."""
     import numpy as np
 
-    from dlnlab.theory import convex_newton as cn
+    from dlnlab.theory.convex import newton as cn
 
     X, y = ce_data(m=80, d_in=4, C=3, seed=5)
     Xn, T = X.numpy(), torch.nn.functional.one_hot(y, 3).double().numpy()
@@ -209,7 +209,7 @@ def test_reference_without_the_lp_agrees_with_the_lp(name, monkeypatch):
     same verdict and value."""
     import sys
 
-    cr = sys.modules["dlnlab.theory.convex_reference"]
+    cr = sys.modules["dlnlab.theory.convex.reference"]
     X, y = ce_data(m=200, d_in=5, C=1 if name == "logistic" else 4, noise=1.0, seed=3)
     if name == "logistic":
         y = torch.sign(X[:, 0] + torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=F64))

@@ -3,8 +3,8 @@ loss (pseudo_huber, small delta) a saddle with a descent certificate."""
 import pytest
 import torch
 
-from dlnlab.theory.convex_certificate import curvature
-from dlnlab.theory.convex_counterexample import (
+from dlnlab.theory.convex.certificate import curvature
+from dlnlab.theory.convex.counterexample import (
     counterexample_objective,
     nonsmooth_counterexample,
 )

@@ -1,4 +1,4 @@
-"""dlnlab.theory.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
+"""dlnlab.theory.square.hessian: HVPs and smallest Hessian eigenvalue for generic closures; full vs Lanczos."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from landscape_data import data_loss, gaussian_data
 
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.hessian import (
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.hessian import (
     flatten,
     full_hessian,
     hessian_min_eig,
@@ -17,7 +17,7 @@ from dlnlab.theory.hessian import (
     square_loss_fn,
     unflatten,
 )
-from dlnlab.theory.points import random_global_min, saddle_family
+from dlnlab.theory.square.points import random_global_min, saddle_family
 
 F64 = torch.float64
 # torch loads its forward-mode AD decompositions with torch.jit.script on first use (a torch-internal warning)

@@ -24,8 +24,8 @@ from dlnlab.recording.jumps import RankJumpHook
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.runfolder import EVENT_COLUMNS, REPORT_TB_DIR
 from dlnlab.tasks import make_completion, make_regression
-from dlnlab.theory.ridge_labels import ridge_loss_fn
-from dlnlab.theory.ridge_modes import (
+from dlnlab.theory.ridge.labels import ridge_loss_fn
+from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     RankTolerances,
     balanced_mode_point,
@@ -396,7 +396,7 @@ def test_tracker_at_depth_2_logs_increases_without_a_finding(caplog):
 
 
 def test_tracker_labels_points_on_request(r1_task):
-    """label_every=1: each record also gets the second-order label (dlnlab.theory.ridge_labels.classify)."""
+    """label_every=1: each record also gets the second-order label (dlnlab.theory.ridge.labels.classify)."""
     Y = r1_task.observed_matrix()
     y = torch.linalg.svdvals(Y)
     xs = [mode_roots(float(y[i]), LAM, A_R1, 3)[1] for i in range(2)]

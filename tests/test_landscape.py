@@ -9,16 +9,16 @@ import torch
 from landscape_data import clean_data, data_loss, gaussian_data, random_dims
 
 from dlnlab.linalg import product
-from dlnlab.theory.classify import classify
-from dlnlab.theory.critical import (
+from dlnlab.theory.square.classify import classify
+from dlnlab.theory.square.critical import (
     critical_values,
     grad_norm,
     loss,
     loss_and_grad,
     plateau_values,
 )
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.points import (
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.points import (
     apply_gauge,
     enumeration_points,
     escape_path,

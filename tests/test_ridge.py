@@ -1,4 +1,4 @@
-"""Labels of regularised / completion landscapes (dlnlab.theory.ridge_labels) against closed forms and independent
+"""Labels of regularised / completion landscapes (dlnlab.theory.ridge.labels) against closed forms and independent
 computations: docs/theory.md §7 and A.3, the depth-2 strict saddle, perturbation checks."""
 import math
 
@@ -7,9 +7,9 @@ import torch
 
 from dlnlab.model import DeepLinearNet
 from dlnlab.tasks import CompletionTask, make_completion, make_regression
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_labels import orbit_basis, ridge_loss_fn
-from dlnlab.theory.ridge_modes import (
+from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.ridge.labels import orbit_basis, ridge_loss_fn
+from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     RankTolerances,
     balanced_mode_point,

@@ -18,13 +18,13 @@ from dlnlab.experiments.run import run
 from dlnlab.linalg import partial_products, product, singular_values
 from dlnlab.recording.base import Hook
 from dlnlab.tasks import make_regression
-from dlnlab.theory.critical import loss_of_product, plateau_values
-from dlnlab.theory.data import LandscapeData
-from dlnlab.theory.hessian import full_hessian, square_loss_fn
-from dlnlab.theory.lanczos import SquareLossHVP, lanczos_extremes
-from dlnlab.theory.pivots import b1_cores, block_sources, sandwiches
-from dlnlab.theory.points import normal_form, saddle_family
-from dlnlab.theory.trajectory import (
+from dlnlab.theory.square.critical import loss_of_product, plateau_values
+from dlnlab.theory.square.data import LandscapeData
+from dlnlab.theory.square.hessian import full_hessian, square_loss_fn
+from dlnlab.theory.square.lanczos import SquareLossHVP, lanczos_extremes
+from dlnlab.theory.square.pivots import b1_cores, block_sources, sandwiches
+from dlnlab.theory.square.points import normal_form, saddle_family
+from dlnlab.theory.square.trajectory import (
     DEFAULT,
     TrajectoryTolerances,
     curvature,

@@ -21,15 +21,15 @@ from dlnlab.recording.classifier import tolerances_from_config
 from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
 from dlnlab.runfolder import CHECKPOINTS_DIR, LAST_CHECKPOINT
 from dlnlab.tasks import with_loss
-from dlnlab.theory.classify import classify
-from dlnlab.theory.convex import ConvexLabeller
-from dlnlab.theory.convex_reference import convex_reference
-from dlnlab.theory.ridge_labels import classify as ridge_classify
+from dlnlab.theory.square.classify import classify
+from dlnlab.theory.convex.labels import ConvexLabeller
+from dlnlab.theory.convex.reference import convex_reference
+from dlnlab.theory.ridge.labels import classify as ridge_classify
 from dlnlab.train import Schedule
 
 # Classification fields that are losses (or their gradient), printed in paper and lab units
 _LOSS_FIELDS = ("loss", "critical_value", "nearest_value", "grad_norm", "grad_tol")
-# mode-table columns shown for ridge / partial-completion labels (dlnlab.theory.ridge_modes.mode_table)
+# mode-table columns shown for ridge / partial-completion labels (dlnlab.theory.ridge.modes.mode_table)
 _MODE_COLUMNS = ("mode", "y", "threshold", "s", "s_on", "s_barrier", "barrier_height", "state", "could_switch_off")
 
 

@@ -35,7 +35,7 @@ from dlnlab.recording.table import TableHook
 from dlnlab.recording.tensorboard import TensorBoardHook
 from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.tasks import with_loss
-from dlnlab.theory.convex_reference import WidthReport, width_condition
+from dlnlab.theory.convex.reference import WidthReport, width_condition
 from dlnlab.train import RecordSettings, Schedule, Trainer
 
 

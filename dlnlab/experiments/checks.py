@@ -16,7 +16,7 @@ from dlnlab.experiments.guards import check_keys, check_memory, check_name, laye
 from dlnlab.experiments.task_kinds import TASK_KINDS, TASKS
 from dlnlab.losses import LOSSES, LossError, make_loss
 from dlnlab.model import INITS
-from dlnlab.theory.ridge_modes import LabelTolerances, RankTolerances
+from dlnlab.theory.ridge.modes import LabelTolerances, RankTolerances
 
 __all__ = ["validate", "check_model", "check_optim", "check_loss", "check_record", "check_classify",
            "check_run", "check_jumps", "check_options", "check_fit", "label_tolerances", "rank_tolerances",

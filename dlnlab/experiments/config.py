@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 from dlnlab.experiments.fields import ConfigError, need, option
 from dlnlab.experiments.task_kinds import TASKS
-from dlnlab.theory.classify import TRAINING_TOLERANCES
+from dlnlab.theory.square.classify import TRAINING_TOLERANCES
 
 __all__ = [
     # schemas (the task schemas: dlnlab.experiments.task_kinds)
@@ -142,19 +142,19 @@ class JumpsConfig:
     bal_rtol: float = option(
         2.0,
         "B_r: max_h ||W_{h+1}^T W_{h+1} - W_h W_h^T||_F <= bal_rtol ||theta||^2 / H (the ratio is <= H; SGD "
-        "members of R1 measure 0.13-1.51: see dlnlab.theory.ridge_modes.RankTolerances)")
+        "members of R1 measure 0.13-1.51: see dlnlab.theory.ridge.modes.RankTolerances)")
     norm_bound: Optional[float] = option(None, "B_r: ||theta||^2 <= norm_bound (null: no bound)")
     gd_every: Optional[int] = option(None, "record cadence of the GD reference phase (null: record.every)")
     label_every: int = option(
         0,
-        "Labels (dlnlab.theory.ridge_labels.classify) in the tracked tables (column ridge_label): every "
+        "Labels (dlnlab.theory.ridge.labels.classify) in the tracked tables (column ridge_label): every "
         "label_every-th record (0: none) of every phase. A label costs ~1 ms per member off criticality, ~50 ms "
         "per critical member (full Hessian, R1 size), so label_every = 1 on a GD phase adds ~50 ms a record.")
     label_final: bool = option(
         True,
         "label the last record of every phase (all members), and the warm-up and GD end points in "
         "jumps_summary.json (with the A.3 mode table)")
-    # Label tolerances (dlnlab.theory.ridge_modes.LabelTolerances, same names and defaults; all plumbed by
+    # Label tolerances (dlnlab.theory.ridge.modes.LabelTolerances, same names and defaults; all plumbed by
     # dlnlab.experiments.checks.label_tolerances), also for the classifier hook's ridge labels (`label`):
     grad_tol: float = option(1.0e-7, "||grad|| <= grad_tol is critical")
     eig_rtol: float = option(1.0e-6, "Hessian eigenvalues within max(eig_rtol * rho, eig_atol) of 0 count as 0")
@@ -202,7 +202,7 @@ class ConvexLossesConfig:
 @dataclass
 class ClassifyConfig:
     """Labels of every checkpoint (dlnlab.recording.classifier). Training iterates are only approximately
-    critical, hence looser tolerances than dlnlab.theory.classify's defaults for exact points."""
+    critical, hence looser tolerances than dlnlab.theory.square.classify's defaults for exact points."""
     enabled: bool = option(True, "label the records (Theorem 7; ridge labels off the square loss)")
     every_records: int = option(1, "Theorem 7 labels every n-th record (about 1 ms per member)")
     grad_rtol: float = option(

@@ -3,7 +3,7 @@
 Cells: loss (cross-entropy, Huber) x depth H x hidden width (>= min(d_in, d_out): the width condition
 holds; below: a bottleneck). Each cell trains `inits` networks from the same initialisations twice:
 scipy L-BFGS-B on theta (float64, one run per init) and full-batch GD (the inits as one ensemble, the
-trainer's factored step). ell* is the convex reference over all matrices (dlnlab.theory.convex_reference),
+trainer's factored step). ell* is the convex reference over all matrices (dlnlab.theory.convex.reference),
 so a bottleneck cell can only reach its (unknown) rank-constrained optimum, above ell*.
 
     from dlnlab import compose
@@ -30,7 +30,7 @@ from scipy.optimize import minimize
 from dlnlab.losses import make_loss, product_value_grad
 from dlnlab.model import DeepLinearNet
 from dlnlab.tasks import RegressionTask, with_loss
-from dlnlab.theory.convex_reference import convex_reference, width_condition
+from dlnlab.theory.convex.reference import convex_reference, width_condition
 from dlnlab.train import Trainer
 
 F64 = torch.float64

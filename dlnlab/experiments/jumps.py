@@ -56,9 +56,9 @@ from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Hook
 from dlnlab.recording.jumps import RankJumpHook
 from dlnlab.runfolder import SUMMARY_FILE, atomic_write, remove_tmp_files, write_json
-from dlnlab.theory.ridge_labels import RidgePoint
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_modes import LabelTolerances, mode_threshold, tie_value
+from dlnlab.theory.ridge.labels import RidgePoint
+from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.ridge.modes import LabelTolerances, mode_threshold, tie_value
 from dlnlab.train import Schedule, Trainer
 
 log = logging.getLogger(__name__)

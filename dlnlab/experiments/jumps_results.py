@@ -3,7 +3,7 @@
 `to_dict()` gives that file's JSON, with the keys and their order as before (the report, old folders and
 a resume read it); `from_dict` reads a phase back for a resume. The tracker and label entries stay the
 plain dicts their producers declare (dlnlab.recording.jumps.RankJumpHook.summary,
-dlnlab.theory.ridge_labels.RidgePoint.to_dict).
+dlnlab.theory.ridge.labels.RidgePoint.to_dict).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The classifier in training runs: a hook that labels every checkpoint of every member.
 
 Square loss with lambda = 0 (regression, or fully observed completion): Theorem 7 through
-`dlnlab.theory.classify.Classifier`, with the tolerances of `classify.*` (training iterates are only
+`dlnlab.theory.square.classify.Classifier`, with the tolerances of `classify.*` (training iterates are only
 approximately critical, hence looser defaults than for exact points), plus the nearest plateau
 ("on the plateau of S = {1,2}") read from the product even where the gradient is not small.
 Ridge lambda > 0 or a partially observed completion: Theorem 7 does not apply, so the point is
-labelled by first and second order (`dlnlab.theory.ridge_labels.classify`: Hessian-vector products, costly), at
+labelled by first and second order (`dlnlab.theory.ridge.labels.classify`: Hessian-vector products, costly), at
 the last record and every `ridge_every` records.
 
 Units: the classifier works in the landscape paper's units (loss = SUM over samples, or over the N
@@ -35,10 +35,10 @@ from dlnlab.recording.base import (
     split_columns,
     stack_weights,
 )
-from dlnlab.theory.classify import TRAINING_TOLERANCES, Classifier, Tolerances
-from dlnlab.theory.classify_batch import LABELS
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_modes import LabelTolerances
+from dlnlab.theory.square.classify import TRAINING_TOLERANCES, Classifier, Tolerances
+from dlnlab.theory.square.verdicts import LABELS
+from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.ridge.modes import LabelTolerances
 
 log = logging.getLogger(__name__)
 

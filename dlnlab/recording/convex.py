@@ -2,13 +2,13 @@
 
 Used instead of the Theorem 7 classifier when `loss` is not the square loss (or has a product ridge).
 At the start: the convex reference ell* = inf_A ell(A) (+ mu ||A||_F^2), once per run
-(`dlnlab.theory.convex_reference.convex_reference`), with the no-minimiser test; it goes into
+(`dlnlab.theory.convex.reference.convex_reference`), with the no-minimiser test; it goes into
 `trainer.info`, hence status.json and the hparams: `convex_reference`, `convex_reference_converged`,
 `no_minimiser`, `no_minimiser_evidence`.
 
 Columns (per member, docs/columns.md): `convex_gap` = ell(A) - ell* (lab loss units; with a
 bottleneck ell* is only a lower bound), `grad_l_norm` = ||grad ell(A)||_F / ||grad ell(0)||_F
-(unit-free), `convex_label` (dlnlab.theory.convex.LABELS), `convex_label_code` (for step charts),
+(unit-free), `convex_label` (dlnlab.theory.convex.labels.LABELS), `convex_label_code` (for step charts),
 `convex_reason`. The Hessian (strict / non-strict split) is computed at the last record only; earlier
 critical points with grad ell(A) != 0 are `strict_saddle` when a certificate shows negative curvature,
 else `undetermined`.
@@ -22,8 +22,8 @@ import torch
 from dlnlab.linalg import finite_members
 from dlnlab.losses import make_loss
 from dlnlab.recording.base import Hook, Record, nth_due
-from dlnlab.theory.convex import ConvexLabeller
-from dlnlab.theory.convex_reference import ConvexTolerances, convex_reference
+from dlnlab.theory.convex.labels import ConvexLabeller
+from dlnlab.theory.convex.reference import ConvexTolerances, convex_reference
 
 log = logging.getLogger(__name__)
 

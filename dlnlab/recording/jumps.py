@@ -29,8 +29,8 @@ from dlnlab.runfolder import (
     events_frame,
     quartiles,
 )
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_modes import (
+from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     RankState,
     RankTolerances,
@@ -57,7 +57,7 @@ class RankJumpHook(Hook):
     (max_l #{s_i(W_l) > layer_tol}) and `jump_label` ("B<r>": the point lies in B_r, r its layer rank,
     i.e. it is balanced within bal_rtol and norm-bounded; "outside" otherwise), and with labels on
     (every `label_every`-th record, and the last record with `label_final`) `ridge_label`
-    (dlnlab.theory.ridge_labels.classify: not_critical, strict_saddle, local_min or degenerate; "" on records
+    (dlnlab.theory.ridge.labels.classify: not_critical, strict_saddle, local_min or degenerate; "" on records
     without a label).
 
     Cost of labels: a point that is not critical costs one gradient (~1 ms); a critical one a full

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from dlnlab.theory.data import format_S
+from dlnlab.theory.square.data import format_S
 
 __all__ = ["StaircaseTolerances", "staircase", "plateau_table", "format_staircase", "staircase_markdown"]
 
@@ -42,7 +42,7 @@ class StaircaseTolerances:
 
 
 def plateau_table(plateau_values: Any, paper_scale: float = 1.0) -> pd.DataFrame:
-    """Plateau values as a frame (S, r, value), from dlnlab.theory.critical.plateau_values (objects or its
+    """Plateau values as a frame (S, r, value), from dlnlab.theory.square.critical.plateau_values (objects or its
     frame), a sequence of (S, value) pairs, or plain values (the r-th is S = {1..r}); values / paper_scale."""
     if isinstance(plateau_values, pd.DataFrame):
         rows = [(tuple(_parse_S(s)), float(v)) for s, v in zip(plateau_values["S"], plateau_values["value"])]

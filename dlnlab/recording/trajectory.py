@@ -2,7 +2,7 @@
 
 A checkpoint on a plateau is near a critical point, never at one, so Theorem 7's exact `label` is
 often `ambiguous` there. This hook projects each member onto an exactly critical point of the
-nearest plateau S = {1..r} (`dlnlab.theory.trajectory.project_to_critical`) and labels that point
+nearest plateau S = {1..r} (`dlnlab.theory.square.trajectory.project_to_critical`) and labels that point
 (`near_label`), and measures how far the checkpoint is from it and how curved the loss is there.
 
 Only in the square-loss Theorem-7 mode (the task has landscape data and lambda = 0 throughout): the
@@ -35,9 +35,9 @@ from dlnlab.recording.base import (
     stack_weights,
 )
 from dlnlab.recording.staircase import staircase, staircase_markdown
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.critical import plateau_values
-from dlnlab.theory.trajectory import (
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.critical import plateau_values
+from dlnlab.theory.square.trajectory import (
     CurvatureState,
     curvature,
     project_to_critical,

@@ -1,104 +1,98 @@
-"""The theory layer: everything dlnlab knows about the landscape, in float64 (docs/theory.md).
+"""The theory layer: everything dlnlab knows about the landscape, in float64 (docs/theory.md), one
+subpackage per theory:
 
-Square loss (Achour, Malgouyres & Gerchinovitz, JMLR 2024): `data` (statistics, Assumption 1),
-`critical` (critical and plateau values, closed-form loss and gradient), `points` (generators of
-labelled points), `hessian` (Hessian-vector products and extreme eigenvalues), `classify`
-(Theorem 7 labels). Ridge (Wang & Jacot, ICLR 2024): `ridge_modes` (closed forms, rank states),
-`ridge_labels` (second-order labels modulo the symmetry orbit). Convex losses (Laurent & von
-Brecht, ICML 2018): `convex_reference` (width condition, the convex reference ell*, no-minimiser
-detection), `convex_newton` (Newton polish, exact Stiemke certificate), `convex_certificate` (descent certificates, perturb-and-retrain), `convex` (labels).
-Near critical points (training checkpoints on a plateau, docs/theory.md §6): `trajectory` (curvature, tight margin, projection
-onto the plateau's critical point), `lanczos` (batched Hessian-vector products, warm-started Lanczos).
+`square` (the square loss, Achour, Malgouyres & Gerchinovitz, JMLR 2024): data and Assumption 1,
+critical values, labelled points, Hessians, Theorem 7 labels, and the tools near critical points
+(curvature, tight margin, projection, Lanczos; §6). `ridge` (Wang & Jacot, ICLR 2024): closed forms,
+rank states, B_r, labels modulo the symmetry orbit (§7). `convex` (Laurent & von Brecht, ICML 2018):
+the width condition, the convex reference ell*, certificates and labels (§8). `ridge` and `convex`
+import `square` (Hessians), never the other way. The public names of all three are re-exported here.
 """
-from dlnlab.theory.classify import (
-                                    TRAINING_TOLERANCES,
-                                    Classification,
-                                    Classifier,
-                                    Tolerances,
-                                    classify,
-)
 from dlnlab.theory.convex import LABELS as CONVEX_LABELS
-from dlnlab.theory.convex import ConvexLabel, ConvexLabeller, label_convex
-from dlnlab.theory.convex_certificate import (
-                                    Certificate,
-                                    descent_certificate,
-                                    perturb_and_retrain,
+from dlnlab.theory.convex import (
+    Certificate,
+    ConvexLabel,
+    ConvexLabeller,
+    ConvexReference,
+    ConvexTolerances,
+    WidthReport,
+    convex_reference,
+    descent_certificate,
+    label_convex,
+    perturb_and_retrain,
+    width_condition,
 )
-from dlnlab.theory.convex_reference import (
-                                    ConvexReference,
-                                    ConvexTolerances,
-                                    WidthReport,
-                                    convex_reference,
-                                    width_condition,
+from dlnlab.theory.ridge import (
+    LabelTolerances,
+    RankState,
+    RankTolerances,
+    RidgePoint,
+    balanced_identity,
+    balanced_mode_point,
+    mode_curvature,
+    mode_energy,
+    mode_roots,
+    mode_table,
+    mode_threshold,
+    orbit_basis,
+    rank_state,
+    ridge_loss_fn,
+    tie_value,
 )
-from dlnlab.theory.critical import (
-                                    CriticalValue,
-                                    PlateauValue,
-                                    critical_values,
-                                    grad_norm,
-                                    labels_for,
-                                    loss,
-                                    loss_and_grad,
-                                    loss_of_product,
-                                    plateau_values,
-)
-from dlnlab.theory.data import (
-                                    AssumptionReport,
-                                    LandscapeData,
-                                    as_data,
-                                    as_f64,
-                                    as_weights,
-                                    dims_of,
-                                    format_S,
-)
-from dlnlab.theory.hessian import (
-                                    MinEig,
-                                    full_hessian,
-                                    hessian_min_eig,
-                                    hvp,
-                                    hvp_operator,
-                                    min_eigenvalue,
-                                    square_loss_fn,
-)
-from dlnlab.theory.lanczos import LanczosResult, SquareLossHVP, lanczos_extremes
-from dlnlab.theory.points import (
-                                    EscapePath,
-                                    LabelledPoint,
-                                    apply_gauge,
-                                    enumeration_points,
-                                    escape_path,
-                                    normal_form,
-                                    normal_form_critical,
-                                    random_global_min,
-                                    random_invertible,
-                                    random_normal_form_point,
-                                    saddle_family,
-)
-from dlnlab.theory.ridge_labels import RidgePoint, orbit_basis, ridge_loss_fn
-from dlnlab.theory.ridge_labels import classify as ridge_classify
-from dlnlab.theory.ridge_labels import classify_members as ridge_classify_members
-from dlnlab.theory.ridge_modes import (
-                                    LabelTolerances,
-                                    RankState,
-                                    RankTolerances,
-                                    balanced_identity,
-                                    balanced_mode_point,
-                                    mode_curvature,
-                                    mode_energy,
-                                    mode_roots,
-                                    mode_table,
-                                    mode_threshold,
-                                    rank_state,
-                                    tie_value,
-)
-from dlnlab.theory.trajectory import (
-                                    CurvatureState,
-                                    Projection,
-                                    TrajectoryTolerances,
-                                    curvature,
-                                    plateau_r,
-                                    project_to_critical,
-                                    tight_margin,
+from dlnlab.theory.ridge import classify as ridge_classify
+from dlnlab.theory.ridge import classify_members as ridge_classify_members
+from dlnlab.theory.square import (
+    TRAINING_TOLERANCES,
+    AssumptionReport,
+    Classification,
+    Classifier,
+    CriticalValue,
+    CurvatureState,
+    EnsembleClassification,
+    EscapePath,
+    LabelledPoint,
+    LanczosResult,
+    LandscapeData,
+    MinEig,
+    PlateauValue,
+    PreparedData,
+    Projection,
+    SquareLossHVP,
+    Tolerances,
+    TrajectoryTolerances,
+    apply_gauge,
+    as_data,
+    as_f64,
+    as_weights,
+    classify,
+    critical_values,
+    curvature,
+    dims_of,
+    enumeration_points,
+    escape_path,
+    format_S,
+    full_hessian,
+    grad_norm,
+    hessian_min_eig,
+    hvp,
+    hvp_operator,
+    labels_for,
+    lanczos_extremes,
+    loss,
+    loss_and_grad,
+    loss_of_product,
+    min_eigenvalue,
+    normal_form,
+    normal_form_critical,
+    plateau_r,
+    plateau_values,
+    project_to_critical,
+    random_global_min,
+    random_invertible,
+    random_normal_form_point,
+    saddle_family,
+    square_loss_fn,
+    tight_margin,
 )
 
 __all__ = [
@@ -107,7 +101,8 @@ __all__ = [
     "CriticalValue", "PlateauValue", "critical_values", "plateau_values", "labels_for",
     "loss", "loss_and_grad", "loss_of_product", "grad_norm",
     # Theorem 7 labels
-    "Tolerances", "TRAINING_TOLERANCES", "Classification", "Classifier", "classify",
+    "Tolerances", "TRAINING_TOLERANCES", "PreparedData", "Classification", "EnsembleClassification",
+    "Classifier", "classify",
     # Hessian
     "MinEig", "hvp", "hvp_operator", "full_hessian", "min_eigenvalue", "hessian_min_eig", "square_loss_fn",
     # generators of labelled points

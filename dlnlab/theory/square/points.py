@@ -10,9 +10,9 @@ from typing import Sequence
 
 import torch
 
-from dlnlab.linalg import chain
-from dlnlab.theory.critical import _loss_grad
-from dlnlab.theory.data import F64, LandscapeData, _gen, as_f64
+from dlnlab.linalg import chain, generator_of
+from dlnlab.theory.square.critical import weight_grads
+from dlnlab.theory.square.data import F64, LandscapeData, as_f64
 
 # ---------------------------------------------------------------------------------------------
 # Generators of labelled points (docs/theory.md §2-§4)
@@ -42,12 +42,13 @@ class LabelledPoint:
 
     @property
     def H(self) -> int:
+        """The depth: number of weight matrices."""
         return len(self.weights)
 
 
 def random_invertible(d: int, cond: float = 4.0, generator: torch.Generator | int | None = None) -> torch.Tensor:
     """A random d x d matrix Q_1 diag(s) Q_2 (Q Haar-like orthogonal, s log-uniform in [cond^-1/2, cond^1/2])."""
-    g = _gen(generator)
+    g = generator_of(generator)
     if d == 0:
         return torch.zeros(0, 0, dtype=F64)
     q1, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
@@ -143,7 +144,7 @@ def random_global_min(data: LandscapeData, dims: Sequence[int], *, generator: to
     Transposed case (d_y > d_x) with r_max = d_x and no hidden layer of width r_max: Z_1 is set to 0
     (otherwise U_Q Z_H...Z_1 would spoil the product; with Z_1 = 0 the product is A).
     """
-    g = _gen(generator)
+    g = generator_of(generator)
     dims = data.check_dims(dims)
     r_max = min(dims)
     S = _check_S(data, dims, range(1, r_max + 1))
@@ -167,7 +168,7 @@ def saddle_family(data: LandscapeData, dims: Sequence[int], r: int, strict: bool
     strict=False: one random middle Z_h is 0 (Z_{H-1}...Z_2 = 0, tightened) -> non-strict saddle.
     d_cond=None: no gauge (D_h = I).
     """
-    g = _gen(generator)
+    g = generator_of(generator)
     dims = data.check_dims(dims)
     H = len(dims) - 1
     if H < 3:
@@ -249,7 +250,7 @@ def _normal_form_is_critical(data: LandscapeData, dims, S, Zs, ws) -> bool:
     if data.assumptions.transposed:
         # (a)-(c) are derived under d_y <= d_x; they are sufficient but not necessary when d_y > d_x
         # (U_Q then contains null directions of Sigma). Decide by the closed-form gradient instead.
-        _, grads = _loss_grad(ws, data)
+        _, grads = weight_grads(ws, data)
         gn = math.sqrt(sum(float((g * g).sum()) for g in grads))
         return gn <= 1e-9 * max(data.tr_syy, 1e-300) * _prod_scale(ws)
     return normal_form_critical(data, dims, S, Zs)
@@ -295,10 +296,10 @@ def random_normal_form_point(data: LandscapeData, dims: Sequence[int], S: Sequen
 
     The label is what Theorem 7 gives without a pivot test (r = r_max; S not top; H = 2), or for H = 3
     the explicit rule of docs/theory.md §4 (non-strict iff Z_2 = 0, Z_3 = 0 and Z_1 Sxy U_Q = 0); None otherwise
-    (H >= 4, S top, r < r_max: the pivot test decides, e.g. `dlnlab.theory.classify`), and "not_critical"
+    (H >= 4, S top, r < r_max: the pivot test decides, e.g. `dlnlab.theory.square.classify`), and "not_critical"
     when (a)-(c) fail.
     """
-    g = _gen(generator)
+    g = generator_of(generator)
     dims = data.check_dims(dims)
     H = len(dims) - 1
     S = _check_S(data, dims, S)
@@ -328,7 +329,7 @@ def enumeration_points(data: LandscapeData, dims: Sequence[int], *, generator: t
     Labels: S = {1..r_max} global_min; S = {1..r}, r < r_max: strict (H = 2) / non-strict (H >= 3,
     all Z = 0 is tightened); any other S strict.
     """
-    g = _gen(generator)
+    g = generator_of(generator)
     dims = data.check_dims(dims)
     H = len(dims) - 1
     r_max = min(dims)
@@ -362,12 +363,15 @@ class EscapePath:
 
     @property
     def H(self) -> int:
+        """The depth: number of weight matrices."""
         return len(self.base)
 
     def weights_at(self, t: float) -> list[torch.Tensor]:
+        """The point base + t * direction on the path."""
         return [w + t * d for w, d in zip(self.base, self.direction)]
 
     def loss_formula(self, t: float) -> float:
+        """The loss along the path in closed form: L(0) - 2 lam t^H + lam t^(2H)."""
         return self.base_loss - 2 * self.lam * t ** self.H + self.lam * t ** (2 * self.H)
 
 
@@ -397,7 +401,7 @@ def escape_path(data: LandscapeData, dims: Sequence[int], r: int, *,
             d[r, r] = 1.0
         direction.append(d)
     if d_cond is not None:
-        Ds = _random_Ds(dims, d_cond, _gen(generator))
+        Ds = _random_Ds(dims, d_cond, generator_of(generator))
         base, direction = apply_gauge(base, Ds), apply_gauge(direction, Ds)
     return EscapePath(base=base, direction=direction, r=r, lam=float(data.lam[r]),
                       base_loss=data.critical_value(S))

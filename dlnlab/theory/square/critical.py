@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dlnlab.linalg import product
-from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
+from dlnlab.theory.square.data import LandscapeData, as_data, as_weights, format_S
 
 # ---------------------------------------------------------------------------------------------
 # Critical values
@@ -33,6 +33,7 @@ class CriticalValue:
     labels: tuple[str, ...]
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row; S as "{1,2}", labels joined by "|")."""
         d = asdict(self)
         d["S"] = format_S(self.S)
         d["labels"] = "|".join(self.labels)
@@ -105,6 +106,7 @@ class PlateauValue:
     kind: str
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row; S as "{1,2}")."""
         d = asdict(self)
         d["S"] = format_S(self.S)
         return d
@@ -131,8 +133,9 @@ def loss_of_product(P: torch.Tensor, data: LandscapeData) -> torch.Tensor:
     return (E * E).sum((-2, -1)) + data.ls_loss
 
 
-def _loss_grad(ws: list[torch.Tensor], data: LandscapeData, with_grad: bool = True):
-    """(L, [dL/dW_1, ..., dL/dW_H], prefixes, suffixes) with tensors (batched)."""
+def weight_grads(ws: list[torch.Tensor], data: LandscapeData, with_grad: bool = True):
+    """(L, [dL/dW_1, ..., dL/dW_H]) as tensors (batched or not) of float64 weights already converted
+    (`as_weights`); with_grad=False: (L, None)."""
     H = len(ws)
     pre = [None] * (H + 1)         # pre[h] = W_h ... W_1 (pre[0] = identity)
     p = None
@@ -166,7 +169,7 @@ def loss_and_grad(weights: Sequence[Any], X_or_data: Any, Y: Any = None):
     L is a float (a numpy array for an ensemble), the gradients float64 tensors shaped like the weights.
     """
     data = as_data(X_or_data, Y)
-    L, grads = _loss_grad(as_weights(weights), data)
+    L, grads = weight_grads(as_weights(weights), data)
     return (float(L) if L.ndim == 0 else L.numpy()), grads
 
 

@@ -2,7 +2,7 @@
 
 Everything is float64 and batched over an ensemble dim E: weights [W_1..W_H], W_h of shape
 (E, d_h, d_{h-1}); parameter vectors are flat (E, P), P = sum_h d_h d_{h-1}, in the row-major order of
-`dlnlab.theory.hessian.flatten` (vec(W_1), ..., vec(W_H)).
+`dlnlab.theory.square.hessian.flatten` (vec(W_1), ..., vec(W_H)).
 
 The loss is the paper's L = ||(W_H..W_1 - A) Sxx^{1/2}||_F^2 + const (docs/theory.md §1), so with
 G = dL/dP = 2 (P - A) Sxx, Pre_h = W_h..W_1 and Suf_h = W_H..W_{h+1}:
@@ -14,7 +14,7 @@ No autograd: the HVP is ~6H batched matmuls, which is what makes E = 256 members
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -184,85 +184,131 @@ def lanczos_extremes(op, v0: torch.Tensor, steps: int, restarts: int, rtol: floa
     k = min(steps, P)
     n_lo, n_hi = keep
     n_lo, n_hi = min(n_lo, max(k - 2, 1)), min(n_hi, max(k - 2 - n_lo, 0))
-    lam_min, lam_max = torch.zeros(E, dtype=F64), torch.zeros(E, dtype=F64)
-    v_min, v_max = torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64)
-    res_out = torch.zeros(E, 2, dtype=F64)
-    hvps = torch.zeros(E, dtype=torch.long)
-    done = torch.zeros(E, dtype=torch.bool)
-    act = torch.arange(E)                      # the members of the batch rows
-    live = torch.ones(E, dtype=torch.bool)     # rows still running (finished rows wait for a compaction)
-    Q = torch.empty(E, k, P, dtype=F64)        # only Q[:, :j + 1] is ever read
-    T = torch.zeros(E, k, k, dtype=F64)
+    st = _Batch.start(op, subset, E, P, k)
     q, m = unit_rows(v0), 0                    # m: Ritz vectors kept at the front of Q
     cycles = max(restarts, 1)
-
-    def finish(sel, theta, Y, j, res, conv):
-        """Store the Ritz pairs of the batch rows sel (members act[sel])."""
-        g = act[sel]
-        Qs = Q[sel, :j + 1]
-        lam_min[g], lam_max[g] = theta[sel, 0], theta[sel, -1]
-        v_min[g] = torch.bmm(Y[sel, :, :1].transpose(1, 2), Qs).squeeze(1)
-        v_max[g] = torch.bmm(Y[sel, :, -1:].transpose(1, 2), Qs).squeeze(1)
-        res_out[g] = res[sel]
-        done[g] = conv[sel]
-
     its, scale, compact = 0, None, False       # its: HVPs so far (every live row has had them all)
     for cycle in range(cycles):
         for j in range(m, k):
-            Q[:, j] = q
-            w = first if its == 0 and first is not None else op(q)
+            st.Q[:, j] = q
+            w = first if its == 0 and first is not None else st.op(q)
             its += 1
-            w, h = _project_out(Q[:, :j + 1], w, 0 if j == m else j - 1)
-            T[:, :j + 1, j] = h
-            T[:, j, :j + 1] = h
-            b = torch.linalg.vector_norm(w, dim=1)
+            w, b = st.extend(w, j, m)
             last = j + 1 == k
             if last or j == m or (j - m) % check_every == 1 % check_every or j + 1 >= P:
-                theta, Y = torch.linalg.eigh(T[:, :j + 1, :j + 1])
-                res = b[:, None] * torch.stack([Y[:, j, 0], Y[:, j, -1]], 1).abs()
-                scale = theta.abs().amax(1).clamp(min=1e-300)
-                # two vectors at least: a start vector inside an eigenspace would give lam_min = lam_max
-                conv = ((res <= rtol * scale[:, None]).all(1) & (j >= 1)) | (j + 1 >= P)
-                new = live & (conv | (last and cycle == cycles - 1))
+                theta, Y, res, scale, conv = _ritz(st.T, b, j, rtol, P)
+                new = st.live & (conv | (last and cycle == cycles - 1))
                 if bool(new.any()):
-                    sel = new.nonzero().squeeze(1)
-                    finish(sel, theta, Y, j, res, conv)
-                    hvps[act[sel]] = its
-                    live = live & ~new
-                    if not bool(live.any()):
-                        return LanczosResult(lam_min, lam_max, v_min, v_max, res_out, its, done, hvps)
+                    st.finish(new.nonzero().squeeze(1), theta, Y, j, res, conv, its)
+                    if not bool(st.live.any()):
+                        return st.result(its)
                     # dropping finished rows copies the filled part of Q: worth it once half are done
-                    compact = subset is not None and 2 * int(live.sum()) <= live.numel()
-            # an exhausted Krylov space (b ~ 0) continues with a fresh random direction: T stays the
-            # projection of Hess on span(Q) (its entries are computed, not assumed), with no coupling
-            dead = b <= 1e-12 * scale
-            if bool(dead.any()):
-                r = torch.randn(w.shape, dtype=F64, generator=generator)
-                r, _ = _project_out(Q[:, :j + 1], r)
-                w = torch.where(dead[:, None], r, w)
-            q = unit_rows(w)
+                    compact = subset is not None and 2 * int(st.live.sum()) <= st.live.numel()
+            q = unit_rows(_refresh(st.Q, w, b, j, scale, generator))
             if last:
                 break
             if compact:
                 compact = False
-                rows = live.nonzero().squeeze(1)
-                act, op, live, scale = act[rows], subset(act[rows]), live[rows], scale[rows]
-                Qn = torch.empty(rows.numel(), k, P, dtype=F64)
-                Qn[:, :j + 1] = Q[rows, :j + 1]
-                Q, T, q = Qn, T[rows], q[rows]
-        # thick restart: the kept Ritz vectors, then q (the residual direction) continues the space;
-        # the finished rows leave here, where only the m kept vectors have to be copied
+                scale, q = st.compact(j, scale, q)
+        m, q = st.restart(theta, Y, n_lo, n_hi, k, q)
+    raise AssertionError("unreachable")
+
+
+def _ritz(T: torch.Tensor, b: torch.Tensor, j: int, rtol: float, P: int):
+    """Ritz values and vectors of T[:j+1, :j+1], the residuals of lam_min and lam_max, the scale
+    max|theta|, and which rows have converged."""
+    theta, Y = torch.linalg.eigh(T[:, :j + 1, :j + 1])
+    res = b[:, None] * torch.stack([Y[:, j, 0], Y[:, j, -1]], 1).abs()
+    scale = theta.abs().amax(1).clamp(min=1e-300)
+    # two vectors at least: a start vector inside an eigenspace would give lam_min = lam_max
+    conv = ((res <= rtol * scale[:, None]).all(1) & (j >= 1)) | (j + 1 >= P)
+    return theta, Y, res, scale, conv
+
+
+def _refresh(Q: torch.Tensor, w: torch.Tensor, b: torch.Tensor, j: int, scale, generator) -> torch.Tensor:
+    """An exhausted Krylov space (b ~ 0) continues with a fresh random direction: T stays the
+    projection of Hess on span(Q) (its entries are computed, not assumed), with no coupling."""
+    dead = b <= 1e-12 * scale
+    if bool(dead.any()):
+        r = torch.randn(w.shape, dtype=F64, generator=generator)
+        r, _ = _project_out(Q[:, :j + 1], r)
+        w = torch.where(dead[:, None], r, w)
+    return w
+
+
+@dataclass
+class _Batch:
+    """A Lanczos run's batch: its rows (members act; `live`: still running, finished rows wait for a
+    compaction), the Krylov vectors Q and T = Q^T H Q, and every member's results."""
+    op: Any
+    subset: Any
+    Q: torch.Tensor             # (rows, k, P); only Q[:, :j + 1] is ever read
+    T: torch.Tensor             # (rows, k, k)
+    act: torch.Tensor
+    live: torch.Tensor
+    lam_min: torch.Tensor
+    lam_max: torch.Tensor
+    v_min: torch.Tensor
+    v_max: torch.Tensor
+    res_out: torch.Tensor
+    hvps: torch.Tensor
+    done: torch.Tensor
+
+    @classmethod
+    def start(cls, op, subset, E: int, P: int, k: int) -> "_Batch":
+        """Every member in the batch, no result yet."""
+        return cls(op, subset, torch.empty(E, k, P, dtype=F64), torch.zeros(E, k, k, dtype=F64), torch.arange(E),
+                   torch.ones(E, dtype=torch.bool), torch.zeros(E, dtype=F64), torch.zeros(E, dtype=F64),
+                   torch.zeros(E, P, dtype=F64), torch.zeros(E, P, dtype=F64), torch.zeros(E, 2, dtype=F64),
+                   torch.zeros(E, dtype=torch.long), torch.zeros(E, dtype=torch.bool))
+
+    def extend(self, w: torch.Tensor, j: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthogonalise w = H q_j against Q[:, :j+1], fill column j of T; (w, |w|)."""
+        w, h = _project_out(self.Q[:, :j + 1], w, 0 if j == m else j - 1)
+        self.T[:, :j + 1, j] = h
+        self.T[:, j, :j + 1] = h
+        return w, torch.linalg.vector_norm(w, dim=1)
+
+    def finish(self, sel, theta, Y, j, res, conv, its: int) -> None:
+        """Store the Ritz pairs of the batch rows sel (members act[sel]); they stop running."""
+        g = self.act[sel]
+        Qs = self.Q[sel, :j + 1]
+        self.lam_min[g], self.lam_max[g] = theta[sel, 0], theta[sel, -1]
+        self.v_min[g] = torch.bmm(Y[sel, :, :1].transpose(1, 2), Qs).squeeze(1)
+        self.v_max[g] = torch.bmm(Y[sel, :, -1:].transpose(1, 2), Qs).squeeze(1)
+        self.res_out[g] = res[sel]
+        self.done[g] = conv[sel]
+        self.hvps[g] = its
+        self.live[sel] = False
+
+    def result(self, its: int) -> "LanczosResult":
+        """The members' results."""
+        return LanczosResult(self.lam_min, self.lam_max, self.v_min, self.v_max, self.res_out, its, self.done,
+                             self.hvps)
+
+    def compact(self, j: int, scale, q: torch.Tensor):
+        """Drop the finished rows mid-cycle (the filled part of Q is copied); (scale, q) of the rest."""
+        rows = self.live.nonzero().squeeze(1)
+        self.act, self.op, self.live = self.act[rows], self.subset(self.act[rows]), self.live[rows]
+        Qn = torch.empty(rows.numel(), *self.Q.shape[1:], dtype=F64)
+        Qn[:, :j + 1] = self.Q[rows, :j + 1]
+        self.Q, self.T = Qn, self.T[rows]
+        return scale[rows], q[rows]
+
+    def restart(self, theta, Y, n_lo: int, n_hi: int, k: int, q: torch.Tensor):
+        """Thick restart: the kept Ritz vectors, then q (the residual direction) continues the space;
+        the finished rows leave here, where only the m kept vectors have to be copied. (m, q)."""
         idx = torch.cat([torch.arange(n_lo), torch.arange(k - n_hi, k)])
         m = idx.numel()
-        kept = torch.bmm(Y[:, :, idx].transpose(1, 2), Q)
+        kept = torch.bmm(Y[:, :, idx].transpose(1, 2), self.Q)
         diag = theta[:, idx]
-        if subset is not None and not bool(live.all()):
-            rows = live.nonzero().squeeze(1)
-            act, op, live = act[rows], subset(act[rows]), live[rows]
+        if self.subset is not None and not bool(self.live.all()):
+            rows = self.live.nonzero().squeeze(1)
+            self.act, self.op, self.live = self.act[rows], self.subset(self.act[rows]), self.live[rows]
             kept, diag, q = kept[rows], diag[rows], q[rows]
-            Q = torch.empty(rows.numel(), k, P, dtype=F64)
-            T = torch.zeros(rows.numel(), k, k, dtype=F64)
-        Q[:, :m] = kept
-        T.zero_()
-        T[:, torch.arange(m), torch.arange(m)] = diag
-    raise AssertionError("unreachable")
+            self.Q = torch.empty(rows.numel(), *self.Q.shape[1:], dtype=F64)
+            self.T = torch.zeros(rows.numel(), k, k, dtype=F64)
+        self.Q[:, :m] = kept
+        self.T.zero_()
+        self.T[:, torch.arange(m), torch.arange(m)] = diag
+        return m, q

@@ -65,12 +65,6 @@ def dims_of(weights: Sequence[torch.Tensor]) -> list[int]:
     return [int(weights[0].shape[-1])] + [int(w.shape[-2]) for w in weights]
 
 
-def _gen(generator: torch.Generator | int | None) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    return torch.Generator().manual_seed(int(generator))
-
-
 def format_S(S: Sequence[int] | None) -> str:
     """S as a table string: "{1,2}", "{}" for the empty set, "" for None."""
     return "" if S is None else "{" + ",".join(str(i) for i in S) + "}"
@@ -217,7 +211,13 @@ class LandscapeData:
         of tr(Syy) - sum near the global minimum).
         """
         S = set(int(i) for i in S)
-        return self.ls_loss + float(sum(float(self.lam[i - 1]) for i in range(1, self.k + 1) if i not in S))
+        lam = self.lam_values
+        return self.ls_loss + float(sum(lam[i - 1] for i in range(1, self.k + 1) if i not in S))
+
+    @cached_property
+    def lam_values(self) -> tuple[float, ...]:
+        """lam as Python floats (read once per S by `critical_value`, on every checkpoint)."""
+        return tuple(self.lam.tolist())
 
     @cached_property
     def top_values(self) -> torch.Tensor:
@@ -226,6 +226,8 @@ class LandscapeData:
         return torch.tensor([self.critical_value(range(1, r + 1)) for r in range(self.k + 1)], dtype=F64)
 
     def check_dims(self, dims: Sequence[int]) -> list[int]:
+        """dims = [d_0..d_H] as ints, checked against the data (H >= 2, d_0 = d_x, d_H = d_y; else
+        ValueError)."""
         dims = [int(d) for d in dims]
         if len(dims) < 3:
             raise ValueError(f"dims = [d_0, ..., d_H] needs H >= 2, got {dims}")

@@ -42,8 +42,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from dlnlab.theory.critical import loss_of_product
-from dlnlab.theory.data import LandscapeData, as_data, as_weights
+from dlnlab.theory.square.critical import loss_of_product
+from dlnlab.theory.square.data import LandscapeData, as_data, as_weights
 
 F64 = torch.float64
 LossFn = Callable[[Sequence[torch.Tensor]], torch.Tensor]

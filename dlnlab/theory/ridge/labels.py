@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from dlnlab.linalg import product
-from dlnlab.theory.data import F64
-from dlnlab.theory.hessian import full_hessian, min_eigenvalue
-from dlnlab.theory.ridge_modes import (
+from dlnlab.theory.square.data import F64
+from dlnlab.theory.square.hessian import full_hessian, min_eigenvalue
+from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     balanced_identity,
     mode_table,
@@ -103,6 +103,7 @@ class RidgePoint:
     tolerances: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The fields as a flat dict (one table row)."""
         return asdict(self)
 
     def __str__(self) -> str:

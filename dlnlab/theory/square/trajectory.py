@@ -8,7 +8,7 @@ numbers per member, all float64 and batched over the ensemble dim E (weights [W_
     tight_margin(weights, S_or_r, d)  max over pivots of the unit-free sigma_{r+1}(B1) sigma_{r+1}(B2)
     project_to_critical(weights, d)   the nearby exactly critical point, its Theorem 7 label, distance
 
-Units: the paper's loss L = ||W_H..W_1 X^T - Y^T||_F^2 (sum over samples), as dlnlab.theory.critical.loss;
+Units: the paper's loss L = ||W_H..W_1 X^T - Y^T||_F^2 (sum over samples), as dlnlab.theory.square.critical.loss;
 lab (mean) units are paper / task.paper_scale, for the loss and the Hessian alike.
 """
 from __future__ import annotations
@@ -20,16 +20,16 @@ import torch
 
 from dlnlab.linalg import partial_products, product
 from dlnlab.linalg import singular_values as spectra_of
-from dlnlab.theory.classify import Classifier
-from dlnlab.theory.critical import loss_of_product
-from dlnlab.theory.data import LandscapeData, as_data, as_weights, format_S
-from dlnlab.theory.lanczos import (
+from dlnlab.theory.square.classify import Classifier
+from dlnlab.theory.square.critical import loss_of_product
+from dlnlab.theory.square.data import LandscapeData, as_data, as_weights, format_S
+from dlnlab.theory.square.lanczos import (
     LanczosResult,
     SquareLossHVP,
     lanczos_extremes,
     unit_rows,
 )
-from dlnlab.theory.pivots import b1_cores, block_sources, factor_scale
+from dlnlab.theory.square.pivots import b1_cores, block_sources, factor_scale
 
 F64 = torch.float64
 NAN = float("nan")
@@ -206,7 +206,7 @@ def tight_margin(weights: Sequence[Any], S_or_r: Any, data: Any, Y: Any = None, 
     plateau of S = {1..r} the learned layers have O(1) norms and the unlearned directions O(eps), so
     a pivot whose blocks hold k and H-2-k layers gives eps^k * eps^(H-2-k) = eps^(H-2).
 
-    The blocks are the true ones of `dlnlab.theory.pivots` (no rank shortcut). Every B2 block and every
+    The blocks are the true ones of `dlnlab.theory.square.pivots` (no rank shortcut). Every B2 block and every
     spectral norm is a partial product's spectrum: pass the checkpoint's (the metrics hook's `Spectra`)
     and only the B1 blocks, which hold Sxy, are decomposed here.
 
@@ -256,7 +256,7 @@ class Projection:
     """The checkpoint projected onto a critical point of the nearest plateau S = {1..r}.
 
     weights_proj: [W_h'] (E, d_h, d_{h-1}); r: (E,) ranks; S: per member the tuple {1..r}; S_str: "{1,2}";
-    near_label: Theorem 7 label of the projected point (dlnlab.theory.classify.classify; None if not asked);
+    near_label: Theorem 7 label of the projected point (dlnlab.theory.square.classify.classify; None if not asked);
     near_dist: ||theta - theta_proj|| / ||theta|| (E,); grad_rel: ||grad L(theta_proj)|| / tr(Syy) (E,);
     value: the critical value of S (paper units) (E,).
     """
@@ -326,7 +326,7 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
             the construction gives), "classifier" (the numerical classifier, batched: the same labels
             at a few SVDs per member), or False (none).
         tol: TrajectoryTolerances (grad_rtol, polish_iters).
-        classifier: a prebuilt dlnlab.theory.classify.Classifier for `data` (saves its setup per call).
+        classifier: a prebuilt dlnlab.theory.square.classify.Classifier for `data` (saves its setup per call).
 
     Returns:
         Projection. Raises RuntimeError if a projected point misses grad_rtol after polishing.

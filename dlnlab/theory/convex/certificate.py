@@ -1,5 +1,5 @@
 """Descent certificates at critical points with grad ell(A) != 0, and the perturb-and-retrain test
-(docs/theory.md §8). Used by dlnlab.theory.convex; `objective` is always a closure
+(docs/theory.md §8). Used by dlnlab.theory.convex.labels; `objective` is always a closure
 weights -> f(theta) = ell(W_H...W_1) (+ mu ||A||^2), differentiable by autograd.
 
 Two kinds of certificate, following Laurent & von Brecht's proof:

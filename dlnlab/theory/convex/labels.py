@@ -2,7 +2,7 @@
 docs/theory.md §8).
 
     from dlnlab.losses import make_loss
-    from dlnlab.theory.convex import convex_reference, label_convex, width_condition, ConvexLabeller
+    from dlnlab.theory.convex.labels import convex_reference, label_convex, width_condition, ConvexLabeller
     loss = make_loss("cross_entropy")
     ref = convex_reference(loss, X, Y)                  # ell* once per run
     label_convex([W_1, ..., W_H], loss, X, Y, ref)       # one network -> ConvexLabel
@@ -26,19 +26,19 @@ import torch
 
 from dlnlab.linalg import generator_of, product
 from dlnlab.losses import Loss, product_value_grad
-from dlnlab.theory.convex_certificate import (
+from dlnlab.theory.convex.certificate import (
     Certificate,
     descent_certificate,
     perturb_and_retrain,
 )
-from dlnlab.theory.convex_reference import (
+from dlnlab.theory.convex.reference import (
     ConvexReference,
     ConvexTolerances,
     WidthReport,
     convex_reference,
     width_condition,
 )
-from dlnlab.theory.hessian import min_eigenvalue
+from dlnlab.theory.square.hessian import min_eigenvalue
 
 F64 = torch.float64
 LABELS = ("not_critical", "global_min", "strict_saddle", "nonstrict_saddle", "local_min", "undetermined",

@@ -6,7 +6,7 @@ ell* = inf_A ell(A) (+ mu ||A||_F^2), an infimum over ALL d_H x d_0 matrices, co
 run in float64. With a bottleneck (some d_h < min(d_0, d_H)) the network only reaches rank <= r_max
 products and the rank-constrained optimum is unknown in general: ell* is then only a lower bound.
 
-`from dlnlab.theory.convex import ...` re-exports everything public here.
+`from dlnlab.theory.convex.labels import ...` re-exports everything public here.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from scipy.optimize import linprog, minimize
 from scipy.sparse import csr_matrix
 
 from dlnlab.losses import Loss, product_value_grad
-from dlnlab.theory.convex_newton import (
+from dlnlab.theory.convex.newton import (
     MARGIN_LOSSES,
     newton_polish,
     stiemke_certificate,
@@ -213,7 +213,7 @@ def _recession(loss: Loss, X: np.ndarray, T: np.ndarray, tol: ConvexTolerances, 
 
     Logistic / cross-entropy, fast paths first: (1) the solver's own direction A/||A|| separates the data
     (every margin >= 0, some > 0): no minimiser, exactly; (2) the exact Stiemke certificate (`cert`, else
-    computed at A; dlnlab.theory.convex_newton): a minimiser, exactly; (3) the Stiemke bound at A.
+    computed at A; dlnlab.theory.convex.newton): a minimiser, exactly; (3) the Stiemke bound at A.
     Otherwise (and always for Poisson) the recession LP decides."""
     m, d_in = X.shape
     if loss.name in ("logistic", "cross_entropy"):

@@ -9,7 +9,7 @@ convex, and inf ell = -1 (a_1 = 0, a_2 >= 1). At theta_0 = (w_1 = 0, W_2 = (1, 0
     |s|(1 + e_1) - s e_2 >= |s|(1 - |e_1| - |e_2|) >= 0; `nonsmooth_counterexample` checks it by random
     perturbations of every size in `sizes` (none lowers f).
   - pseudo_huber: a strict saddle (the lab's phi ~ r^2 near 0 makes the Hessian [[2, -1], [-1, 0]] in
-    (w_1, W_2[1])), with a descent certificate (dlnlab.theory.convex_certificate) and perturbations that
+    (w_1, W_2[1])), with a descent certificate (dlnlab.theory.convex.certificate) and perturbations that
     lower f, as the theorem requires.
 The max(-a_2, -1) term is linear (-a_2) near theta_0 in both cases; the smooth case replaces it by a
 Huberised hinge -1 + h(1 - a_2) (h(z) = 0, z^2/(2 delta), z - delta/2), equal to it for a_2 <= 1 - delta.
@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import torch
 
 from dlnlab.losses import make_loss
-from dlnlab.theory.convex_certificate import Certificate, descent_certificate
-from dlnlab.theory.convex_reference import ConvexTolerances
-from dlnlab.theory.hessian import full_hessian
+from dlnlab.theory.convex.certificate import Certificate, descent_certificate
+from dlnlab.theory.convex.reference import ConvexTolerances
+from dlnlab.theory.square.hessian import full_hessian
 
 F64 = torch.float64
 __all__ = ["CounterexampleResult", "counterexample_objective", "nonsmooth_counterexample"]
@@ -32,7 +32,7 @@ __all__ = ["CounterexampleResult", "counterexample_objective", "nonsmooth_counte
 
 class _Ell:
     """ell(a) on outputs (..., 1, 2) of the single sample x = 1: the `Loss` interface that
-    dlnlab.theory.convex_certificate reads (value, grad_out)."""
+    dlnlab.theory.convex.certificate reads (value, grad_out)."""
 
     def __init__(self, phi: str, delta: float):
         self.name, self.delta = f"counterexample_{phi}", float(delta)

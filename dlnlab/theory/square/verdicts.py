@@ -1,15 +1,28 @@
-"""The verdict of Theorem 7 and its tolerances (docs/theory.md §3, §5): the data types shared by the
-per-point classifier (`dlnlab.theory.classify`) and its batched form (`dlnlab.theory.classify_batch`).
+"""The verdict of Theorem 7, its tolerances and the data it is computed from (docs/theory.md §3, §5):
+the types of the classifier (`dlnlab.theory.square.theorem7`) and of its public face
+(`dlnlab.theory.square.classify`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from dlnlab.theory.data import format_S
+from dlnlab.theory.square.data import LandscapeData, format_S
+
+__all__ = [
+    # tolerances and the data they apply to
+    "Tolerances", "TRAINING_TOLERANCES", "PreparedData",
+    # verdicts
+    "LABELS", "Classification", "EnsembleClassification",
+    # helpers
+    "input_eps", "check_ndims", "block_name",
+]
+
+LABELS = ("not_critical", "global_min", "strict_saddle", "nonstrict_saddle", "ambiguous")
 
 
 @dataclass(frozen=True)
@@ -131,22 +144,86 @@ class Classification:
         }
 
 
-class _Rank:
-    """Numerical rank of one matrix: nominal rank, and the [lo, hi] range over the ambiguity band."""
-    __slots__ = ("rank", "lo", "hi", "amb")
+@dataclass(frozen=True)
+class PreparedData:
+    """A data set and tolerances with the constants Theorem 7 reads at every point, computed once.
 
-    def __init__(self, s: np.ndarray, thr: float, band: float, name: str):
-        self.rank = int((s > thr).sum())
-        self.lo = int((s > thr * band).sum())
-        self.hi = int((s > thr / band).sum())
-        self.amb = tuple((name, float(v), thr) for v in s if thr / band < v <= thr * band)
+    UT: U^T (contiguous); sqrt_lam1: sqrt(lam_1), the product's rank scale; sxy_fro, sxxh_fro: the
+    Frobenius norms of Sxy and Sxx^{1/2} (noise floors); sxy_inj / sxy_surj: Sxy has full column /
+    row rank (the rank shortcuts of docs/theory.md §5); data_warnings: the failed parts of Assumption 1.
+    """
+    data: LandscapeData
+    tol: Tolerances
+    UT: torch.Tensor
+    sqrt_lam1: float
+    sxy_fro: float
+    sxxh_fro: float
+    sxy_inj: bool
+    sxy_surj: bool
+    data_warnings: tuple[str, ...]
 
     @classmethod
-    def exact(cls, k: int) -> "_Rank":
-        self = cls.__new__(cls)
-        self.rank = self.lo = self.hi = k
-        self.amb = ()
-        return self
+    def of(cls, data: LandscapeData, tol: Tolerances) -> "PreparedData":
+        """Prepare `data` for classification under `tol`."""
+        return cls(
+            data=data, tol=tol, UT=data.U.T.contiguous(),
+            sqrt_lam1=math.sqrt(max(float(data.lam[0]), 0.0)) if data.d_y else 0.0,
+            sxy_fro=float(torch.linalg.matrix_norm(data.Sxy)) if data.Sxy.numel() else 0.0,
+            sxxh_fro=float(torch.linalg.matrix_norm(data.Sxx_half)) if data.Sxx_half.numel() else 0.0,
+            sxy_inj=data.assumptions.sxy_rank == data.d_y,     # rk B1(i,1) = rk W_H..W_{i+1}
+            sxy_surj=data.assumptions.sxy_rank == data.d_x,    # rk B1(H,j) = rk W_{j-1}..W_1
+            data_warnings=tuple(f"Assumption 1: {f}" for f in data.assumptions.failures))
+
+
+@dataclass
+class EnsembleClassification:
+    """Columns over the E members (the fields of `Classification`, batched); `.member(e)` is member
+    e's Classification. Members whose weights or loss are not finite (`broken`) report r = 0, no
+    nearest plateau and no diag(Gamma)."""
+    label: list                 # E strings
+    S: list                     # E tuples or None
+    r: torch.Tensor             # (E,) int64
+    critical_value: torch.Tensor  # (E,) float64, NaN where S is unknown
+    loss: torch.Tensor          # (E,) float64 (paper units)
+    grad_norm: torch.Tensor     # (E,) float64
+    nearest_S: list             # E tuples
+    nearest_value: torch.Tensor  # (E,) float64
+    gamma_diag: torch.Tensor    # (E, k), NaN rows where broken
+    reason: list                # E strings
+    warnings: list              # E tuples
+    r_max: int
+    H: int
+    grad_tol: float
+    assumptions_ok: bool
+    code: torch.Tensor = None   # (E,) int64: index of the label in LABELS
+    pivots: list = field(default_factory=list)  # the pivots (i, j) of the pivot test, in order
+    pivot_ran: torch.Tensor = None  # (E,) bool: the member went through the pivot test
+    block_ranks: torch.Tensor = None  # (E, n_pivots, 2) int64: (rk B1, rk B2) where the test ran
+    loose: torch.Tensor = None  # (E, n_pivots) bool: both blocks of rank > r
+    ambiguous_values: dict = field(default_factory=dict)  # member -> its deciding singular values
+    broken: torch.Tensor = None  # (E,) bool: non-finite weights, or a loss or gradient that overflows
+    hessian_min_eig: list = None  # E floats (None where broken) when asked for, else None
+
+    def member(self, e: int) -> Classification:
+        """Member e's Classification."""
+        cv = float(self.critical_value[e])
+        loose, ranks = None, None
+        if self.pivot_ran is not None and bool(self.pivot_ran[e]):
+            loose = tuple(p for p, x in zip(self.pivots, self.loose[e].tolist()) if x)
+            ranks = {p: (a, b) for p, (a, b) in zip(self.pivots, self.block_ranks[e].tolist())}
+        broken = self.broken is not None and bool(self.broken[e])
+        return Classification(
+            label=self.label[e], S=self.S[e], r=int(self.r[e]), r_max=self.r_max, H=self.H,
+            critical_value=None if math.isnan(cv) else cv, loss=float(self.loss[e]),
+            grad_norm=float(self.grad_norm[e]), grad_tol=self.grad_tol, loose_pivots=loose, reason=self.reason[e],
+            nearest_S=self.nearest_S[e], nearest_value=float(self.nearest_value[e]),
+            gamma_diag=() if broken else tuple(self.gamma_diag[e].tolist()), assumptions_ok=self.assumptions_ok,
+            warnings=self.warnings[e], block_ranks=ranks, ambiguous_values=self.ambiguous_values.get(e, ()),
+            hessian_min_eig=None if self.hessian_min_eig is None else self.hessian_min_eig[e])
+
+    def members(self) -> list:
+        """Every member's Classification, in order."""
+        return [self.member(e) for e in range(len(self.label))]
 
 
 def input_eps(weights: Sequence[Any]) -> float:
@@ -163,8 +240,9 @@ def input_eps(weights: Sequence[Any]) -> float:
     return eps
 
 
-def _check_ndims(ws: list[torch.Tensor]) -> None:
-    """One network (every W_h 2-D) or one ensemble (every W_h 3-D with the same E): never a mix."""
+def check_ndims(ws: list[torch.Tensor]) -> None:
+    """Raise ValueError unless the weights are one network (every W_h 2-D) or one ensemble (every W_h
+    3-D with the same E): never a mix."""
     nd = [w.ndim for w in ws]
     if any(n not in (2, 3) for n in nd) or len(set(nd)) != 1:
         raise ValueError("weights must be all 2-D (one network) or all 3-D (an ensemble (E, d_h, d_{h-1})); got "
@@ -174,7 +252,9 @@ def _check_ndims(ws: list[torch.Tensor]) -> None:
                          + ", ".join(f"W_{h + 1} {tuple(w.shape)}" for h, w in enumerate(ws)))
 
 
-def _block_name(key) -> str:
+def block_name(key) -> str:
+    """The name of a ranked matrix in reasons and warnings: ('C', b, a) -> 'W_b..W_a' (or 'W_a'),
+    ('B1', i, j) -> 'B1(i,j)', ('B2', i, j) -> 'B2(i,j)' (keys of `pivots.rank_spec`)."""
     kind, a, b = key
     if kind == "C" and a == b:
         return f"W_{a}"

@@ -1,5 +1,5 @@
 """Logistic and cross-entropy: a Newton polish of ell* and an exact Stiemke certificate that a minimiser
-exists (docs/theory.md §8). Used by dlnlab.theory.convex_reference; float64 numpy throughout.
+exists (docs/theory.md §8). Used by dlnlab.theory.convex.reference; float64 numpy throughout.
 
 Both losses are functions of margins M vec(A): y_i (A x_i) for logistic, (A x_i)_(c_i) - (A x_i)_k
 (k != c_i) for cross-entropy. ell has a minimiser iff no direction D has M vec(D) >= 0 with some

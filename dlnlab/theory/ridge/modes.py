@@ -134,7 +134,7 @@ class LabelTolerances:
     margin          near-boundary factor of grad_tol and eig_tol: a deciding number within
                     [tol/margin, tol*margin] is flagged.
     full_max_params full Hessian (exact eigen-decomposition, nullity) up to this many parameters,
-                    Lanczos (dlnlab.theory.hessian.min_eigenvalue) above.
+                    Lanczos (dlnlab.theory.square.hessian.min_eigenvalue) above.
     """
     grad_tol: float = 1e-7
     eig_rtol: float = 1e-6
