@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from dlnlab.experiments.fields import ConfigError, need, option
 from dlnlab.experiments.task_kinds import TASKS
+from dlnlab.losses import LOSSES
 from dlnlab.theory.square.classify import TRAINING_TOLERANCES
 
 __all__ = [
@@ -76,7 +77,7 @@ MAX_DEPTH = 10_000  # model.depth at most
 @dataclass
 class LossConfig:
     """The loss of the network output (dlnlab.losses, docs/losses.md); `square` is today's loss."""
-    name: str = option("square", "square | cross_entropy | logistic | huber | pseudo_huber | lp | poisson | l1")
+    name: str = option("square", " | ".join(LOSSES))
     delta: float = option(1.0, "huber, pseudo_huber: the transition scale (> 0)")
     p: float = option(1.5, "lp: the exponent, in (1, 2]")
     product_ridge: float = option(0.0, "mu of + mu ||W_H...W_1||_F^2 (inside the theorem; >= 0)")

@@ -1,7 +1,7 @@
 """Resuming a stopped run from its newest checkpoint (`dlnlab-train resume=RUN_DIR`, `run(cfg, resume=...)`).
 
 A run folder's `checkpoints/step_*.pt` (written every `record.checkpoint_every` steps, by default
-10 x `record.every`) hold the weights, optimizer, SGD sampler, member status and every hook's state
+10 x `record.every`) hold the weights, SGD sampler, member status and every hook's state
 (`Hook.state_dict`). Resuming loads the newest readable one, drops the table rows, events and
 TensorBoard points written after it, and goes on: the final table, events and `last.pt` are bitwise
 those of a run that was never stopped (same machine, same `threads`).
