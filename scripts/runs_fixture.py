@@ -20,8 +20,8 @@ from dlnlab.analysis.folders import find_runs
 from dlnlab.analysis.runs import default_threads, load_runs
 from dlnlab.experiments.build import compose
 from dlnlab.recording.base import Record
-from dlnlab.runfolder import EVENTS_FILE, STATUS_FILE, TABLE_FILE
 from dlnlab.recording.metrics import MetricsHook
+from dlnlab.runfolder import EVENTS_FILE, STATUS_FILE, TABLE_FILE
 from dlnlab.tasks import make_regression
 
 

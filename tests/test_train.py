@@ -10,7 +10,14 @@ from dlnlab.recording.table import TableHook
 from dlnlab.runfolder import read_status
 from dlnlab.steps import STEPS_PER_CALL, _scripted, run_steps
 from dlnlab.tasks import make_completion, make_regression
-from dlnlab.train import IndexSampler, RecordSettings, RidgeSGD, Schedule, Trainer, dln_batch_factors
+from dlnlab.train import (
+    IndexSampler,
+    RecordSettings,
+    RidgeSGD,
+    Schedule,
+    Trainer,
+    dln_batch_factors,
+)
 
 
 @pytest.fixture

@@ -25,7 +25,13 @@ from omegaconf import OmegaConf
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import prepare
-from dlnlab.runfolder import CONFIG_FILE, EVENTS_FILE, METRICS_DIR, STAIRCASE_FILE, SUMMARY_FILE
+from dlnlab.runfolder import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    METRICS_DIR,
+    STAIRCASE_FILE,
+    SUMMARY_FILE,
+)
 from dlnlab.theory.square.critical import plateau_values
 
 __all__ = ["REPORT_PNG", "is_plain_run", "run_report", "report_data"]

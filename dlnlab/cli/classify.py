@@ -21,10 +21,10 @@ from dlnlab.recording.classifier import tolerances_from_config
 from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
 from dlnlab.runfolder import CHECKPOINTS_DIR, LAST_CHECKPOINT
 from dlnlab.tasks import with_loss
-from dlnlab.theory.square.classify import classify
 from dlnlab.theory.convex.labels import ConvexLabeller
 from dlnlab.theory.convex.reference import convex_reference
 from dlnlab.theory.ridge.labels import classify as ridge_classify
+from dlnlab.theory.square.classify import classify
 from dlnlab.train import Schedule
 
 # Classification fields that are losses (or their gradient), printed in paper and lab units

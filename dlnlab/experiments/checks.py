@@ -12,7 +12,13 @@ import math
 
 from dlnlab.experiments.config import MAX_DEPTH, OPTIMIZERS, resolve_device
 from dlnlab.experiments.fields import ConfigError, need
-from dlnlab.experiments.guards import check_keys, check_memory, check_name, layer_widths, task_dims
+from dlnlab.experiments.guards import (
+    check_keys,
+    check_memory,
+    check_name,
+    layer_widths,
+    task_dims,
+)
 from dlnlab.experiments.task_kinds import TASK_KINDS, TASKS
 from dlnlab.losses import LOSSES, LossError, make_loss
 from dlnlab.model import INITS

@@ -30,14 +30,14 @@ from dlnlab.experiments.resume import (
 )
 from dlnlab.linalg import chain, numerical_rank
 from dlnlab.recording.base import Hook
+from dlnlab.recording.staircase import format_staircase
+from dlnlab.recording.trajectory import TrajectoryHook
 from dlnlab.runfolder import (
     atomic_write,
     read_status,
     remove_tmp_files,
     write_status,
 )
-from dlnlab.recording.staircase import format_staircase
-from dlnlab.recording.trajectory import TrajectoryHook
 
 
 @dataclass

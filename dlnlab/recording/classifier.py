@@ -35,10 +35,10 @@ from dlnlab.recording.base import (
     split_columns,
     stack_weights,
 )
-from dlnlab.theory.square.classify import TRAINING_TOLERANCES, Classifier, Tolerances
-from dlnlab.theory.square.verdicts import LABELS
 from dlnlab.theory.ridge.labels import classify as ridge_classify
 from dlnlab.theory.ridge.modes import LabelTolerances
+from dlnlab.theory.square.classify import TRAINING_TOLERANCES, Classifier, Tolerances
+from dlnlab.theory.square.verdicts import LABELS
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,22 @@ polish, the exact Stiemke certificate), `certificate` (descent certificates, per
 `labels` (labels under any convex loss), `counterexample` (the non-smooth counterexample). Imports
 `dlnlab.theory.square` (Hessians); never the other way.
 """
-from dlnlab.theory.convex.certificate import Certificate, descent_certificate, perturb_and_retrain
+from dlnlab.theory.convex.certificate import (
+    Certificate,
+    descent_certificate,
+    perturb_and_retrain,
+)
 from dlnlab.theory.convex.counterexample import (
     CounterexampleResult,
     counterexample_objective,
     nonsmooth_counterexample,
 )
-from dlnlab.theory.convex.labels import LABELS, ConvexLabel, ConvexLabeller, label_convex
+from dlnlab.theory.convex.labels import (
+    LABELS,
+    ConvexLabel,
+    ConvexLabeller,
+    label_convex,
+)
 from dlnlab.theory.convex.reference import (
     ConvexReference,
     ConvexTolerances,

@@ -4,7 +4,13 @@
 states), `labels` (first- and second-order labels off the square-loss theorem, modulo the symmetry
 orbit). Imports `dlnlab.theory.square` (Hessians); never the other way.
 """
-from dlnlab.theory.ridge.labels import RidgePoint, classify, classify_members, orbit_basis, ridge_loss_fn
+from dlnlab.theory.ridge.labels import (
+    RidgePoint,
+    classify,
+    classify_members,
+    orbit_basis,
+    ridge_loss_fn,
+)
 from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     RankState,

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from dlnlab.linalg import product
-from dlnlab.theory.square.data import F64
-from dlnlab.theory.square.hessian import full_hessian, min_eigenvalue
 from dlnlab.theory.ridge.modes import (
     LabelTolerances,
     balanced_identity,
     mode_table,
     rank_state,
 )
+from dlnlab.theory.square.data import F64
+from dlnlab.theory.square.hessian import full_hessian, min_eigenvalue
 
 # ---------------------------------------------------------------------------------------------
 # Symmetry orbit

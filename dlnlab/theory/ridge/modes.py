@@ -18,7 +18,7 @@ layer of width >= 2. The rule used here: `local_min` iff the Hessian restricted 
 complement of T is positive definite (a Morse-Bott minimum, hence a strict local minimum modulo the
 symmetry); otherwise `degenerate`. T is computed numerically from the generators (`orbit_basis`).
 
-What we observed (float64, tests/test_ridge.py): at the ridge minima of docs/theory.md §7 (H = 3, lambda > 0)
+What we observed (float64, tests/theory/test_ridge.py): at the ridge minima of docs/theory.md §7 (H = 3, lambda > 0)
 the Hessian's null space is exactly T (nullity == orbit dimension); zero modes are NOT flat to second
 order, they carry curvature 2*lambda from the ridge term (the origin of an H >= 3 network has Hessian
 2*lambda*I). Their stability against the O(eps^{H-1}) data force is what makes them absorbing. Flat
@@ -113,7 +113,7 @@ class LabelTolerances:
                     (RidgePoint.identity_holds) when |relative residual| <= identity_rtol (reported,
                     never used to label). 1e-6 is the issue's requirement at float64 minima; measured
                     |residuals| there are <= 3e-15 (closed-form points, L-BFGS end points of
-                    tests/test_ridge.py, the R1 GD and polished SGD end points), so 1e-6 leaves room
+                    tests/theory/test_ridge.py, the R1 GD and polished SGD end points), so 1e-6 leaves room
                     for minima reached less tightly (||grad|| up to grad_tol).
     identity_roundoff
                     balanced_identity leaves out singular values s_i <= identity_roundoff *

@@ -15,7 +15,7 @@ by S and r, and the pivot test of S = {1..r}, r < r_max (`pivots.pivot_test`), w
 once for all members that need it. Products and singular values already at hand (the metrics hook's,
 `rec.spectra`) can be passed in: the same float64 matrices, so the same singular values. Batched
 matrix products and SVDs of float64 stacks equal the per-matrix ones bit for bit on the CPU at the
-benchmark's shapes (tests/test_classify_batch.py).
+benchmark's shapes (tests/theory/test_classify_ensemble.py).
 """
 from __future__ import annotations
 
@@ -28,7 +28,12 @@ from dlnlab.linalg import finite_members, partial_products
 from dlnlab.theory.square.hessian import hessian_min_eig
 from dlnlab.theory.square.pivots import ordered_prod, pivot_test
 from dlnlab.theory.square.reasons import ProductRank, decided_text, undecided_text
-from dlnlab.theory.square.verdicts import LABELS, EnsembleClassification, PreparedData, block_name
+from dlnlab.theory.square.verdicts import (
+    LABELS,
+    EnsembleClassification,
+    PreparedData,
+    block_name,
+)
 
 __all__ = ["LABELS", "classify_ensemble"]
 

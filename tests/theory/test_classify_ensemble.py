@@ -14,12 +14,12 @@ from test_classify import ORACLES, _mirror_O7
 
 from dlnlab.linalg import partial_products, singular_values
 from dlnlab.theory.square.classify import Classifier
-from dlnlab.theory.square.verdicts import LABELS
 from dlnlab.theory.square.points import (
     random_global_min,
     random_normal_form_point,
     saddle_family,
 )
+from dlnlab.theory.square.verdicts import LABELS
 
 F64 = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")

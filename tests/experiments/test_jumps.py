@@ -35,7 +35,7 @@ from dlnlab.theory.ridge.modes import (
 )
 from dlnlab.train import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAM, A_R1 = 0.01, 0.01
 TOL = LabelTolerances()  # the library's defaults: tests decide with the same named numbers
 # Leak out of confined hidden subspaces, relative to the layer norm, after 2000 GD/SGD steps (exact

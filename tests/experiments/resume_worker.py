@@ -1,4 +1,4 @@
-"""A run for the resume tests (tests/test_resume.py), in a process of its own so that it can be killed (forked by the tests):
+"""A run for the resume tests (tests/experiments/test_resume.py), in a process of its own so that it can be killed (forked by the tests):
 SGD, an ensemble of 4, a ridge schedule, the rank-jump tracker on. `python resume_worker.py OUT`."""
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import torch
 
 from dlnlab.linalg import product
 from dlnlab.losses import make_loss
-from dlnlab.theory.square.classify import classify
+from dlnlab.theory.convex.certificate import curvature
 from dlnlab.theory.convex.labels import (
     ConvexLabeller,
     ConvexTolerances,
@@ -12,7 +12,7 @@ from dlnlab.theory.convex.labels import (
     label_convex,
     width_condition,
 )
-from dlnlab.theory.convex.certificate import curvature
+from dlnlab.theory.square.classify import classify
 from dlnlab.theory.square.data import LandscapeData
 from dlnlab.theory.square.points import random_global_min, saddle_family
 

@@ -1,6 +1,6 @@
 """Exact resume (docs/columns.md "The run folder", README "Resuming"): a run stopped by kill -9, SIGTERM
 or a double Ctrl-C at a random moment, then resumed, ends bitwise like a run that was never stopped:
-the run table, the events table and last.pt. The run (tests/resume_worker.py): SGD, E = 4, a ridge
+the run table, the events table and last.pt. The run (tests/experiments/resume_worker.py): SGD, E = 4, a ridge
 schedule, the rank-jump tracker on."""
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from landscape_data import clean_data, gaussian_data
 
-from dlnlab.recording.staircase import StaircaseTolerances, staircase
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.run import run
 from dlnlab.linalg import partial_products, product, singular_values
 from dlnlab.recording.base import Hook
+from dlnlab.recording.staircase import StaircaseTolerances, staircase
 from dlnlab.tasks import make_regression
 from dlnlab.theory.square.critical import loss_of_product, plateau_values
 from dlnlab.theory.square.data import LandscapeData

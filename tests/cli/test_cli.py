@@ -210,7 +210,7 @@ def test_help_version_module_and_license(tmp_path):
     assert v.returncode == 0 and v.stdout.strip() == f"dlnlab {dlnlab.__version__}"
     m = subprocess.run([sys.executable, "-m", "dlnlab", "--version"], capture_output=True, text=True, timeout=60)
     assert m.returncode == 0 and m.stdout.strip() == f"dlnlab {dlnlab.__version__}"
-    assert "MIT License" in (Path(__file__).parents[1] / "LICENSE").read_text()
+    assert "MIT License" in (Path(__file__).parents[2] / "LICENSE").read_text()
 
 
 def test_an_internal_schema_is_not_a_choice(tmp_path):

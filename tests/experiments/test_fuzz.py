@@ -4,7 +4,7 @@ traceback, and a failed start leaves no folder that `load_runs` mistakes for a r
 
 The in-process cases use the library entry points (`compose`, `prepare`, `run`), with what
 `dlnlab-train` counts as a user error (exit code 2); a few cases go through the real CLI.
-`pytest -m slow tests/test_fuzz.py` runs many more examples."""
+`pytest -m slow tests/experiments/test_fuzz.py` runs many more examples."""
 import math
 import os
 import subprocess
