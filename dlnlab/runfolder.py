@@ -36,7 +36,8 @@ import yaml
 __all__ = [
     # file names
     "STATUS_FILE", "CONFIG_FILE", "OVERRIDES_FILE", "METRICS_DIR", "TABLE_FILE", "TMP_SUFFIX",
-    "PART_SUFFIXES", "EVENTS_FILE", "STAIRCASE_FILE", "SUMMARY_FILE", "REPORT_PNG", "REPORT_TB_DIR", "CHECKPOINTS_DIR",
+    "PART_SUFFIXES", "EVENTS_FILE", "STAIRCASE_FILE", "SUMMARY_FILE", "JUMPS_REPORT_PNG", "REPORT_TB_DIR",
+    "CHECKPOINTS_DIR",
     "LAST_CHECKPOINT", "STEP_CHECKPOINTS", "step_checkpoint",
     # the run table
     "part_path", "part_files", "table_files", "has_table", "write_part", "read_table_file",
@@ -57,7 +58,7 @@ PART_SUFFIXES = (".arrow", ".parquet")  # run-table parts: this version's, and e
 EVENTS_FILE = "events.parquet"
 STAIRCASE_FILE = "staircase.csv"  # the staircase table of a run, written at its end
 SUMMARY_FILE = "jumps_summary.json"
-REPORT_PNG = "jumps_report.png"
+JUMPS_REPORT_PNG = "jumps_report.png"
 # TensorBoard folder of the jumps report figure, inside the report's run folder: replaced on every
 # report, so re-running the report leaves exactly one `jumps/report` image.
 REPORT_TB_DIR = "jumps_report_tb"

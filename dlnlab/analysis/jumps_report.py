@@ -12,7 +12,7 @@ from dlnlab.analysis.folders import find_runs
 from dlnlab.analysis.runs import load_run
 from dlnlab.runfolder import (
     EVENTS_FILE,
-    REPORT_PNG,
+    JUMPS_REPORT_PNG,
     REPORT_TB_DIR,
     SUMMARY_FILE,
     events_frame,
@@ -139,7 +139,7 @@ def report_figure(path, png: str | Path | None = None, tensorboard: bool = True)
     ax.set_ylabel("members")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    png = Path(png) if png else path / REPORT_PNG
+    png = Path(png) if png else path / JUMPS_REPORT_PNG
     fig.savefig(png, dpi=110)
     if tensorboard and main is not None:
         from torch.utils.tensorboard import SummaryWriter

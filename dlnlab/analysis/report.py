@@ -36,7 +36,7 @@ from dlnlab.theory.square.critical import plateau_values
 
 __all__ = ["REPORT_PNG", "is_plain_run", "run_report", "report_data"]
 
-REPORT_PNG = "report.png"
+REPORT_PNG = "report.png"  # an ordinary run's figure (a jumps experiment's: runfolder.JUMPS_REPORT_PNG)
 LOSS_DECADES = 3        # the loss axis shows this many decades below the smallest positive plateau
 BOX_FRAC = 0.15       # the width of a plateau's label box, as a fraction of the step axis (about)
 MARGIN_FLOOR = 1e-10   # the tight-margin axis shows this range below its largest value
