@@ -161,6 +161,18 @@ class PreparedData:
     sxy_inj: bool
     sxy_surj: bool
     data_warnings: tuple[str, ...]
+    # per-architecture bookkeeping of the classifier (`pivots`), built at its first point
+    cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def critical_value(self, S: tuple) -> float:
+        """`LandscapeData.critical_value` of a 1-based tuple S, kept for the next point on the same plateau."""
+        values = self.cache.setdefault("critical_value", {})
+        v = values.get(S)
+        if v is None:
+            v = self.data.critical_value(S)
+            if len(values) < 4096:  # at most 2^k plateaus: a bound for large k
+                values[S] = v
+        return v
 
     @classmethod
     def of(cls, data: LandscapeData, tol: Tolerances) -> "PreparedData":
