@@ -171,7 +171,8 @@ class _Blocks:
     left: np.ndarray            # (blocks, n) int
     mid: np.ndarray             # (blocks,) |Sxy|_F for a B1 block, 1 for a partial product
     right: np.ndarray           # (blocks, n) int
-    pair_rows: tuple = None     # (rows of B1, rows of B2) of the pivots, when the blocks are rank_spec's
+    pairs: np.ndarray = None    # (n_pivots, 2) rows of (B1, B2) of each pivot, when the blocks are rank_spec's
+    exact: np.ndarray = None    # (len(exact), 1) the known exact ranks, rows after the blocks'
     b1: bool = False            # some block is a B1 block (has factors right of Sxy)
 
 
@@ -197,12 +198,12 @@ def _blocks(sources: dict, exact: list, dims, H: int, sxy_fro: float, spec: dict
             width = max(width, min(dims[y - 1], dims[x]))
     keys = list(sources)
     row = {**{k: i for i, k in enumerate(keys)}, **{x: len(keys) + i for i, x in enumerate(exact)}}
-    pair_rows = None
+    pairs = None
     if spec is not None:
-        pair_rows = (np.array([row[k1] for k1, _ in spec.values()], dtype=np.int64),
-                     np.array([row[k2] for _, k2 in spec.values()], dtype=np.int64))
+        pairs = np.array([[row[k1], row[k2]] for k1, k2 in spec.values()], dtype=np.int64).reshape(-1, 2)
     return _Blocks(keys, list(sources.values()), row, width, _padded(lefts, H), np.array(mids, dtype=np.float64),
-                   _padded(rights, H), pair_rows, any(src[0] == "B1" for src in sources.values()))
+                   _padded(rights, H), pairs, np.array(exact, dtype=np.int64).reshape(-1, 1),
+                   any(src[0] == "B1" for src in sources.values()))
 
 
 @dataclass
@@ -210,6 +211,7 @@ class _Plan:
     """The pivot test of one architecture, computed once per (H, dims) and kept on the PreparedData:
     rank_spec, and its blocks alone, with the Lemma 24 blocks, and the Lemma 24 blocks alone."""
     spec: dict
+    pivots: list                # the pivots, in rank_spec's order
     exact: list
     lemma: list                 # [(name, key)] of Lemma 24's ranked partial products, in report order
     pivot: _Blocks
@@ -230,7 +232,7 @@ def _plan(prep: PreparedData, dims) -> _Plan:
             for (b, a), on in (((H, 2), prep.sxy_inj), ((H - 1, 1), prep.sxy_surj)):
                 if on:
                     lemma[("C", b, a)] = ("P", b, a)
-        plan = _Plan(spec, exact, [(block_name(k), k) for k in lemma],
+        plan = _Plan(spec, list(spec), exact, [(block_name(k), k) for k in lemma],
                      _blocks(sources, exact, dims, H, prep.sxy_fro, spec),
                      _blocks({**sources, **lemma}, exact, dims, H, prep.sxy_fro, spec),
                      _blocks(lemma, [], dims, H, prep.sxy_fro))
@@ -241,11 +243,9 @@ def _plan(prep: PreparedData, dims) -> _Plan:
 @dataclass
 class _Ranks:
     """The ranked blocks' numerical ranks over the members, one row per block, then one row per
-    known exact rank: rank, rank at thr * band (lo), rank at thr / band (hi); the blocks' zero-padded
-    spectra, in-band mask and threshold."""
-    rank: np.ndarray            # (rows, E)
-    lo: np.ndarray
-    hi: np.ndarray
+    known exact rank: rank, rank at thr * band (lo), rank at thr / band (hi), stacked in `counts`;
+    the blocks' zero-padded spectra, in-band mask and threshold."""
+    counts: np.ndarray          # (3, rows, E): rank, lo, hi
     S: np.ndarray               # (blocks, E, width), descending, zero-padded (a zero never counts)
     inside: np.ndarray          # (blocks, E, width): thr / band < s <= thr * band
     thr: np.ndarray             # (blocks, E)
@@ -277,7 +277,7 @@ def _spectra(prep: PreparedData, bl: _Blocks, ch: dict, idx: torch.Tensor | None
 
 
 def _rank_blocks(prep: PreparedData, bl: _Blocks, ch: dict, fro: list, floor_rtol: float, idx: torch.Tensor | None,
-                 n: int, H: int, exact: list, singular_values: dict | None, bands: bool = True) -> _Ranks:
+                 n: int, H: int, singular_values: dict | None, bands: bool = True) -> _Ranks:
     """Rank every block of `bl` at once for the n members idx (None: all; fro: their norms): the
     thresholds max(rank_rtol * s_1, floor_rtol * prod of the factors' norms) per block and member.
     numpy: the same float64 comparisons as torch, with a fraction of the overhead per operation
@@ -295,18 +295,20 @@ def _rank_blocks(prep: PreparedData, bl: _Blocks, ch: dict, fro: list, floor_rto
         scale = (scale * bl.mid[:, None]) * R
     thr = np.maximum(tol.rank_rtol * S[:, :, 0], floor_rtol * scale)
     t = thr[..., None]
-    rank = (S > t).sum(-1)
     if not bands:
-        return _Ranks(rank, None, None, S, None, thr)
-    above = S > t / band
-    ex = np.repeat(np.array(exact, dtype=np.int64).reshape(-1, 1), n, 1)
-    return _Ranks(np.concatenate([rank, ex]), np.concatenate([(S > t * band).sum(-1), ex]),
-                  np.concatenate([above.sum(-1), ex]), S, above & (S <= t * band), thr)
+        return _Ranks((S > t)[None].sum(-1), S, None, thr)
+    T = np.stack([t, t * band, t / band])           # one comparison and one count for the three ranks
+    gt = S > T
+    nb = len(bl.keys)
+    counts = np.empty((3, nb + bl.exact.shape[0], n), dtype=np.int64)
+    counts[:, :nb] = gt.sum(-1)
+    counts[:, nb:] = bl.exact
+    return _Ranks(counts, S, gt[2] & (S <= T[1]), thr)
 
 
 def _lemma_ranks(plan: _Plan, bl: _Blocks, rk: _Ranks) -> list:
     """[(name, (E,) rank)] of Lemma 24's blocks, read from ranks over all members."""
-    return [(name, rk.rank[bl.row[key]]) for name, key in plan.lemma]
+    return [(name, rk.counts[0, bl.row[key]]) for name, key in plan.lemma]
 
 
 def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: np.ndarray,
@@ -327,19 +329,19 @@ def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float,
         lem = []
         if lemma:
             bl = plan.lemma_only
-            lem = _lemma_ranks(plan, bl, _rank_blocks(prep, bl, ch, fro, floor_rtol, None, E, H, [], singular_values,
+            lem = _lemma_ranks(plan, bl, _rank_blocks(prep, bl, ch, fro, floor_rtol, None, E, H, singular_values,
                                                          bands=False))
         code = np.full(idx.size, _NS, dtype=np.int64)
-        return PivotTest(list(plan.spec), code, np.zeros((E, n_p, 2), dtype=np.int64),
+        return PivotTest(plan.pivots, code, np.zeros((E, n_p, 2), dtype=np.int64),
                          *np.zeros((3, E, n_p), dtype=bool), {}, H, min(dims), lem)
     every = idx.size == E   # all members tested (one point): no copies of their products
     bl = plan.both if every and lemma else plan.pivot
     rk_ = _rank_blocks(prep, bl, ch, fro if every else [f[idx] for f in fro], floor_rtol,
-                       None if every else torch.from_numpy(idx), idx.size, H, plan.exact, singular_values)
+                       None if every else torch.from_numpy(idx), idx.size, H, singular_values)
     lem = _lemma_ranks(plan, bl, rk_) if bl is plan.both else []
     if lemma and bl is not plan.both:
         lb = plan.lemma_only
-        lem = _lemma_ranks(plan, lb, _rank_blocks(prep, lb, ch, fro, floor_rtol, None, E, H, [], singular_values,
+        lem = _lemma_ranks(plan, lb, _rank_blocks(prep, lb, ch, fro, floor_rtol, None, E, H, singular_values,
                                                       bands=False))
     return _decide_pivots(plan, bl, rk_, idx, r[idx], E, H, min(dims), lem)
 
@@ -347,21 +349,20 @@ def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float,
 def _decide_pivots(plan: _Plan, bl: _Blocks, rk_: _Ranks, idx: np.ndarray, rr: np.ndarray, E: int, H: int,
                    r_max: int, lem: list) -> PivotTest:
     """The pivot test's verdicts from the ranks of the tested members idx (ranks rr)."""
-    n_p = len(plan.spec)
+    n_p = len(plan.pivots)
     ranks = np.zeros((E, n_p, 2), dtype=np.int64)
     flags = np.zeros((3, E, n_p), dtype=bool)
-    i1, i2 = bl.pair_rows
-    b1, b2 = rk_.rank[i1], rk_.rank[i2]                       # (n_pivots, members)
-    loose = (b1 > rr) & (b2 > rr)
-    certain = (rk_.lo[i1] > rr) & (rk_.lo[i2] > rr)
-    unsure = ~((rk_.hi[i1] <= rr) | (rk_.hi[i2] <= rr)) & ~certain
-    prop4 = (b1 < rr) | (b2 < rr)
+    c = rk_.counts[:, bl.pairs]                          # (3, n_pivots, 2 blocks, members)
+    loose = (c[0] > rr).all(1)                           # both blocks of rank > r
+    certain = (c[1] > rr).all(1)
+    unsure = ~(c[2] <= rr).any(1) & ~certain
+    prop4 = (c[0] < rr).any(1)
     strict, amb = certain.any(0), unsure.any(0)
     code = np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64)
-    ranks[idx] = np.stack([b1, b2], -1).transpose(1, 0, 2)
+    ranks[idx] = c[0].transpose(2, 0, 1)
     flags[0, idx], flags[1, idx], flags[2, idx] = loose.T, unsure.T, prop4.T
-    amb_values = _gap_values(list(plan.spec.values()), bl, rk_, idx, amb & ~strict, unsure.T)
-    return PivotTest(list(plan.spec), code, ranks, *flags, amb_values, H, r_max, lem)
+    amb_values = _gap_values(list(plan.spec.values()), bl, rk_, idx, amb & ~strict, unsure.T) if amb.any() else {}
+    return PivotTest(plan.pivots, code, ranks, *flags, amb_values, H, r_max, lem)
 
 
 def _gap_values(keys: list, bl: _Blocks, rk: _Ranks, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:

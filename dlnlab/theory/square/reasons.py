@@ -112,7 +112,7 @@ def _warnings(prep: PreparedData, e: int, re: int, loss_off: bool, loss: float, 
 def _reason(e, code, r, piv, nmask, pt) -> str:
     """The reason of a decided member e."""
     H, r_max, re, c = pt.H, pt.r_max, int(r[e]), int(code[e])
-    S = tuple(int(i) + 1 for i in np.nonzero(nmask[e])[0])
+    S = tuple((np.nonzero(nmask[e])[0] + 1).tolist())
     if bool(piv[e]):
         if c == _SS:
             pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)

@@ -90,6 +90,8 @@ def _first_order(d, weights: list, ch: dict, finite: torch.Tensor | None, given:
         ok = np.isfinite(L.numpy()) & np.isfinite(gnorm.numpy())
         finite = torch.from_numpy(ok)
     none = np.zeros(E, dtype=bool)
+    if ok is not None and ok.all():  # the common case: every member finite, nothing to zero
+        return _FirstOrder(L, gnorm, ch, weights, none, none, none, ok)
     nonfinite, redo = none, none
     if not (ok.all() if ok is not None else bool(finite.all())):
         nonfinite = ~finite_members(weights).numpy()
@@ -121,9 +123,9 @@ def _sets(mask: np.ndarray) -> list:
     if mask.shape[0] == 0 or mask.shape[1] == 0:
         return [()] * mask.shape[0]
     if mask.shape[0] == 1:
-        return [tuple(int(i) + 1 for i in np.nonzero(mask[0])[0])]
+        return [tuple((np.nonzero(mask[0])[0] + 1).tolist())]
     uniq, inv = np.unique(mask, axis=0, return_inverse=True)
-    sets = [tuple(int(i) + 1 for i in np.nonzero(row)[0]) for row in uniq]
+    sets = [tuple((np.nonzero(row)[0] + 1).tolist()) for row in uniq]
     return [sets[i] for i in inv.reshape(-1).tolist()]
 
 
@@ -161,9 +163,11 @@ def _product_rank(prep: PreparedData, P: torch.Tensor, fro: list, floor_rtol: fl
     s1 = s[:, 0] if s.shape[-1] else np.zeros(E)
     thr = np.maximum(tol.rank_rtol * np.maximum(s1, prep.sqrt_lam1), floor_rtol * ordered_prod(fro) * prep.sxxh_fro)
     t, band = thr[:, None], tol.rank_band
-    above = s > t / band
-    inside = above & (s <= t * band)
-    return ProductRank(s, thr, (s > t).sum(-1), inside.any(-1), (s > t * band).sum(-1), above.sum(-1), inside)
+    T = np.stack([t, t * band, t / band])   # one comparison and one count for rank, lo and hi
+    gt = s > T
+    r, lo, hi = gt.sum(-1)
+    inside = gt[2] & (s <= T[1])
+    return ProductRank(s, thr, r, inside.any(-1), lo, hi, inside)
 
 
 def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, products: dict | None = None,
