@@ -221,14 +221,15 @@ def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, 
     """The verdicts as columns (members that are not finite: r = 0, no nearest plateau, no Gamma)."""
     nan, fine, decided = float("nan"), fo.fine, masks["decided"]
     code = torch.from_numpy(masks["code"])
-    gdiag = gam.diag if fine.all() else torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan)
+    every = fine.all()  # the common case: no column to mask
+    gdiag = gam.diag if every else torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan)
     return EnsembleClassification(
         label=[LABELS[c] for c in masks["code"].tolist()],
         S=[S if on else None for S, on in zip(gam.nearest, decided.tolist())],
-        r=torch.from_numpy(np.where(fine, pr.r, 0)),
+        r=torch.from_numpy(pr.r.copy() if every else np.where(fine, pr.r, 0)),
         critical_value=torch.from_numpy(np.where(decided, gam.nearest_value, nan)), loss=fo.L, grad_norm=fo.gnorm,
-        nearest_S=[S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
-        nearest_value=torch.from_numpy(np.where(fine, gam.nearest_value, nan)),
+        nearest_S=list(gam.nearest) if every else [S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
+        nearest_value=torch.from_numpy(gam.nearest_value if every else np.where(fine, gam.nearest_value, nan)),
         gamma_diag=gdiag, reason=reasons, warnings=warns,
         r_max=min(dims), H=len(dims) - 1, grad_tol=gtol, assumptions_ok=prep.data.assumptions.ok, code=code,
         pivots=pt.pivots, pivot_ran=torch.from_numpy(masks["piv"]), block_ranks=torch.from_numpy(pt.block_ranks),
@@ -246,6 +247,9 @@ def _decide(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, g
     rest = fo.fine & ~notcrit
     none = np.zeros(E, dtype=bool)
     off_max = dev = np.zeros(E)
+    if not rest.any():  # no first-order critical member (a not_critical point): nothing more to decide
+        return dict(code=code, notcrit=notcrit, amb_rank=none, assump_bad=none, gam_bad=none, size_bad=none,
+                    decided=none, piv=none, off_max=off_max, dev=dev)
     if not prep.data.assumptions.ok:  # Theorem 7 needs Assumption 1: every first-order critical member is ambiguous
         amb_rank, assump_bad, gam_bad, size_bad, decided = none, rest, none, none, none
     else:
