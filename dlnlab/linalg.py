@@ -66,12 +66,15 @@ def partial_products(weights: Sequence[torch.Tensor]) -> dict[tuple[int, int], t
     All H(H+1)/2 products cost H(H-1)/2 matmuls: each prefix W_i is extended once by W_{i+1}, ...
     """
     H = len(weights)
+    # stacks of equal batch: bmm is the kernel `@` calls, without its reshapes (same numbers)
+    mul = torch.bmm if all(w.dim() == 3 for w in weights) and len({w.shape[0] for w in weights}) == 1 \
+        else torch.matmul
     out = {}
     for i in range(1, H + 1):
         p = weights[i - 1]
         out[(i, i)] = p
         for j in range(i + 1, H + 1):
-            p = weights[j - 1] @ p
+            p = mul(weights[j - 1], p)
             out[(j, i)] = p
     return out
 

@@ -15,12 +15,12 @@ but other singular values: only a rank test may use them (`shortcuts=True`), nev
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from dlnlab.linalg import singular_values as spectra_of
+from dlnlab.linalg import grouped_singular_values
 from dlnlab.theory.square.verdicts import PreparedData, block_name
 
 __all__ = [
@@ -156,107 +156,216 @@ class PivotTest:
     amb_values: dict            # member -> ambiguous_values
     H: int
     r_max: int
+    lemma: list = field(default_factory=list)  # [(name, (E,) rank)]: Lemma 24's ranks, when asked for
 
 
-def _block_spectra(prep: PreparedData, ch: dict, sources: dict, idx: torch.Tensor | None, H: int,
-                   singular_values: dict | None) -> dict:
-    """Singular values of every ranked block of `rank_spec`, for the members idx (None: all; each
-    matrix once, batched); the partial products' own spectra are taken from `singular_values` when given."""
-    b1_keys = [s[1:] for s in sources.values() if s[0] == "B1"]
-    if idx is None:
-        sub = ch
-    else:
-        sub = {k: ch[k][idx] for k in {s[1:] for s in sources.values() if s[0] == "P"}}
-        sub.update({k: ch[k][idx] for k in [(j - 1, 1) for _, j in b1_keys if j > 1]
-                    + [(H, i + 1) for i, _ in b1_keys if i < H]})
-    b1 = sandwiches(sub, prep.data.Sxy, b1_keys, H)
-    mats = {key: b1[src[1:]] if src[0] == "B1" else sub[src[1:]] for key, src in sources.items()
-            if not (src[0] == "P" and singular_values is not None)}
-    sv = spectra_of(mats) if mats else {}
-    if singular_values is not None:
-        sv.update({key: singular_values[src[1:]] if idx is None else singular_values[src[1:]][idx]
-                   for key, src in sources.items() if src[0] == "P"})
-    return sv
+@dataclass
+class _Blocks:
+    """Matrices ranked together and what their thresholds need, fixed by the architecture. The noise
+    floor of a block is (L * mid) * R, L and R the left-to-right products of the norms of the factors
+    left and right of Sxy (`factor_scale`'s rounding); index H, a norm of 1 (an exact factor), pads."""
+    keys: list                  # the matrix's name (rank_spec's keys; ("C", b, a) for Lemma 24)
+    sources: list               # its source: ("P", b, a) or ("B1", i, j)
+    row: dict                   # key (or an exact rank) -> row of the rank arrays
+    width: int                  # the longest spectrum (at least 1)
+    left: np.ndarray            # (blocks, n) int
+    mid: np.ndarray             # (blocks,) |Sxy|_F for a B1 block, 1 for a partial product
+    right: np.ndarray           # (blocks, n) int
+    pairs: np.ndarray = None    # (n_pivots, 2) rows of (B1, B2) of each pivot, when the blocks are rank_spec's
+    exact: np.ndarray = None    # (len(exact), 1) the known exact ranks, rows after the blocks'
+    b1: bool = False            # some block is a B1 block (has factors right of Sxy)
+
+
+def _padded(rows: list, pad: int) -> np.ndarray:
+    """Ragged index lists as one (len, max(1, longest)) int array, padded with `pad` at the end."""
+    n = max([1] + [len(r) for r in rows])
+    return np.array([r + [pad] * (n - len(r)) for r in rows], dtype=np.int64).reshape(len(rows), n)
+
+
+def _blocks(sources: dict, exact: list, dims, H: int, sxy_fro: float, spec: dict | None = None) -> _Blocks:
+    """The `_Blocks` of {key: source} (spec: rank_spec's pivots, to locate their blocks' rows)."""
+    lefts, rights, mids, width = [], [], [], 1
+    for kind, x, y in sources.values():
+        if kind == "P":     # W_x..W_y: d_x x d_{y-1}
+            lefts.append(list(range(y - 1, x)))
+            rights.append([])
+            mids.append(1.0)
+            width = max(width, min(dims[x], dims[y - 1]))
+        else:               # B1(x, y) = W_{y-1}..W_1 Sxy W_H..W_{x+1}: d_{y-1} x d_x
+            lefts.append(list(range(y - 1)))
+            rights.append(list(range(x, H)))
+            mids.append(sxy_fro)
+            width = max(width, min(dims[y - 1], dims[x]))
+    keys = list(sources)
+    row = {**{k: i for i, k in enumerate(keys)}, **{x: len(keys) + i for i, x in enumerate(exact)}}
+    pairs = None
+    if spec is not None:
+        pairs = np.array([[row[k1], row[k2]] for k1, k2 in spec.values()], dtype=np.int64).reshape(-1, 2)
+    return _Blocks(keys, list(sources.values()), row, width, _padded(lefts, H), np.array(mids, dtype=np.float64),
+                   _padded(rights, H), pairs, np.array(exact, dtype=np.int64).reshape(-1, 1),
+                   any(src[0] == "B1" for src in sources.values()))
+
+
+@dataclass
+class _Plan:
+    """The pivot test of one architecture, computed once per (H, dims) and kept on the PreparedData:
+    rank_spec, and its blocks alone, with the Lemma 24 blocks, and the Lemma 24 blocks alone."""
+    spec: dict
+    pivots: list                # the pivots, in rank_spec's order
+    exact: list
+    lemma: list                 # [(name, key)] of Lemma 24's ranked partial products, in report order
+    pivot: _Blocks
+    both: _Blocks
+    lemma_only: _Blocks
+
+
+def _plan(prep: PreparedData, dims) -> _Plan:
+    """The cached `_Plan` of the architecture dims = [d_0..d_H]."""
+    key = ("pivot_plan", tuple(dims))
+    plan = prep.cache.get(key)
+    if plan is None:
+        H = len(dims) - 1
+        spec, sources = rank_spec(H, dims, prep.data.assumptions.sxy_rank, prep.sxy_inj, prep.sxy_surj)
+        exact = sorted({k for pair in spec.values() for k in pair if not isinstance(k, tuple)})
+        lemma = {}
+        if H >= 2:  # rk(W_H..W_2) when Sxy has full column rank, rk(W_{H-1}..W_1) when full row rank
+            for (b, a), on in (((H, 2), prep.sxy_inj), ((H - 1, 1), prep.sxy_surj)):
+                if on:
+                    lemma[("C", b, a)] = ("P", b, a)
+        plan = _Plan(spec, list(spec), exact, [(block_name(k), k) for k in lemma],
+                     _blocks(sources, exact, dims, H, prep.sxy_fro, spec),
+                     _blocks({**sources, **lemma}, exact, dims, H, prep.sxy_fro, spec),
+                     _blocks(lemma, [], dims, H, prep.sxy_fro))
+        prep.cache[key] = plan
+    return plan
 
 
 @dataclass
 class _Ranks:
-    """The ranked blocks' numerical ranks over the members, one row per block (`keys`), then one row
-    per known exact rank (`exact`): rank, rank at thr * band (lo), rank at thr / band (hi); in-band
-    mask and threshold of the ranked blocks."""
-    row: dict                   # key (tuple, or an int: an exact rank) -> row
-    rank: np.ndarray            # (rows, E)
-    lo: np.ndarray
-    hi: np.ndarray
-    inside: np.ndarray          # (blocks, E, n): thr / band < s <= thr * band (zero-padded spectra)
+    """The ranked blocks' numerical ranks over the members, one row per block, then one row per
+    known exact rank: rank, rank at thr * band (lo), rank at thr / band (hi), stacked in `counts`;
+    the blocks' zero-padded spectra, in-band mask and threshold."""
+    counts: np.ndarray          # (3, rows, E): rank, lo, hi
+    S: np.ndarray               # (blocks, E, width), descending, zero-padded (a zero never counts)
+    inside: np.ndarray          # (blocks, E, width): thr / band < s <= thr * band
     thr: np.ndarray             # (blocks, E)
 
 
-def _block_ranks(prep: PreparedData, sources: dict, sv: dict, fro: list, floor_rtol: float, H: int,
-                 exact: list, E: int) -> _Ranks:
-    """Rank every block of `sources` at once: their spectra zero-padded into one (blocks, E, n) array
-    (a zero never counts), the thresholds max(rank_rtol * s_1, floor_rtol * prod of the factors'
-    norms) per block and member. numpy: the same float64 comparisons as torch, with a fraction of the
-    overhead per operation (one point runs this path too)."""
+def _spectra(prep: PreparedData, bl: _Blocks, ch: dict, idx: torch.Tensor | None, n: int, H: int,
+             singular_values: dict | None) -> np.ndarray:
+    """(blocks, n, width) zero-padded singular values of `bl`'s matrices for the members idx (None:
+    all), one batched svdvals per shape; partial products' spectra from `singular_values` when given."""
+    S = np.zeros((len(bl.keys), n, bl.width))
+    b1_keys = [s[1:] for s in bl.sources if s[0] == "B1"]
+    if idx is None:
+        sub = ch
+    else:
+        need = {s[1:] for s in bl.sources if s[0] == "P"} | {(j - 1, 1) for _, j in b1_keys if j > 1} \
+            | {(H, i + 1) for i, _ in b1_keys if i < H}
+        sub = {k: ch[k][idx] for k in need}
+    b1 = sandwiches(sub, prep.data.Sxy, b1_keys, H) if b1_keys else {}
+    mats = {}
+    for row, src in enumerate(bl.sources):
+        if src[0] == "P" and singular_values is not None:
+            s = singular_values[src[1:]] if idx is None else singular_values[src[1:]][idx]
+            S[row, :, :s.shape[-1]] = s.numpy()
+        else:
+            mats[row] = b1[src[1:]] if src[0] == "B1" else sub[src[1:]]
+    for rows, s in grouped_singular_values(mats) if mats else ():
+        S[rows, :, :s.shape[-1]] = s.numpy()
+    return S
+
+
+def _rank_blocks(prep: PreparedData, bl: _Blocks, ch: dict, fro: list, floor_rtol: float, idx: torch.Tensor | None,
+                 n: int, H: int, singular_values: dict | None, bands: bool = True) -> _Ranks:
+    """Rank every block of `bl` at once for the n members idx (None: all; fro: their norms): the
+    thresholds max(rank_rtol * s_1, floor_rtol * prod of the factors' norms) per block and member.
+    numpy: the same float64 comparisons as torch, with a fraction of the overhead per operation
+    (one point runs this path too). bands=False: the ranks alone (no exact rows, lo, hi, inside)."""
     tol, band = prep.tol, prep.tol.rank_band
-    keys = list(sources)
-    S = np.zeros((len(keys), E, max([1] + [sv[k].shape[-1] for k in keys])))
-    for i, k in enumerate(keys):
-        S[i, :, :sv[k].shape[-1]] = sv[k].numpy()
-    scale = np.zeros((len(keys), E))
-    for i, k in enumerate(keys):
-        scale[i] = factor_scale(sources[k], fro, prep.sxy_fro, H)
+    S = _spectra(prep, bl, ch, idx, n, H, singular_values)
+    norms = np.vstack(fro + [np.ones(n)])
+    scale = norms[bl.left[:, 0]]
+    for c in range(1, bl.left.shape[1]):
+        scale = scale * norms[bl.left[:, c]]
+    if bl.b1:  # (L * |Sxy|) * R; a product's factors of 1 are exact, so they are skipped
+        R = norms[bl.right[:, 0]]
+        for c in range(1, bl.right.shape[1]):
+            R = R * norms[bl.right[:, c]]
+        scale = (scale * bl.mid[:, None]) * R
     thr = np.maximum(tol.rank_rtol * S[:, :, 0], floor_rtol * scale)
     t = thr[..., None]
-    above = S > t / band
-    ex = np.repeat(np.array(exact, dtype=np.int64)[:, None], E, 1)
-    row = {**{k: i for i, k in enumerate(keys)}, **{x: len(keys) + i for i, x in enumerate(exact)}}
-    return _Ranks(row, np.concatenate([(S > t).sum(-1), ex]), np.concatenate([(S > t * band).sum(-1), ex]),
-                  np.concatenate([above.sum(-1), ex]), above & (S <= t * band), thr)
+    if not bands:
+        return _Ranks((S > t)[None].sum(-1), S, None, thr)
+    T = np.stack([t, t * band, t / band])           # one comparison and one count for the three ranks
+    gt = S > T
+    nb = len(bl.keys)
+    counts = np.empty((3, nb + bl.exact.shape[0], n), dtype=np.int64)
+    counts[:, :nb] = gt.sum(-1)
+    counts[:, nb:] = bl.exact
+    return _Ranks(counts, S, gt[2] & (S <= T[1]), thr)
+
+
+def _lemma_ranks(plan: _Plan, bl: _Blocks, rk: _Ranks) -> list:
+    """[(name, (E,) rank)] of Lemma 24's blocks, read from ranks over all members."""
+    return [(name, rk.counts[0, bl.row[key]]) for name, key in plan.lemma]
 
 
 def pivot_test(prep: PreparedData, ch: dict, fro: list, dims, floor_rtol: float, piv: np.ndarray,
-               r: np.ndarray, singular_values: dict | None) -> PivotTest:
+               r: np.ndarray, singular_values: dict | None, lemma: bool = False) -> PivotTest:
     """Theorem 7.2 for the members in `piv` (S = {1..r}, r < r_max; docs/theory.md §5 step 5): rank
     every block of `rank_spec` once for all of them and decide strict (some pivot certainly loose),
     ambiguous (some pivot inside the tolerance gap) or non-strict (every pivot tightened).
 
     ch: the partial products {(b, a): W_b..W_a}; fro: [|W_1|_F..|W_H|_F] per member (numpy);
-    piv: (E,) bool, the members to test; r: (E,) their ranks."""
-    d, H, E = prep.data, len(fro), piv.shape[0]
+    piv: (E,) bool, the members to test; r: (E,) their ranks. lemma: also rank Lemma 24's partial
+    products for every member (`PivotTest.lemma`), with the pivot blocks when every member is tested."""
+    H, E = len(fro), piv.shape[0]
+    plan = _plan(prep, dims)
     idx = np.nonzero(piv)[0]
-    if not idx.size:
-        n_p = H * (H - 1) // 2
-        return PivotTest(pivots(H), np.zeros(0, dtype=np.int64), np.zeros((E, n_p, 2), dtype=np.int64),
-                         *np.zeros((3, E, n_p), dtype=bool), {}, H, min(dims))
-    spec, sources = rank_spec(H, dims, d.assumptions.sxy_rank, prep.sxy_inj, prep.sxy_surj)
-    n_p = len(spec)
+    n_p = len(plan.spec)
+    lemma = lemma and bool(plan.lemma)
+    if not idx.size or not n_p:  # nobody tested, or H = 1: no pivot, so none is loose
+        lem = []
+        if lemma:
+            bl = plan.lemma_only
+            lem = _lemma_ranks(plan, bl, _rank_blocks(prep, bl, ch, fro, floor_rtol, None, E, H, singular_values,
+                                                         bands=False))
+        code = np.full(idx.size, _NS, dtype=np.int64)
+        return PivotTest(plan.pivots, code, np.zeros((E, n_p, 2), dtype=np.int64),
+                         *np.zeros((3, E, n_p), dtype=bool), {}, H, min(dims), lem)
+    every = idx.size == E   # all members tested (one point): no copies of their products
+    bl = plan.both if every and lemma else plan.pivot
+    rk_ = _rank_blocks(prep, bl, ch, fro if every else [f[idx] for f in fro], floor_rtol,
+                       None if every else torch.from_numpy(idx), idx.size, H, singular_values)
+    lem = _lemma_ranks(plan, bl, rk_) if bl is plan.both else []
+    if lemma and bl is not plan.both:
+        lb = plan.lemma_only
+        lem = _lemma_ranks(plan, lb, _rank_blocks(prep, lb, ch, fro, floor_rtol, None, E, H, singular_values,
+                                                      bands=False))
+    return _decide_pivots(plan, bl, rk_, idx, r[idx], E, H, min(dims), lem)
+
+
+def _decide_pivots(plan: _Plan, bl: _Blocks, rk_: _Ranks, idx: np.ndarray, rr: np.ndarray, E: int, H: int,
+                   r_max: int, lem: list) -> PivotTest:
+    """The pivot test's verdicts from the ranks of the tested members idx (ranks rr)."""
+    n_p = len(plan.pivots)
     ranks = np.zeros((E, n_p, 2), dtype=np.int64)
     flags = np.zeros((3, E, n_p), dtype=bool)
-    if not n_p:  # H = 1: no pivot, so none is loose
-        return PivotTest([], np.full(idx.size, _NS, dtype=np.int64), ranks, *flags, {}, H, min(dims))
-    every = idx.size == E   # all members tested (one point): no copies of their products
-    sv = _block_spectra(prep, ch, sources, None if every else torch.from_numpy(idx), H, singular_values)
-    exact = sorted({k for pair in spec.values() for k in pair if not isinstance(k, tuple)})
-    rk_ = _block_ranks(prep, sources, sv, fro if every else [f[idx] for f in fro], floor_rtol, H, exact,
-                       idx.size)
-    rr = r[idx]
-    i1 = np.array([rk_.row[k1] for k1, _ in spec.values()])
-    i2 = np.array([rk_.row[k2] for _, k2 in spec.values()])
-    b1, b2 = rk_.rank[i1], rk_.rank[i2]                       # (n_pivots, members)
-    loose = (b1 > rr) & (b2 > rr)
-    certain = (rk_.lo[i1] > rr) & (rk_.lo[i2] > rr)
-    unsure = ~((rk_.hi[i1] <= rr) | (rk_.hi[i2] <= rr)) & ~certain
-    prop4 = (b1 < rr) | (b2 < rr)
+    c = rk_.counts[:, bl.pairs]                          # (3, n_pivots, 2 blocks, members)
+    loose = (c[0] > rr).all(1)                           # both blocks of rank > r
+    certain = (c[1] > rr).all(1)
+    unsure = ~(c[2] <= rr).any(1) & ~certain
+    prop4 = (c[0] < rr).any(1)
     strict, amb = certain.any(0), unsure.any(0)
     code = np.where(strict, _SS, np.where(amb, _AM, _NS)).astype(np.int64)
-    ranks[idx] = np.stack([b1, b2], -1).transpose(1, 0, 2)
+    ranks[idx] = c[0].transpose(2, 0, 1)
     flags[0, idx], flags[1, idx], flags[2, idx] = loose.T, unsure.T, prop4.T
-    amb_values = _gap_values(list(spec.values()), sv, rk_, idx, amb & ~strict, unsure.T)
-    return PivotTest(list(spec), code, ranks, *flags, amb_values, H, min(dims))
+    amb_values = _gap_values(list(plan.spec.values()), bl, rk_, idx, amb & ~strict, unsure.T) if amb.any() else {}
+    return PivotTest(plan.pivots, code, ranks, *flags, amb_values, H, r_max, lem)
 
 
-def _gap_values(keys: list, sv: dict, rk: _Ranks, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:
+def _gap_values(keys: list, bl: _Blocks, rk: _Ranks, idx: np.ndarray, amb: np.ndarray, unsure: np.ndarray) -> dict:
     """{member: ((block, singular value, threshold), ...)} of the ambiguous members (rare)."""
     out = {}
     for n in np.nonzero(amb)[0].tolist():
@@ -264,8 +373,8 @@ def _gap_values(keys: list, sv: dict, rk: _Ranks, idx: np.ndarray, amb: np.ndarr
         for p in np.nonzero(unsure[n])[0].tolist():
             for key in keys[p]:
                 if isinstance(key, tuple):
-                    s, i = sv[key][n].numpy(), rk.row[key]
-                    band_mask, thr = rk.inside[i, n, :s.shape[-1]], float(rk.thr[i, n])
+                    i = bl.row[key]
+                    s, band_mask, thr = rk.S[i, n], rk.inside[i, n], float(rk.thr[i, n])
                     vals += [(block_name(key), v, thr) for v in s[band_mask].tolist()]
         out[int(idx[n])] = tuple(vals)
     return out

@@ -55,19 +55,17 @@ def undecided_text(prep: PreparedData, fo, gam, pr: ProductRank, masks: dict, gt
     for e in _rows(masks["assump_bad"]):
         reasons[e] = (f"first-order critical (||grad L|| = {g_l[e]:.3g} <= {gtol:.3g}), but Theorem 7 "
                       "does not apply: Assumption 1 fails: " + why)
-    lo, hi = pr.lo.tolist(), pr.hi.tolist()
     for e in _rows(masks["amb_rank"]):
-        reasons[e] = (f"the rank of the product is ambiguous ({lo[e]}..{hi[e]}): singular value(s) "
+        reasons[e] = (f"the rank of the product is ambiguous ({int(pr.lo[e])}..{int(pr.hi[e])}): singular value(s) "
                       "inside the tolerance gap")
-    om, dv = masks["off_max"].tolist(), masks["dev"].tolist()
+    om, dv = masks["off_max"], masks["dev"]
     for e in _rows(masks["gam_bad"]):
         reasons[e] = ("S cannot be read from the product: Gamma = U^T P Sxy U diag(1/lam) is not a 0/1 "
-                      f"diagonal (max |off-diagonal| {om[e]:.3g}, max distance of a diagonal entry to 0/1 "
-                      f"{dv[e]:.3g}, gamma_tol {tol.gamma_tol:g})")
-    r_l = pr.r.tolist()
+                      f"diagonal (max |off-diagonal| {float(om[e]):.3g}, max distance of a diagonal entry to 0/1 "
+                      f"{float(dv[e]):.3g}, gamma_tol {tol.gamma_tol:g})")
     for e in _rows(masks["size_bad"]):
         S = gam.nearest[e]
-        reasons[e] = f"|S| = {len(S)} (S = {format_S(S)}) differs from the rank r = {r_l[e]} of the product"
+        reasons[e] = f"|S| = {len(S)} (S = {format_S(S)}) differs from the rank r = {int(pr.r[e])} of the product"
     return reasons, warns
 
 
@@ -112,7 +110,7 @@ def _warnings(prep: PreparedData, e: int, re: int, loss_off: bool, loss: float, 
 def _reason(e, code, r, piv, nmask, pt) -> str:
     """The reason of a decided member e."""
     H, r_max, re, c = pt.H, pt.r_max, int(r[e]), int(code[e])
-    S = tuple(int(i) + 1 for i in np.nonzero(nmask[e])[0])
+    S = tuple((np.nonzero(nmask[e])[0] + 1).tolist())
     if bool(piv[e]):
         if c == _SS:
             pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)

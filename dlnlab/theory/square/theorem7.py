@@ -28,12 +28,7 @@ from dlnlab.linalg import finite_members, partial_products
 from dlnlab.theory.square.hessian import hessian_min_eig
 from dlnlab.theory.square.pivots import ordered_prod, pivot_test
 from dlnlab.theory.square.reasons import ProductRank, decided_text, undecided_text
-from dlnlab.theory.square.verdicts import (
-    LABELS,
-    EnsembleClassification,
-    PreparedData,
-    block_name,
-)
+from dlnlab.theory.square.verdicts import LABELS, EnsembleClassification, PreparedData
 
 __all__ = ["LABELS", "classify_ensemble"]
 
@@ -62,11 +57,12 @@ def _loss_grad(d, ch: dict, H: int) -> tuple[torch.Tensor, torch.Tensor]:
     Ew = Err @ d.Sxx_half
     L = (Ew * Ew).sum((-1, -2)) + d.ls_loss
     G = 2.0 * (Err @ d.Sxx)
-    g2 = torch.zeros(P.shape[0], dtype=torch.float64)
+    g2 = None   # 0 + x is x: the first term starts the sum
     for h in range(1, H + 1):  # bmm: the kernel `@` calls for two stacks, without its reshapes
         left = G if h == H else torch.bmm(ch[(H, h + 1)].transpose(-1, -2), G)
         gh = left if h == 1 else torch.bmm(left, ch[(h - 1, 1)].transpose(-1, -2))
-        g2 = g2 + (gh * gh).sum((-1, -2))
+        sq = (gh * gh).sum((-1, -2))
+        g2 = sq if g2 is None else g2 + sq
     return L, torch.sqrt(g2)
 
 
@@ -90,12 +86,14 @@ def _first_order(d, weights: list, ch: dict, finite: torch.Tensor | None, given:
     H, E = len(weights), weights[0].shape[0]
     L, gnorm = _loss_grad(d, ch, H)
     ok = None
-    if finite is None:
-        finite = torch.isfinite(L) & torch.isfinite(gnorm)
-        ok = finite.numpy()
+    if finite is None:  # numpy: a fraction of torch's overhead on one point's scalars
+        ok = np.isfinite(L.numpy()) & np.isfinite(gnorm.numpy())
+        finite = torch.from_numpy(ok)
     none = np.zeros(E, dtype=bool)
+    if ok is not None and ok.all():  # the common case: every member finite, nothing to zero
+        return _FirstOrder(L, gnorm, ch, weights, none, none, none, ok)
     nonfinite, redo = none, none
-    if not bool(finite.all()):
+    if not (ok.all() if ok is not None else bool(finite.all())):
         nonfinite = ~finite_members(weights).numpy()
         redo = ~finite.numpy() & ~nonfinite if given else none
         nan = torch.full_like(L, float("nan"))
@@ -125,9 +123,9 @@ def _sets(mask: np.ndarray) -> list:
     if mask.shape[0] == 0 or mask.shape[1] == 0:
         return [()] * mask.shape[0]
     if mask.shape[0] == 1:
-        return [tuple(int(i) + 1 for i in np.nonzero(mask[0])[0])]
+        return [tuple((np.nonzero(mask[0])[0] + 1).tolist())]
     uniq, inv = np.unique(mask, axis=0, return_inverse=True)
-    sets = [tuple(int(i) + 1 for i in np.nonzero(row)[0]) for row in uniq]
+    sets = [tuple((np.nonzero(row)[0] + 1).tolist()) for row in uniq]
     return [sets[i] for i in inv.reshape(-1).tolist()]
 
 
@@ -135,11 +133,12 @@ def _gamma(prep: PreparedData, P: torch.Tensor) -> _Gamma:
     """Step 3's numbers: Gamma, the nearest plateau S = {i : Gamma_ii > 1/2} and its value."""
     d, E, k = prep.data, P.shape[0], prep.data.k
     Gam = (prep.UT @ P) @ d.gamma_right                                   # (E, d_y, k)
-    gdiag = torch.diagonal(Gam, dim1=-2, dim2=-1).clone() if k else torch.zeros(E, 0, dtype=torch.float64)
-    nmask = gdiag.numpy() > 0.5
+    diag = np.diagonal(Gam.numpy(), axis1=-2, axis2=-1).copy() if k else np.zeros((E, 0))
+    nmask = diag > 0.5
     nearest = _sets(nmask)
-    values = {S: d.critical_value(S) for S in set(nearest)}
-    return _Gamma(Gam, gdiag, nmask, nearest, np.array([values[S] for S in nearest], dtype=np.float64))
+    values = {S: prep.critical_value(S) for S in set(nearest)}
+    return _Gamma(Gam, torch.from_numpy(diag), nmask, nearest,
+                  np.array([values[S] for S in nearest], dtype=np.float64))
 
 
 def _gamma_misfit(prep: PreparedData, gam: _Gamma) -> tuple[np.ndarray, np.ndarray]:
@@ -147,45 +146,28 @@ def _gamma_misfit(prep: PreparedData, gam: _Gamma) -> tuple[np.ndarray, np.ndarr
     d, E, k = prep.data, gam.Gam.shape[0], prep.data.k
     if not k:
         return np.zeros(E), np.zeros(E)
-    off = gam.Gam[:, :k].clone()
-    off.diagonal(dim1=-2, dim2=-1).zero_()
-    off_max = off.abs().amax((-1, -2))
-    if d.d_y > k:
-        off_max = torch.maximum(off_max, gam.Gam[:, k:].abs().amax((-1, -2)))
-    dev = torch.minimum(gam.diag.abs(), (1.0 - gam.diag).abs()).amax(-1)
-    return off_max.numpy(), dev.numpy()
+    Gam = gam.Gam.numpy()   # numpy: exact operations, a fraction of torch's overhead on one point
+    off = np.abs(Gam)
+    off.reshape(E, -1)[:, :k * k:k + 1] = 0.0   # the diagonal of the top k x k block
+    off_max = off.max((-1, -2))
+    diag = gam.diag.numpy()
+    dev = np.minimum(np.abs(diag), np.abs(1.0 - diag)).max(-1)
+    return off_max, dev
 
 
 def _product_rank(prep: PreparedData, P: torch.Tensor, fro: list, floor_rtol: float) -> ProductRank:
     """Step 2: the numerical rank of the product, on P Sxx^{1/2} (module docstring of `classify`).
     fro: [|W_1|_F..|W_H|_F] per member (numpy)."""
     tol, E = prep.tol, P.shape[0]
-    s = torch.linalg.svdvals(P @ prep.data.Sxx_half)
-    s1 = s[:, 0] if s.shape[-1] else torch.zeros(E, dtype=torch.float64)
-    s, s1 = s.numpy(), s1.numpy()
+    s = torch.linalg.svdvals(P @ prep.data.Sxx_half).numpy()
+    s1 = s[:, 0] if s.shape[-1] else np.zeros(E)
     thr = np.maximum(tol.rank_rtol * np.maximum(s1, prep.sqrt_lam1), floor_rtol * ordered_prod(fro) * prep.sxxh_fro)
     t, band = thr[:, None], tol.rank_band
-    above = s > t / band
-    inside = above & (s <= t * band)
-    return ProductRank(s, thr, (s > t).sum(-1), inside.any(-1), (s > t * band).sum(-1), above.sum(-1), inside)
-
-
-def _lemma24(prep: PreparedData, ch: dict, fro: list, floor_rtol: float, singular_values: dict | None) -> list:
-    """Lemma 24's consistency ranks: rk(W_H..W_2) when Sxy has full column rank, rk(W_{H-1}..W_1) when
-    it has full row rank; [(name, (E,) rank)] (shared singular values when given)."""
-    tol, H = prep.tol, len(fro)
-    E = len(fro[0])
-    floors = {(H, 2): ordered_prod(fro[1:]), (H - 1, 1): ordered_prod(fro[:-1])}
-    out = []
-    for key, on in (((H, 2), prep.sxy_inj), ((H - 1, 1), prep.sxy_surj)):
-        if not on:
-            continue
-        s = singular_values[key] if singular_values is not None else torch.linalg.svdvals(ch[key])
-        s_top = s[:, 0] if s.shape[-1] else torch.zeros(E, dtype=torch.float64)
-        s, s_top = s.numpy(), s_top.numpy()
-        thr = np.maximum(tol.rank_rtol * s_top, floor_rtol * floors[key])
-        out.append((block_name(("C",) + key), (s > thr[:, None]).sum(-1)))
-    return out
+    T = np.stack([t, t * band, t / band])   # one comparison and one count for rank, lo and hi
+    gt = s > T
+    r, lo, hi = gt.sum(-1)
+    inside = gt[2] & (s <= T[1])
+    return ProductRank(s, thr, r, inside.any(-1), lo, hi, inside)
 
 
 def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, products: dict | None = None,
@@ -218,12 +200,13 @@ def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, produ
     fro = [torch.linalg.matrix_norm(w).numpy() for w in fo.weights]  # the noise floors: numpy arithmetic
     pr = _product_rank(prep, fo.ch[(H, 1)], fro, floor_rtol)
     masks = _decide(prep, fo, gam, pr, gtol, min(dims))
-    lemma = _lemma24(prep, fo.ch, fro, floor_rtol, singular_values) if masks["decided"].any() else []
-    pt = pivot_test(prep, fo.ch, fro, dims, floor_rtol, masks["piv"], pr.r, singular_values)
+    # Lemma 24's ranks ride with the pivot blocks: one batched SVD for a point
+    pt = pivot_test(prep, fo.ch, fro, dims, floor_rtol, masks["piv"], pr.r, singular_values,
+                    lemma=bool(masks["decided"].any()))
     masks["code"][masks["piv"]] = pt.code
     reasons, warns = undecided_text(prep, fo, gam, pr, masks, gtol)
     if masks["decided"].any():
-        decided_text(prep, masks, pr.r, gam, fo.L.numpy(), lemma, pt, reasons, warns)
+        decided_text(prep, masks, pr.r, gam, fo.L.numpy(), pt.lemma, pt, reasons, warns)
     out = _columns(prep, fo, gam, pr, masks, pt, reasons, warns, dims, gtol)
     if hessian:
         out.hessian_min_eig = [hessian_min_eig([w[e] for w in weights], d, method=hessian_method) if ok else None
@@ -238,14 +221,15 @@ def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, 
     """The verdicts as columns (members that are not finite: r = 0, no nearest plateau, no Gamma)."""
     nan, fine, decided = float("nan"), fo.fine, masks["decided"]
     code = torch.from_numpy(masks["code"])
-    gdiag = gam.diag if fine.all() else torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan)
+    every = fine.all()  # the common case: no column to mask
+    gdiag = gam.diag if every else torch.where(torch.from_numpy(fine).unsqueeze(-1), gam.diag, nan)
     return EnsembleClassification(
         label=[LABELS[c] for c in masks["code"].tolist()],
         S=[S if on else None for S, on in zip(gam.nearest, decided.tolist())],
-        r=torch.from_numpy(np.where(fine, pr.r, 0)),
+        r=torch.from_numpy(pr.r.copy() if every else np.where(fine, pr.r, 0)),
         critical_value=torch.from_numpy(np.where(decided, gam.nearest_value, nan)), loss=fo.L, grad_norm=fo.gnorm,
-        nearest_S=[S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
-        nearest_value=torch.from_numpy(np.where(fine, gam.nearest_value, nan)),
+        nearest_S=list(gam.nearest) if every else [S if ok else () for S, ok in zip(gam.nearest, fine.tolist())],
+        nearest_value=torch.from_numpy(gam.nearest_value if every else np.where(fine, gam.nearest_value, nan)),
         gamma_diag=gdiag, reason=reasons, warnings=warns,
         r_max=min(dims), H=len(dims) - 1, grad_tol=gtol, assumptions_ok=prep.data.assumptions.ok, code=code,
         pivots=pt.pivots, pivot_ran=torch.from_numpy(masks["piv"]), block_ranks=torch.from_numpy(pt.block_ranks),
@@ -263,6 +247,9 @@ def _decide(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, g
     rest = fo.fine & ~notcrit
     none = np.zeros(E, dtype=bool)
     off_max = dev = np.zeros(E)
+    if not rest.any():  # no first-order critical member (a not_critical point): nothing more to decide
+        return dict(code=code, notcrit=notcrit, amb_rank=none, assump_bad=none, gam_bad=none, size_bad=none,
+                    decided=none, piv=none, off_max=off_max, dev=dev)
     if not prep.data.assumptions.ok:  # Theorem 7 needs Assumption 1: every first-order critical member is ambiguous
         amb_rank, assump_bad, gam_bad, size_bad, decided = none, rest, none, none, none
     else:

@@ -161,6 +161,18 @@ class PreparedData:
     sxy_inj: bool
     sxy_surj: bool
     data_warnings: tuple[str, ...]
+    # per-architecture bookkeeping of the classifier (`pivots`), built at its first point
+    cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def critical_value(self, S: tuple) -> float:
+        """`LandscapeData.critical_value` of a 1-based tuple S, kept for the next point on the same plateau."""
+        values = self.cache.setdefault("critical_value", {})
+        v = values.get(S)
+        if v is None:
+            v = self.data.critical_value(S)
+            if len(values) < 4096:  # at most 2^k plateaus: a bound for large k
+                values[S] = v
+        return v
 
     @classmethod
     def of(cls, data: LandscapeData, tol: Tolerances) -> "PreparedData":
@@ -206,18 +218,19 @@ class EnsembleClassification:
 
     def member(self, e: int) -> Classification:
         """Member e's Classification."""
-        cv = float(self.critical_value[e])
+        # numpy views of the (CPU) columns: an entry without a torch indexing op per field
+        cv = float(self.critical_value.numpy()[e])
         loose, ranks = None, None
-        if self.pivot_ran is not None and bool(self.pivot_ran[e]):
-            loose = tuple(p for p, x in zip(self.pivots, self.loose[e].tolist()) if x)
-            ranks = {p: (a, b) for p, (a, b) in zip(self.pivots, self.block_ranks[e].tolist())}
-        broken = self.broken is not None and bool(self.broken[e])
+        if self.pivot_ran is not None and bool(self.pivot_ran.numpy()[e]):
+            loose = tuple(p for p, x in zip(self.pivots, self.loose.numpy()[e].tolist()) if x)
+            ranks = {p: (a, b) for p, (a, b) in zip(self.pivots, self.block_ranks.numpy()[e].tolist())}
+        broken = self.broken is not None and bool(self.broken.numpy()[e])
         return Classification(
-            label=self.label[e], S=self.S[e], r=int(self.r[e]), r_max=self.r_max, H=self.H,
-            critical_value=None if math.isnan(cv) else cv, loss=float(self.loss[e]),
-            grad_norm=float(self.grad_norm[e]), grad_tol=self.grad_tol, loose_pivots=loose, reason=self.reason[e],
-            nearest_S=self.nearest_S[e], nearest_value=float(self.nearest_value[e]),
-            gamma_diag=() if broken else tuple(self.gamma_diag[e].tolist()), assumptions_ok=self.assumptions_ok,
+            label=self.label[e], S=self.S[e], r=int(self.r.numpy()[e]), r_max=self.r_max, H=self.H,
+            critical_value=None if math.isnan(cv) else cv, loss=float(self.loss.numpy()[e]),
+            grad_norm=float(self.grad_norm.numpy()[e]), grad_tol=self.grad_tol, loose_pivots=loose,
+            reason=self.reason[e], nearest_S=self.nearest_S[e], nearest_value=float(self.nearest_value.numpy()[e]),
+            gamma_diag=() if broken else tuple(self.gamma_diag.numpy()[e].tolist()), assumptions_ok=self.assumptions_ok,
             warnings=self.warnings[e], block_ranks=ranks, ambiguous_values=self.ambiguous_values.get(e, ()),
             hessian_min_eig=None if self.hessian_min_eig is None else self.hessian_min_eig[e])
 
