@@ -143,7 +143,7 @@ def _gamma(prep: PreparedData, P: torch.Tensor) -> _Gamma:
 
 def _gamma_misfit(prep: PreparedData, gam: _Gamma) -> tuple[np.ndarray, np.ndarray]:
     """(max |off-diagonal entry of Gamma|, max distance of a diagonal entry to 0/1) per member."""
-    d, E, k = prep.data, gam.Gam.shape[0], prep.data.k
+    E, k = gam.Gam.shape[0], prep.data.k
     if not k:
         return np.zeros(E), np.zeros(E)
     Gam = gam.Gam.numpy()   # numpy: exact operations, a fraction of torch's overhead on one point
