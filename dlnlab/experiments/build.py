@@ -28,7 +28,7 @@ from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
 from dlnlab.recording.checkpoint import CheckpointHook
 from dlnlab.recording.classifier import ClassifierHook, tolerances_from_config
-from dlnlab.recording.convex import ConvexHook
+from dlnlab.recording.convex import ConvexHook, convex_tolerances
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
@@ -129,7 +129,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
     hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor)]
     c = getattr(cfg, "classify", None)
     if c is not None and c.enabled and build_loss(getattr(cfg, "loss", None)) is not None:
-        hooks.append(ConvexHook(every_records=c.every_records, text_members=r.tb_members))
+        hooks.append(ConvexHook(convex_tolerances(getattr(c, "convex_gap_rtol", None)),
+                                every_records=c.every_records, text_members=r.tb_members))
     elif c is not None and c.enabled:
         hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
                                     text_members=r.tb_members,
