@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlnlab.analysis.runs import load_run
-from dlnlab.experiments.build import build_hooks, compose, prepare, width_report
+from dlnlab.experiments.build import build_hooks, compose, prepare, run_info, width_report
 from dlnlab.experiments.config import ConfigError
 from dlnlab.experiments.run import run
 from dlnlab.recording.base import Hook
@@ -147,3 +147,23 @@ def test_classify_convex_gap_rtol_decides_global_min_against_near_global(tmp_pat
         assert last["grad_l_norm"] <= 1e-3 and 1e-9 < rel < 1e-4, (last["convex_gap"], rel)
         labels[rtol] = (last["convex_label"], last["convex_label_code"])
     assert labels == {None: ("global_min", 3.0), 1e-9: ("near_global", 4.0)}
+
+
+@pytest.mark.parametrize("overrides, applies, why", [
+    ([], True, None),
+    (["optim.ridge=0.01"], False, "lambda up to 0.01"),
+    (["optim.milestones=[100]", "optim.ridge_values=[0,0.002]"], False, "lambda up to 0.002"),  # later
+    (["model.width=2"], False, "bottleneck at layer h=1"),
+    (["loss=huber", "loss.product_ridge=0.1"], True, None),   # mu ||A||^2 is inside the theorem
+    (["experiment=rank_staircase"], False, "lambda up to 0.01"),
+    (["experiment=one_way_jumps", "optim.ridge=0", "jumps.warmup.ridge=0.003"], False, "lambda up to 0.003"),
+])
+def test_the_run_says_whether_all_local_minima_are_global(overrides, applies, why):
+    """The width line printed at the start, in status.json and in the summary (`width_message`)."""
+    cfg = compose(overrides + QUIET)
+    info = run_info(cfg, prepare(cfg))
+    msg = info["width_message"]
+    assert info["theorem_applies"] is applies
+    assert ("all local minima are global" in msg) is applies
+    if not applies:
+        assert "theorem does not apply" in msg and why in msg, msg

@@ -42,6 +42,26 @@ def test_width_condition_names_the_bottleneck():
     assert not w.holds and w.bottlenecks == ((2, 1),) and w.r_max == 1 and "layer h=2" in w.message
 
 
+@pytest.mark.parametrize("dims, ridge, applies, why", [
+    ([6, 4, 4, 4], 0.0, True, None),
+    ([6, 4, 4, 4], 0.01, False, "parameter ridge"),
+    ([6, 4, 1, 4], 0.0, False, "bottleneck at layer h=2 (d_2=1)"),
+    ([6, 1, 4], 1e-3, False, "bottleneck at layer h=1 (d_1=1)"),
+])
+def test_the_width_message_says_whether_the_theorem_applies(dims, ridge, applies, why):
+    """Issue 20: "all local minima are global" only where Laurent & von Brecht's theorem applies: the
+    width condition holds and there is no parameter ridge; otherwise one line saying why not."""
+    w = width_condition(dims, ridge=ridge)
+    assert w.applies is applies and w.holds is (min(dims[1:-1]) >= min(dims[0], dims[-1]))
+    assert "\n" not in w.message
+    if applies:
+        assert "all local minima are global" in w.message
+    else:
+        assert "all local minima are global" not in w.message
+        assert "theorem does not apply" in w.message and why in w.message
+    assert ("parameter ridge" in w.message) is (ridge > 0)
+
+
 def test_product_at_the_argmin_with_invertible_factors_is_a_global_min():
     X, y = ce_data()
     loss = make_loss("cross_entropy")

@@ -92,7 +92,9 @@ class WidthReport:
     """The width condition of the theorem for dims [d_0, ..., d_H].
 
     holds: every hidden width d_h >= bound = min(d_0, d_H); r_max = min(dims) (the largest product rank);
-    bottlenecks: ((h, d_h), ...) the hidden layers with d_h < bound; message: one line for logs.
+    bottlenecks: ((h, d_h), ...) the hidden layers with d_h < bound; ridge: the largest parameter ridge
+    lambda of the run; applies: the theorem applies (the width condition holds and lambda = 0), so all
+    local minima are global; message: one line for logs, saying whether the theorem applies and if not why.
     """
     holds: bool
     dims: tuple[int, ...]
@@ -100,30 +102,45 @@ class WidthReport:
     r_max: int
     bottlenecks: tuple[tuple[int, int], ...]
     message: str
+    ridge: float = 0.0
+    applies: bool = True
 
 
-def width_condition(dims: Sequence[int]) -> WidthReport:
-    """Check Laurent & von Brecht's width condition.
+def width_condition(dims: Sequence[int], ridge: float = 0.0) -> WidthReport:
+    """Check Laurent & von Brecht's width condition, and whether their theorem applies.
 
     Args:
         dims: [d_0, d_1, ..., d_H] (input, hidden widths, output), H >= 1.
+        ridge: the largest parameter ridge lambda of the run (of lambda ||theta||^2; any value of a
+            schedule). lambda > 0 puts the objective outside the theorem: it is not a function of the
+            product (docs/theory.md §8, "Two ridges"). A product ridge mu ||A||^2 stays inside: not here.
 
     Returns:
-        WidthReport (holds, bound, r_max, bottlenecks, message).
+        WidthReport (holds, applies, bound, r_max, bottlenecks, message).
     """
     dims = tuple(int(d) for d in dims)
     if len(dims) < 2 or min(dims) < 1:
         raise ValueError(f"dims must be [d_0, ..., d_H] with H >= 1 and every d_h >= 1, got {list(dims)}")
+    ridge = float(ridge)
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be a number >= 0, got {ridge}")
     bound = min(dims[0], dims[-1])
     bn = tuple((h, d) for h, d in enumerate(dims[1:-1], start=1) if d < bound)
-    if not bn:
+    outside = (f"the parameter ridge lambda ||theta||^2 (lambda up to {ridge:g}) is not a function of the "
+               f"product (minima of different ranks can exist, docs/theory.md §8)")
+    if not bn and not ridge:
         msg = (f"width condition holds (every hidden width >= min(d_0, d_H) = {bound}): "
-               f"all local minima are global, with value ell*")
+               f"all local minima are global, with value ell* (Laurent & von Brecht)")
+    elif not bn:
+        msg = (f"width condition holds (every hidden width >= min(d_0, d_H) = {bound}), but Laurent & von "
+               f"Brecht's theorem does not apply: {outside}")
     else:
         where = ", ".join(f"layer h={h} (d_{h}={d})" for h, d in bn)
-        msg = (f"width condition fails: bottleneck at {where} < min(d_0, d_H) = {bound}; products have rank "
-               f"<= r_max = {min(dims)}, the rank-constrained optimum is unknown (ell* is a lower bound)")
-    return WidthReport(holds=not bn, dims=dims, bound=bound, r_max=min(dims), bottlenecks=bn, message=msg)
+        msg = (f"width condition fails: bottleneck at {where} < min(d_0, d_H) = {bound}, so Laurent & von "
+               f"Brecht's theorem does not apply: products have rank <= r_max = {min(dims)}, the "
+               f"rank-constrained optimum is unknown (ell* is a lower bound)" + (f"; and {outside}" if ridge else ""))
+    return WidthReport(holds=not bn, dims=dims, bound=bound, r_max=min(dims), bottlenecks=bn, message=msg,
+                       ridge=ridge, applies=not bn and not ridge)
 
 
 @dataclass
