@@ -268,8 +268,8 @@ class RecordDispatcher:
                 job()
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
-        if errors:  # a hook failed on the last records: the folder must not say finished
-            status = "failed"
+        if any(not isinstance(e, Interrupted) for e in errors):  # a hook failed on the last records:
+            status = "failed"                                       # the folder must not say finished
         for h in self.hooks:
             try:
                 h.on_end(self.trainer, status)
