@@ -110,7 +110,8 @@ def _convex(task, weights, n: int) -> None:
     labels = ConvexLabeller(ref, dims, tol).label([w[:n].double() for w in weights], hessian=True)
     print(f"units: lab (the run's loss, loss={task.loss_name}); convex reference ell* = {ref.value:.10g}"
           + (" (an infimum: ell has no minimiser)" if ref.no_minimiser else ""))
-    print(f"tolerances (the convex hook's): grad_rtol={tol.grad_rtol:g}, grad_l_rtol={tol.grad_l_rtol:g}")
+    print(f"tolerances (the convex hook's): grad_rtol={tol.grad_rtol:g}, grad_l_rtol={tol.grad_l_rtol:g}, "
+          f"gap_rtol={tol.gap_rtol:g}")
     for k, c in enumerate(labels):
         print(f"member {k}: {c.label} (loss={task.loss_name}: Laurent & von Brecht, not Theorem 7)")
         for key, v in c.to_dict().items():

@@ -28,7 +28,7 @@ from dlnlab.model import DeepLinearNet
 from dlnlab.recording.base import Cadence, Hook
 from dlnlab.recording.checkpoint import CheckpointHook
 from dlnlab.recording.classifier import ClassifierHook, tolerances_from_config
-from dlnlab.recording.convex import ConvexHook
+from dlnlab.recording.convex import ConvexHook, convex_tolerances
 from dlnlab.recording.metrics import MetricsHook
 from dlnlab.recording.progress import ProgressHook
 from dlnlab.recording.table import TableHook
@@ -85,17 +85,31 @@ def layer_dims(cfg, task) -> list[int]:
     return layer_widths(cfg, task.d_in, task.d_out)
 
 
+def largest_ridge(cfg) -> float:
+    """The largest parameter ridge lambda the config trains with: optim.ridge, or every value of
+    optim.ridge_values when a schedule is given, and a rank-jump experiment's warm-up ridge."""
+    o = cfg.optim
+    values = [float(v) for v in o.ridge_values] or [float(o.ridge)]
+    j = getattr(cfg, "jumps", None)
+    if j is not None and j.enabled and j.warmup.steps > 0 and j.warmup.ridge is not None:
+        values.append(float(j.warmup.ridge))
+    return max(values)
+
+
 def width_report(cfg, task) -> WidthReport:
-    """Laurent & von Brecht's width condition for this network (docs/theory.md §8)."""
-    return width_condition(layer_dims(cfg, task))
+    """Laurent & von Brecht's width condition for this network, and whether their theorem applies
+    (not with a bottleneck or a parameter ridge; docs/theory.md §8)."""
+    return width_condition(layer_dims(cfg, task), ridge=largest_ridge(cfg))
 
 
 def run_info(cfg, task) -> dict:
-    """Facts about the run for status.json and the hparams: the loss and the width condition
-    (`bottlenecks`: [[h, d_h], ...] hidden layers narrower than min(d_0, d_H))."""
+    """Facts about the run for status.json and the hparams: the loss, the width condition
+    (`bottlenecks`: [[h, d_h], ...] hidden layers narrower than min(d_0, d_H)) and whether the
+    theorem applies (`theorem_applies`: the condition holds and lambda = 0)."""
     w = width_report(cfg, task)
     return {"loss": getattr(task, "loss_name", "square"), "width_condition": w.holds,
-            "bottlenecks": [list(b) for b in w.bottlenecks], "width_message": w.message}
+            "theorem_applies": w.applies, "bottlenecks": [list(b) for b in w.bottlenecks],
+            "width_message": w.message}
 
 
 def build_net(cfg, task) -> DeepLinearNet:
@@ -129,7 +143,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
     hooks: list[Hook] = [MetricsHook(r.rank_rtol, r.rank_floor)]
     c = getattr(cfg, "classify", None)
     if c is not None and c.enabled and build_loss(getattr(cfg, "loss", None)) is not None:
-        hooks.append(ConvexHook(every_records=c.every_records, text_members=r.tb_members))
+        hooks.append(ConvexHook(convex_tolerances(getattr(c, "convex_gap_rtol", None)),
+                                every_records=c.every_records, text_members=r.tb_members))
     elif c is not None and c.enabled:
         hooks.append(ClassifierHook(tolerances_from_config(c), c.every_records, c.ridge_every, c.ridge_members,
                                     text_members=r.tb_members,

@@ -16,6 +16,7 @@ from omegaconf import MISSING
 from dlnlab.experiments.fields import ConfigError, need, option
 from dlnlab.experiments.task_kinds import TASKS
 from dlnlab.losses import LOSSES
+from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
 from dlnlab.theory.square.classify import TRAINING_TOLERANCES
 
 __all__ = [
@@ -218,6 +219,10 @@ class ClassifyConfig:
     gamma_tol: float = option(
         TRAINING_TOLERANCES.gamma_tol,
         "S is read from Gamma when its entries are within this of 0 or 1")
+    convex_gap_rtol: float = option(
+        TRAINING_CONVEX_TOLERANCES.gap_rtol,
+        "convex losses (convex_label): global_min needs convex_gap <= convex_gap_rtol * max(|ell*|, ell(0) - ell*) "
+        "besides grad ell(A) ~ 0; a small gradient with a larger gap is near_global")
     ridge_every: int = option(0, "lambda > 0 or partial completion: Hessian labels every n-th record (0: last only)")
     ridge_members: int = option(16, "... of at most this many members (a Hessian label costs ~50 ms)")
     # numbers near critical points (dlnlab.recording.trajectory, docs/columns.md), square loss only

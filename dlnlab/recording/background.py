@@ -28,7 +28,8 @@ class RecordThread:
     """One worker thread running jobs in the order they were submitted.
 
     The first exception a job raises is re-raised in the submitting thread at its next `submit` or
-    `drain` (the jobs after it are skipped: a run that failed records nothing more).
+    `drain`. The jobs after it still run: they hold records already made, which a failed run keeps
+    (the dispatcher's jobs skip the hook that raised).
 
     Args:
         depth: jobs waiting at most; `submit` blocks beyond (the loop cannot run away from its hooks).
@@ -46,10 +47,9 @@ class RecordThread:
             try:
                 if job is None:
                     return
-                if self._error is None:
-                    job()
+                job()
             except BaseException as e:  # noqa: BLE001 - handed to the submitting thread
-                self._error = e
+                self._error = self._error or e
             finally:
                 self._jobs.task_done()
 
@@ -59,9 +59,10 @@ class RecordThread:
             raise error
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Run `job()` after the jobs before it (raises an earlier job's exception instead)."""
-        self._raise()
+        """Run `job()` after the jobs before it, then raise an earlier job's exception if there was one
+        (the job still runs: its records are kept)."""
         self._jobs.put(job)
+        self._raise()
 
     def drain(self) -> None:
         """Wait until every submitted job has run; raise the first exception one of them raised."""

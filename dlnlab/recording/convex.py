@@ -15,6 +15,7 @@ else `undetermined`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -28,11 +29,24 @@ from dlnlab.theory.convex.reference import ConvexTolerances, convex_reference
 log = logging.getLogger(__name__)
 
 CONVEX_LABEL_CODES = {"undetermined": -1, "not_critical": 0, "strict_saddle": 1, "nonstrict_saddle": 2,
-                      "global_min": 3, "local_min": 5, "no_minimiser": 6}
+                      "global_min": 3, "near_global": 4, "local_min": 5, "no_minimiser": 6}
 TB_TAGS = {"convex_gap": "convex/gap", "grad_l_norm": "convex/grad_l_norm",
            "convex_label_code": "convex/label_code"}
-# training iterates are only approximately critical (the defaults are for exact float64 points)
-TRAINING_CONVEX_TOLERANCES = ConvexTolerances(grad_rtol=1e-4, grad_l_rtol=1e-3)
+CONVEX_LEGEND = ", ".join(f"{code} {label}" for label, code in sorted(CONVEX_LABEL_CODES.items(),
+                                                                     key=lambda kv: kv[1]))
+TB_DESCRIPTIONS = {"convex_label_code": CONVEX_LEGEND,
+                   "convex_gap": "loss - ell* (lab units; a lower bound's gap with a bottleneck)",
+                   "grad_l_norm": "||grad ell(A)||_F / ||grad ell(0)||_F"}
+# training iterates are only approximately critical (the defaults are for exact float64 points);
+# gap_rtol: classify.convex_gap_rtol's default (docs/theory.md §8, "Labels")
+TRAINING_CONVEX_TOLERANCES = ConvexTolerances(grad_rtol=1e-4, grad_l_rtol=1e-3, gap_rtol=1e-4)
+
+
+def convex_tolerances(gap_rtol: float | None = None) -> ConvexTolerances:
+    """The training tolerances with `classify.convex_gap_rtol` (None: its default)."""
+    if gap_rtol is None:
+        return TRAINING_CONVEX_TOLERANCES
+    return dataclasses.replace(TRAINING_CONVEX_TOLERANCES, gap_rtol=float(gap_rtol))
 
 
 class ConvexHook(Hook):
@@ -41,6 +55,7 @@ class ConvexHook(Hook):
 
     background = True
     tb_tags = TB_TAGS
+    tb_descriptions = TB_DESCRIPTIONS
 
     def __init__(self, tolerances: ConvexTolerances | None = None, every_records: int = 1,
                  text_members: int = 8):

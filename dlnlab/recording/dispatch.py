@@ -22,7 +22,7 @@ import torch
 
 from dlnlab.recording.background import RecordThread, cpu_count
 from dlnlab.recording.base import Cadence, Hook, Record
-from dlnlab.recording.signals import SignalGuard
+from dlnlab.recording.signals import Interrupted, SignalGuard
 
 __all__ = ["RecordSettings", "PendingRecord", "RecordDispatcher",
            "RECORD_BATCH_RECORDS", "RECORD_BATCH_PARAMS", "RECORD_BATCH_SECONDS", "RECORD_THREAD",
@@ -93,6 +93,7 @@ class RecordDispatcher:
         self.next_due: float = 0  # the next step at which some hook is due
         self.states: dict = {}  # hook states of a checkpoint, loaded at `start`
         self.finishing = False
+        self.broken: set[int] = set()  # id() of the hooks that raised: they see no more records
         self._seen: dict[int, int] = {}  # id(hook) -> last step it recorded
         self._worker: RecordThread | None = None
         self._pending: list[PendingRecord] = []
@@ -224,9 +225,28 @@ class RecordDispatcher:
             self._run_hooks(work)
 
     def _run_hooks(self, work: list) -> None:
+        """Each hook its records, in order. A hook that raises is dropped for the rest of the run, and the
+        hooks after it still get these records and the later ones (the sinks write the rows, with the
+        columns computed so far), but no step checkpoint is taken from then on: a resume must not start
+        from a state some hook failed in, so the last one stays the last good one. Then the first
+        error is raised: the run fails with everything recorded before it kept."""
+        error = None
         with torch.no_grad():  # records read the weights; a hook that needs autograd enables it
             for h, recs in work:
-                h.on_records(self.trainer, recs)
+                if id(h) in self.broken:
+                    continue
+                if self.broken:
+                    for r in recs:
+                        r.checkpoint = False
+                try:
+                    h.on_records(self.trainer, recs)
+                except Interrupted:  # a signal abandons the record at once (`finish`)
+                    raise
+                except Exception as e:  # noqa: BLE001 - raised below, once the others are done
+                    self.broken.add(id(h))
+                    error = error or e
+        if error is not None:
+            raise error
 
     def finish(self, status: str) -> list[Exception]:
         """The end of the run: what the record thread holds, the waiting records, the last record
@@ -243,10 +263,16 @@ class RecordDispatcher:
         except Exception as e:  # noqa: BLE001
             errors.append(e)
         jobs = [self.dispatch] + ([] if status == "interrupted" else [functools.partial(self.record, final=True)])
-        jobs += [functools.partial(h.on_end, self.trainer, status) for h in self.hooks]
         for job in jobs:
             try:
                 job()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if any(not isinstance(e, Interrupted) for e in errors):  # a hook failed on the last records:
+            status = "failed"                                       # the folder must not say finished
+        for h in self.hooks:
+            try:
+                h.on_end(self.trainer, status)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         return errors

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlnlab.analysis.runs import load_run
-from dlnlab.experiments.build import build_hooks, compose, prepare, width_report
+from dlnlab.experiments.build import build_hooks, compose, prepare, run_info, width_report
 from dlnlab.experiments.config import ConfigError
 from dlnlab.experiments.run import run
 from dlnlab.recording.base import Hook
@@ -63,6 +63,7 @@ def test_square_with_product_ridge_adds_mu_norm_of_product():
     (["loss=lp", "loss.p=2.5"], "loss.p=2.5 is invalid"),
     (["loss.product_ridge=-0.1"], "loss.product_ridge=-0.1 is invalid"),
     (["task.targets=labels"], "task.targets='labels' is invalid: allowed real | classes"),
+    (["loss=huber", "classify.convex_gap_rtol=0"], "classify.convex_gap_rtol=0.0 is invalid: allowed a finite"),
 ])
 def test_bad_loss_options_are_one_line_errors(overrides, needle):
     with pytest.raises(ConfigError) as e:
@@ -129,3 +130,40 @@ def test_cross_entropy_on_noisy_classes_has_a_minimiser(tmp_path):
     st = json.loads((tmp_path / "status.json").read_text())
     assert st["no_minimiser"] is False
     assert s.final_loss[0] == pytest.approx(st["convex_reference"], rel=1e-6) and s.labels == ["global_min"]
+
+
+def test_classify_convex_gap_rtol_decides_global_min_against_near_global(tmp_path):
+    """The run's records at step 3000 of a cross-entropy run have grad ell(A) ~ 0 and a gap to ell* of
+    ~1e-7 (relative ~5e-7): global_min at the default convex_gap_rtol (1e-4), near_global at 1e-9."""
+    base = ["loss=cross_entropy", "task.targets=classes", "task.noise=1", "optim.lr=0.05", "model.init.scale=0.3",
+            "optim.steps=3000", "record.every=1000"] + QUIET
+    labels = {}
+    for rtol in (None, 1e-9):
+        out = tmp_path / str(rtol)
+        run(compose(base + ([] if rtol is None else [f"classify.convex_gap_rtol={rtol}"])), out_dir=out)
+        last = load_run(out).iloc[-1]
+        st = json.loads((out / "status.json").read_text())
+        rel = last["convex_gap"] / max(abs(st["convex_reference"]), 1e-300)
+        assert last["grad_l_norm"] <= 1e-3 and 1e-9 < rel < 1e-4, (last["convex_gap"], rel)
+        labels[rtol] = (last["convex_label"], last["convex_label_code"])
+    assert labels == {None: ("global_min", 3.0), 1e-9: ("near_global", 4.0)}
+
+
+@pytest.mark.parametrize("overrides, applies, why", [
+    ([], True, None),
+    (["optim.ridge=0.01"], False, "lambda up to 0.01"),
+    (["optim.milestones=[100]", "optim.ridge_values=[0,0.002]"], False, "lambda up to 0.002"),  # later
+    (["model.width=2"], False, "bottleneck at layer h=1"),
+    (["loss=huber", "loss.product_ridge=0.1"], True, None),   # mu ||A||^2 is inside the theorem
+    (["experiment=rank_staircase"], False, "lambda up to 0.01"),
+    (["experiment=one_way_jumps", "optim.ridge=0", "jumps.warmup.ridge=0.003"], False, "lambda up to 0.003"),
+])
+def test_the_run_says_whether_all_local_minima_are_global(overrides, applies, why):
+    """The width line printed at the start, in status.json and in the summary (`width_message`)."""
+    cfg = compose(overrides + QUIET)
+    info = run_info(cfg, prepare(cfg))
+    msg = info["width_message"]
+    assert info["theorem_applies"] is applies
+    assert ("all local minima are global" in msg) is applies
+    if not applies:
+        assert "theorem does not apply" in msg and why in msg, msg

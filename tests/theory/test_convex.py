@@ -42,6 +42,26 @@ def test_width_condition_names_the_bottleneck():
     assert not w.holds and w.bottlenecks == ((2, 1),) and w.r_max == 1 and "layer h=2" in w.message
 
 
+@pytest.mark.parametrize("dims, ridge, applies, why", [
+    ([6, 4, 4, 4], 0.0, True, None),
+    ([6, 4, 4, 4], 0.01, False, "parameter ridge"),
+    ([6, 4, 1, 4], 0.0, False, "bottleneck at layer h=2 (d_2=1)"),
+    ([6, 1, 4], 1e-3, False, "bottleneck at layer h=1 (d_1=1)"),
+])
+def test_the_width_message_says_whether_the_theorem_applies(dims, ridge, applies, why):
+    """Issue 20: "all local minima are global" only where Laurent & von Brecht's theorem applies: the
+    width condition holds and there is no parameter ridge; otherwise one line saying why not."""
+    w = width_condition(dims, ridge=ridge)
+    assert w.applies is applies and w.holds is (min(dims[1:-1]) >= min(dims[0], dims[-1]))
+    assert "\n" not in w.message
+    if applies:
+        assert "all local minima are global" in w.message
+    else:
+        assert "all local minima are global" not in w.message
+        assert "theorem does not apply" in w.message and why in w.message
+    assert ("parameter ridge" in w.message) is (ridge > 0)
+
+
 def test_product_at_the_argmin_with_invertible_factors_is_a_global_min():
     X, y = ce_data()
     loss = make_loss("cross_entropy")
@@ -221,3 +241,45 @@ def test_reference_without_the_lp_agrees_with_the_lp(name, monkeypatch):
     slow = convex_reference(make_loss(name), X, y, d_out=C)
     assert not slow.no_minimiser and "recession LP" in slow.evidence
     assert fast.value == pytest.approx(slow.value, rel=1e-13, abs=1e-14)
+
+
+def ill_conditioned_logistic(seed=0, m=400, d=8):
+    """Logistic regression with label noise on features of scales 1 .. 10^-2: a flat valley."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, d, generator=g, dtype=F64) * torch.logspace(0, -2, d, dtype=F64)
+    y = torch.sign(X @ (3 * torch.randn(d, generator=g, dtype=F64)) + 0.8 * torch.randn(m, generator=g, dtype=F64))
+    y[torch.rand(m, generator=g) < 0.1] *= -1
+    return X, y
+
+
+def test_a_small_gradient_with_a_large_gap_is_near_global_not_global_min():
+    """Issue 20: grad_l_norm <= grad_l_rtol does not bound ell(A) - ell* on a flat valley. Along the
+    Hessian's flattest direction at A*, a point with grad_l_norm < 1e-3 sits at a relative gap far above
+    gap_rtol = 1e-4 (the training default); the exact minimiser is global_min."""
+    X, y = ill_conditioned_logistic()
+    loss = make_loss("logistic")
+    ref = convex_reference(loss, X, y)
+    T = loss.check_targets(y, 1).to(F64)
+    ell = lambda a: loss.value(X @ a.view(1, -1).T, T)
+    Hm = torch.autograd.functional.hessian(ell, ref.A_star.view(-1).clone())
+    lam, V = torch.linalg.eigh(Hm)
+    first = ConvexLabeller(ref, [8, 8, 1]).first_order
+    at = lambda t: ref.A_star + t * V[:, 0].view(1, -1)
+    lo, hi = 0.0, 1e-3 * ref.grad_scale / float(lam[0])     # grad ell(A* + tv) ~ t lam_min v
+    for _ in range(40):   # the largest t with grad_l_norm <= 0.9e-3
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(first([torch.eye(8, dtype=F64), at(mid)])["grad_l"]) <= 0.9e-3 else (lo, mid)
+    A = at(lo)
+    tol = ConvexTolerances(grad_rtol=1e-2, grad_l_rtol=1e-3, gap_rtol=1e-4)
+    ws = [torch.eye(8, dtype=F64), A]
+    lab = label_convex(ws, loss, X, y, ref, tol)
+    gap = float(ell(A.view(-1))) - ref.value                  # independently of the labeller
+    scale = max(abs(ref.value), float(ell(torch.zeros(8, dtype=F64))) - ref.value)
+    assert lab.grad_l_norm <= 1e-3 and lab.convex_gap == pytest.approx(gap, rel=1e-9)
+    assert gap / scale > 10 * 1e-4                            # the relative gap, against gap_rtol
+    assert lab.label == "near_global" and "gap" in lab.reason, lab
+    # the same point with a gap tolerance above its gap, and the exact minimiser: global_min
+    loose = ConvexTolerances(grad_rtol=1e-2, grad_l_rtol=1e-3, gap_rtol=2 * gap / scale)
+    assert label_convex(ws, loss, X, y, ref, loose).label == "global_min"
+    exact = label_convex([torch.eye(8, dtype=F64), ref.A_star], loss, X, y, ref, tol)
+    assert exact.label == "global_min" and abs(exact.convex_gap) <= 1e-12

@@ -54,10 +54,12 @@ def _unit(us: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def curvature(objective: Objective, ws: Sequence[torch.Tensor], us: Sequence[torch.Tensor]) -> float:
-    """U^T Hess f(W) U (exact, one Hessian-vector product by double backward)."""
+    """U^T Hess f(W) U (exact, one Hessian-vector product by double backward; autograd is enabled
+    here, so a caller's `torch.no_grad()` (every record runs under one) cannot break it)."""
     wr = [w.detach().clone().requires_grad_(True) for w in ws]
-    g = torch.autograd.grad(objective(wr), wr, create_graph=True)
-    hv = torch.autograd.grad(sum((gi * u).sum() for gi, u in zip(g, us)), wr, allow_unused=True)
+    with torch.enable_grad():
+        g = torch.autograd.grad(objective(wr), wr, create_graph=True)
+        hv = torch.autograd.grad(sum((gi * u).sum() for gi, u in zip(g, us)), wr, allow_unused=True)
     return float(sum((h * u).sum() for h, u in zip(hv, us) if h is not None))
 
 
@@ -155,7 +157,8 @@ def descent_certificate(objective: Objective, ws: Sequence[torch.Tensor], ref, t
     for _ in range(3):  # a few random moves: one suffices when the width condition holds (the proof)
         w2 = fibre_move(ws, tol.fibre_step, gen)
         wr = [w.clone().requires_grad_(True) for w in w2]
-        g = torch.autograd.grad(objective(wr), wr)
+        with torch.enable_grad():  # whatever the caller's grad mode
+            g = torch.autograd.grad(objective(wr), wr)
         gn = float(torch.sqrt(sum(x.pow(2).sum() for x in g)))
         if gn == 0.0:
             continue
@@ -187,8 +190,9 @@ def perturb_and_retrain(objective: Objective, ws: Sequence[torch.Tensor], tol,
 
         def closure():
             opt.zero_grad()
-            v = objective(ps)
-            v.backward()
+            with torch.enable_grad():  # L-BFGS calls this under its own no_grad, and so may our caller
+                v = objective(ps)
+                v.backward()
             return v
 
         opt.step(closure)

@@ -10,7 +10,8 @@ docs/theory.md §8).
 
 f(theta) = ell(A) with A = W_H...W_1, ell(A) = loss(X A^T, Y) + mu ||A||_F^2 (convex in A). Rules:
   ||grad_theta f|| > tol                        -> not_critical
-  critical, grad ell(A) = 0                     -> global_min (no_minimiser when ell has none)
+  critical, grad ell(A) = 0, gap to ell* small  -> global_min (no_minimiser when ell has none)
+  critical, grad ell(A) = 0, gap too large      -> near_global (the gradient alone does not bound the gap)
   critical, grad ell(A) != 0, width condition   -> a saddle by the theorem, with a descent certificate;
                                                    strict iff lambda_min(Hessian) < 0 (else nonstrict)
   critical, grad ell(A) != 0, bottleneck        -> strict_saddle if negative curvature is found, else
@@ -41,8 +42,8 @@ from dlnlab.theory.convex.reference import (
 from dlnlab.theory.square.hessian import min_eigenvalue
 
 F64 = torch.float64
-LABELS = ("not_critical", "global_min", "strict_saddle", "nonstrict_saddle", "local_min", "undetermined",
-          "no_minimiser")
+LABELS = ("not_critical", "global_min", "near_global", "strict_saddle", "nonstrict_saddle", "local_min",
+          "undetermined", "no_minimiser")
 __all__ = ["ConvexTolerances", "WidthReport", "width_condition", "ConvexReference", "convex_reference",
            "Certificate", "ConvexLabel", "ConvexLabeller", "label_convex", "LABELS"]
 
@@ -153,6 +154,17 @@ class ConvexLabeller:
         out = [self._decide([w[e] for w in ws] if batched else ws, r, hessian) for e, r in enumerate(rows)]
         return out if batched else out[0]
 
+    def _at_argmin(self, fo: dict, base: dict) -> ConvexLabel:
+        """grad ell(A) ~ 0: global_min when the gap to ell* is within gap_rtol * gap_scale as well,
+        else near_global (docs/theory.md §8, "Labels")."""
+        gap, tol = fo["gap"], self.tol.gap_rtol * self.ref.gap_scale
+        if gap <= tol:
+            return ConvexLabel("global_min", critical=True, reason=f"critical with grad ell(A) = 0 and gap to "
+                               f"ell* {gap:.3g} <= {tol:.3g}: A minimises the convex ell", **base)
+        return ConvexLabel("near_global", critical=True, reason=f"grad ell(A) ~ 0 (grad_l_norm {fo['grad_l']:.3g}"
+                           f" <= grad_l_rtol) but the gap to ell* {gap:.3g} > gap_rtol * gap_scale = {tol:.3g}: "
+                           "close to the minimum value, not at it", **base)
+
     def _decide(self, ws: list[torch.Tensor], fo: dict, hessian: bool) -> ConvexLabel:
         t, ref = self.tol, self.ref
         base = dict(loss=fo["loss"], convex_gap=fo["gap"], grad_l_norm=fo["grad_l"],
@@ -164,8 +176,7 @@ class ConvexLabeller:
             if ref.no_minimiser:
                 return ConvexLabel("no_minimiser", critical=True, reason="grad ell(A) ~ 0 but ell has no "
                                    f"minimiser ({ref.evidence})", **base)
-            return ConvexLabel("global_min", critical=True, reason="critical with grad ell(A) = 0: A minimises "
-                               "the convex ell", **base)
+            return self._at_argmin(fo, base)
         lam = rho = None
         vec = None
         if hessian:

@@ -41,6 +41,10 @@ class ConvexTolerances:
     grad_rtol: theta-critical iff ||grad_theta f|| <= grad_rtol * that scale (exact float64 points give
         ~1e-14; training checkpoints need ~1e-3).
     grad_l_rtol: grad ell(A) = 0 iff grad_l_norm <= grad_l_rtol.
+    gap_rtol: global_min also needs the gap to ell* within this: convex_gap <= gap_rtol * gap_scale,
+        gap_scale = max(|ell*|, ell(0) - ell*) (`ConvexReference.gap_scale`, loss units). A small
+        gradient alone does not bound the gap on an ill-conditioned loss (logistic regression with label
+        noise: grad_l_norm <= 1e-3 at a relative gap 1.6e-3); such points are `near_global`.
     eig_rtol: strict saddle iff lambda_min(Hessian) < -eig_rtol * rho (rho = spectral radius).
     curvature_rtol: a certificate direction u (unit) has negative curvature iff u^T Hess u <
         -curvature_rtol * rho (rho from the Hessian, else g0 * max(1, ||A||_F)^((H-2)/H)).
@@ -60,6 +64,7 @@ class ConvexTolerances:
     """
     grad_rtol: float = 1e-6
     grad_l_rtol: float = 1e-6
+    gap_rtol: float = 1e-9
     eig_rtol: float = 1e-9
     curvature_rtol: float = 1e-9
     fibre_step: float = 1e-3
@@ -87,7 +92,9 @@ class WidthReport:
     """The width condition of the theorem for dims [d_0, ..., d_H].
 
     holds: every hidden width d_h >= bound = min(d_0, d_H); r_max = min(dims) (the largest product rank);
-    bottlenecks: ((h, d_h), ...) the hidden layers with d_h < bound; message: one line for logs.
+    bottlenecks: ((h, d_h), ...) the hidden layers with d_h < bound; ridge: the largest parameter ridge
+    lambda of the run; applies: the theorem applies (the width condition holds and lambda = 0), so all
+    local minima are global; message: one line for logs, saying whether the theorem applies and if not why.
     """
     holds: bool
     dims: tuple[int, ...]
@@ -95,30 +102,45 @@ class WidthReport:
     r_max: int
     bottlenecks: tuple[tuple[int, int], ...]
     message: str
+    ridge: float = 0.0
+    applies: bool = True
 
 
-def width_condition(dims: Sequence[int]) -> WidthReport:
-    """Check Laurent & von Brecht's width condition.
+def width_condition(dims: Sequence[int], ridge: float = 0.0) -> WidthReport:
+    """Check Laurent & von Brecht's width condition, and whether their theorem applies.
 
     Args:
         dims: [d_0, d_1, ..., d_H] (input, hidden widths, output), H >= 1.
+        ridge: the largest parameter ridge lambda of the run (of lambda ||theta||^2; any value of a
+            schedule). lambda > 0 puts the objective outside the theorem: it is not a function of the
+            product (docs/theory.md §8, "Two ridges"). A product ridge mu ||A||^2 stays inside: not here.
 
     Returns:
-        WidthReport (holds, bound, r_max, bottlenecks, message).
+        WidthReport (holds, applies, bound, r_max, bottlenecks, message).
     """
     dims = tuple(int(d) for d in dims)
     if len(dims) < 2 or min(dims) < 1:
         raise ValueError(f"dims must be [d_0, ..., d_H] with H >= 1 and every d_h >= 1, got {list(dims)}")
+    ridge = float(ridge)
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be a number >= 0, got {ridge}")
     bound = min(dims[0], dims[-1])
     bn = tuple((h, d) for h, d in enumerate(dims[1:-1], start=1) if d < bound)
-    if not bn:
+    outside = (f"the parameter ridge lambda ||theta||^2 (lambda up to {ridge:g}) is not a function of the "
+               f"product (minima of different ranks can exist, docs/theory.md §8)")
+    if not bn and not ridge:
         msg = (f"width condition holds (every hidden width >= min(d_0, d_H) = {bound}): "
-               f"all local minima are global, with value ell*")
+               f"all local minima are global, with value ell* (Laurent & von Brecht)")
+    elif not bn:
+        msg = (f"width condition holds (every hidden width >= min(d_0, d_H) = {bound}), but Laurent & von "
+               f"Brecht's theorem does not apply: {outside}")
     else:
         where = ", ".join(f"layer h={h} (d_{h}={d})" for h, d in bn)
-        msg = (f"width condition fails: bottleneck at {where} < min(d_0, d_H) = {bound}; products have rank "
-               f"<= r_max = {min(dims)}, the rank-constrained optimum is unknown (ell* is a lower bound)")
-    return WidthReport(holds=not bn, dims=dims, bound=bound, r_max=min(dims), bottlenecks=bn, message=msg)
+        msg = (f"width condition fails: bottleneck at {where} < min(d_0, d_H) = {bound}, so Laurent & von "
+               f"Brecht's theorem does not apply: products have rank <= r_max = {min(dims)}, the "
+               f"rank-constrained optimum is unknown (ell* is a lower bound)" + (f"; and {outside}" if ridge else ""))
+    return WidthReport(holds=not bn, dims=dims, bound=bound, r_max=min(dims), bottlenecks=bn, message=msg,
+                       ridge=ridge, applies=not bn and not ridge)
 
 
 @dataclass
@@ -133,6 +155,8 @@ class ConvexReference:
     evidence: one line saying why (the recession LP's margins, strong convexity, ...);
     direction: the recession direction D (ell(A + tD) decreases for every A) when no_minimiser;
     X, targets: float64 inputs and canonical targets, reused by the labels.
+    gap_scale: max(|ell*|, ell(0) - ell*) (1 when both are 0), the loss scale `gap_rtol` is relative to:
+        the gap at the zero product, or ell* itself when that is larger.
     """
     loss: Loss
     product_ridge: float
@@ -148,12 +172,14 @@ class ConvexReference:
     X: torch.Tensor
     targets: torch.Tensor
     direction: torch.Tensor | None = None
+    gap_scale: float = 1.0
 
 
-def _grad_scale(loss: Loss, X: torch.Tensor, T: torch.Tensor, d_out: int) -> float:
-    _, g = product_value_grad(loss, torch.zeros(d_out, X.shape[1], dtype=F64), X, T)
+def _at_zero(loss: Loss, X: torch.Tensor, T: torch.Tensor, d_out: int, mu: float) -> tuple[float, float]:
+    """(ell(0), g0 = ||grad ell(0)||_F, or 1 when that is 0)."""
+    v, g = product_value_grad(loss, torch.zeros(d_out, X.shape[1], dtype=F64), X, T, mu)
     g0 = float(torch.linalg.matrix_norm(g))
-    return g0 if g0 > 0 else 1.0  # A = 0 is already optimal: any scale keeps the tests meaningful
+    return float(v), (g0 if g0 > 0 else 1.0)  # A = 0 is already optimal: any scale keeps the tests meaningful
 
 
 def _recession_lp(R: np.ndarray | csr_matrix, R_eq: np.ndarray | None, row_l1: float):
@@ -293,8 +319,8 @@ def convex_reference(loss: Loss, X, Y, product_ridge: float = 0.0, *, d_out: int
     if X.ndim != 2 or X.shape[0] != T.shape[0]:
         raise ValueError(f"X must be (m, d_in) with the m rows of Y, got {tuple(X.shape)} and {tuple(T.shape)}")
     d_out, d_in = T.shape[1], X.shape[1]
-    g0 = _grad_scale(loss, X, T, d_out)
     mu = float(product_ridge)
+    ell0, g0 = _at_zero(loss, X, T, d_out, mu)
 
     def fun(a: np.ndarray):
         v, g = product_value_grad(loss, torch.from_numpy(a).view(d_out, d_in), X, T, mu)
@@ -327,4 +353,5 @@ def convex_reference(loss: Loss, X, Y, product_ridge: float = 0.0, *, d_out: int
                            grad_norm=gn, grad_scale=g0, converged=loss.smooth and gn <= tol.ref_gtol,
                            no_minimiser=nomin, evidence=ev, n_iter=int(res.nit) + n_newton,
                            seconds=time.perf_counter() - t0, X=X, targets=T,
-                           direction=None if D is None else torch.as_tensor(D, dtype=F64))
+                           direction=None if D is None else torch.as_tensor(D, dtype=F64),
+                           gap_scale=max(abs(float(value)), ell0 - float(value)) or 1.0)
