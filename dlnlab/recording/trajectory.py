@@ -63,7 +63,7 @@ class TrajectoryHook(Hook):
     tb_tags = TB_TAGS
 
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
-                 near: bool = True, text_members: int = 8, members: int = 16):
+                 near: bool = True, text_members: int = 8, members: int = 16, midpoint_window: float = 0.1):
         self.every, self.curv_every = every_records, curvature_every
         # curvature for the first `members` members only: a Lanczos run per member and record costs
         # too much for a large ensemble (the others get NaN, as diverged members do); the projection,
@@ -79,8 +79,10 @@ class TrajectoryHook(Hook):
         self.staircase: pd.DataFrame | None = None   # set by on_end
         self.paper_scale = 1.0
         self.text_members = text_members   # members listed in the TensorBoard text (record.tb_members)
-        # each plateau visit's midpoint weights, for a lam_min there when no curvature record is (§6)
+        # each plateau visit's midpoint weights, for a lam_min there when no curvature record is
+        # within midpoint_window x its records of the midpoint (docs/theory.md §6)
         self.visits: PlateauVisits | None = None
+        self.midpoint_window = float(midpoint_window)
 
     def state_dict(self) -> dict:
         """Counters, the staircase rows and the warm start: a resumed run labels, measures and starts
@@ -207,14 +209,16 @@ class TrajectoryHook(Hook):
 
     def _midpoints(self, ended: list) -> None:
         """lam_min, lam_max at the kept record nearest each ended visit's midpoint, into the staircase
-        rows (not the run table: that record has passed), unless a curvature record is as near. Cold
+        rows (not the run table: that record has passed), unless a curvature record is within
+        midpoint_window x the visit's records of the midpoint, or as near as the kept one. Cold
         Lanczos starts: the warm start of the curvature records, hence their numbers, stay as they were."""
         todo = []
         for k, v in ended:
             mid = (len(v.rows) - 1) // 2
             pos, ws = v.nearest()
-            have = [p for p, r in enumerate(v.rows) if math.isfinite(self.rows[r]["lam_min"])]
-            if not have or min((abs(p - mid), p) for p in have) > (abs(pos - mid), pos):
+            have = [(abs(p - mid), p) for p, r in enumerate(v.rows) if math.isfinite(self.rows[r]["lam_min"])]
+            near = min(have) if have else None
+            if near is None or (near[0] > self.midpoint_window * len(v.rows) and near > (abs(pos - mid), pos)):
                 todo.append((v.rows[pos], ws))
         if not todo:
             return

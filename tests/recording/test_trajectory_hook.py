@@ -52,7 +52,7 @@ def test_default_columns(default_run):
     assert ((df.tight_margin >= 0) & (df.tight_margin <= 1 + 1e-12)).all()
 
 
-@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5",
+@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5", "classify.midpoint_window=0.7",
                                       "classify.near_members=0"])
 def test_config_validation(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
