@@ -56,19 +56,20 @@ def test_the_tour_says_how_to_reach_the_commands():
 
 @pytest.mark.timeout(600)
 def test_the_notebook_and_units_snippets_run(tmp_path, monkeypatch):
-    """The notebook snippet (a short run) and the units snippet (checkpoint, task, classify, plateaus)."""
+    """The notebook snippet (a short run) and the units snippet (classify_checkpoint, task, plateaus): the
+    checkpoint's labels are the run table's final row, in lab units."""
     monkeypatch.chdir(tmp_path)
     notebook = next(b for b in blocks("python") if "from dlnlab import compose, run" in b)
-    units = next(b for b in blocks("python") if "checkpoints/last.pt" in b)
+    units = next(b for b in blocks("python") if "classify_checkpoint(run_dir)" in b)
     ns: dict = {}
     exec(notebook.replace('"optim.steps=2000"', '"optim.steps=300"'), ns)
     exec(units, ns)
     task, c, final = ns["task"], ns["c"], ns["final"]
     assert task.paper_scale == 64  # m samples of the default regression
-    # the same point in both units: the run table's loss (lab) x paper_scale = classify's loss (paper)
-    assert abs(final["loss"] * task.paper_scale - c.loss) <= 1e-8 * c.loss
-    assert abs(final["paper_loss"] - c.loss) <= 1e-8 * c.loss
+    for col in ("step", "label", "S", "nearest_S", "near_label", "loss", "nearest_value", "classify_grad_norm"):
+        assert c[col] == final[col], col   # the run's own labels, bit for bit
+    # the same point in both units: the run table's loss (lab) x paper_scale = its paper_loss
+    assert abs(final["loss"] * task.paper_scale - final["paper_loss"]) <= 1e-12 * final["paper_loss"]
     plateaus = ns["plateaus"]
     assert plateaus.iloc[0] == pytest.approx(85.0)  # sum of the teacher's s_i^2 (lab units), tr(Syy)/m
-    assert ns["lab"] == pytest.approx(c.nearest_value / 64) and ns["lab"] == pytest.approx(85.0)
-    assert c.loss == pytest.approx(64 * final["loss"])  # 5440 (paper) = 64 x 85 (lab)
+    assert c.nearest_value == pytest.approx(85.0) and ns["paper"] == pytest.approx(64 * 85.0)  # 5440 = 64 x 85

@@ -1,34 +1,38 @@
-"""`dlnlab-classify PATH [--hessian]`: label a saved checkpoint (a run folder means its last.pt).
+"""`dlnlab-classify PATH [--step N] [--hessian]`: label a saved checkpoint (a run folder means its newest:
+last.pt at the end of a run).
 
-The task's data and loss are rebuilt from the run's config, and the labels are those the run's hooks
-gave: Theorem 7 with the run's `classify.*` tolerances under the square loss, the labels of Laurent &
-von Brecht's theorem (docs/theory.md §8, with the convex hook's training tolerances) under any other
-loss, first and second order under ridge or a partially observed completion. Loss-like values are
-printed in both units: "paper" = the landscape paper's loss, the SUM over samples (or observed
-entries), and "lab" = the run's loss (the mean) = paper / task.paper_scale.
+A thin front of `dlnlab.experiments.checkpoint_labels.classify_checkpoint`: the run's own hooks,
+built from its config (its task, loss and `classify.*` tolerances), label the checkpoint, so every
+label and value printed is the run table's for that record: Theorem 7 under the square loss, the
+labels of Laurent & von Brecht's theorem (docs/theory.md §8) under any other loss, first and second
+order under ridge or a partially observed completion. Loss-like values are printed in both units:
+"paper" = the landscape paper's loss, the SUM over samples (or observed entries), and "lab" = the
+run's loss (the mean) = paper / task.paper_scale.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
+from dlnlab.experiments.checkpoint_labels import (
+    CheckpointNotFound,
+    load_checkpoint,
+    record_frame,
+    replay_checkpoint,
+)
+from dlnlab.experiments.config import ConfigError
+from dlnlab.recording.classifier import ClassifierHook, tolerances_from_config
+from dlnlab.recording.convex import convex_tolerances
 
-from dlnlab.experiments.build import build_loss, build_task
-from dlnlab.recording.classifier import tolerances_from_config
-from dlnlab.recording.convex import TRAINING_CONVEX_TOLERANCES
-from dlnlab.runfolder import CHECKPOINTS_DIR, LAST_CHECKPOINT
-from dlnlab.tasks import with_loss
-from dlnlab.theory.convex.labels import ConvexLabeller
-from dlnlab.theory.convex.reference import convex_reference
-from dlnlab.theory.ridge.labels import classify as ridge_classify
-from dlnlab.theory.square.classify import classify
-from dlnlab.train import Schedule
-
-# Classification fields that are losses (or their gradient), printed in paper and lab units
-_LOSS_FIELDS = ("loss", "critical_value", "nearest_value", "grad_norm", "grad_tol")
+# run-table columns in lab loss units (printed also in paper units: x task.paper_scale)
+_LAB_FIELDS = ("loss", "critical_value", "nearest_value", "lam_min", "lam_max")
+# run-table columns in paper units (the classifier's gradient of the summed loss)
+_PAPER_FIELDS = ("classify_grad_norm",)
+# the Theorem 7 hook's and the trajectory hook's columns, in the order printed (docs/columns.md)
+_THEOREM7_COLUMNS = ("label_reason", "r", "loss", "critical_value", "nearest_S", "nearest_value",
+                     "classify_grad_norm", "grad_norm", "near_label", "near_S", "near_dist", "tight_margin",
+                     "lam_min", "lam_max", "lam_converged")
+_CONVEX_COLUMNS = ("convex_reason", "loss", "convex_gap", "grad_l_norm", "grad_norm")
 # mode-table columns shown for ridge / partial-completion labels (dlnlab.theory.ridge.modes.mode_table)
 _MODE_COLUMNS = ("mode", "y", "threshold", "s", "s_on", "s_barrier", "barrier_height", "state", "could_switch_off")
 
@@ -36,24 +40,6 @@ _MODE_COLUMNS = ("mode", "y", "threshold", "s", "s_on", "s_barrier", "barrier_he
 def _fail(msg: str) -> None:
     print(f"dlnlab-classify: error: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
-def _load(path: Path):
-    if path.is_dir():
-        path = path / CHECKPOINTS_DIR / LAST_CHECKPOINT
-    if not path.is_file():
-        _fail(f"no checkpoint at {path}")
-    try:
-        ck = torch.load(path, weights_only=True)
-        return path, ck, OmegaConf.create(ck["config"])
-    except Exception as e:  # noqa: BLE001
-        _fail(f"{path} is not a dlnlab checkpoint: {e}")
-
-
-def _ridge_schedule(cfg):
-
-    o = cfg.optim
-    return Schedule(o.ridge, o.milestones, o.ridge_values, o.cycle)
 
 
 def _fmt(v) -> str:
@@ -64,11 +50,17 @@ def _print_field(key: str, v) -> None:
     print(f"    {key:30s} {_fmt(v)}")
 
 
-def _print_theorem7(res: dict, scale: float) -> None:
-    for key, v in res.items():
-        if key in ("label", "S") or v in (None, ""):
+def _print_row(row, columns, scale: float) -> None:
+    """A member's run-table columns; loss-like ones in paper and lab units (hessian_min_eig: the
+    paper Hessian's smallest eigenvalue = lam_min x task.paper_scale)."""
+    for key in columns:
+        v = row.get(key)
+        if v is None or v == "" or (isinstance(v, float) and v != v):   # NaN: not computed or not critical
             continue
-        if key in _LOSS_FIELDS and isinstance(v, float):
+        if key in _LAB_FIELDS and isinstance(v, float):
+            name = "hessian_min_eig" if key == "lam_min" else key
+            print(f"    {name:30s} paper {v * scale:.10g}   lab {v:.10g}")
+        elif key in _PAPER_FIELDS and isinstance(v, float):
             print(f"    {key:30s} paper {v:.10g}   lab {v / scale:.10g}")
         else:
             _print_field(key, v)
@@ -97,78 +89,67 @@ def _print_ridge(p) -> None:
         _print_modes(p.modes)
 
 
-def _convex(task, weights, n: int) -> None:
-    """Laurent & von Brecht's labels of the first n members (as the convex hook's last record)."""
-    data = task.convex_data()
-    if data is None:
-        _fail(f"loss={task.loss_name} on task={task.name}: no convex reference (regression data only)")
-    X, T = data
-    tol = TRAINING_CONVEX_TOLERANCES
-    ref = convex_reference(task.objective, X.double(), T.double(), task.product_ridge, d_out=task.d_out,
-                           tolerances=tol)
-    dims = [weights[0].shape[-1]] + [w.shape[-2] for w in weights]
-    labels = ConvexLabeller(ref, dims, tol).label([w[:n].double() for w in weights], hessian=True)
-    print(f"units: lab (the run's loss, loss={task.loss_name}); convex reference ell* = {ref.value:.10g}"
-          + (" (an infimum: ell has no minimiser)" if ref.no_minimiser else ""))
+def _print_convex(df, cfg, loss_name: str, members: int) -> None:
+    tol = convex_tolerances((cfg.get("classify") or {}).get("convex_gap_rtol"))  # the run's, as its hook had
+    print(f"units: lab (the run's loss, loss={loss_name}); convex_gap = loss - ell* (the convex reference)")
     print(f"tolerances (the convex hook's): grad_rtol={tol.grad_rtol:g}, grad_l_rtol={tol.grad_l_rtol:g}, "
           f"gap_rtol={tol.gap_rtol:g}")
-    for k, c in enumerate(labels):
-        print(f"member {k}: {c.label} (loss={task.loss_name}: Laurent & von Brecht, not Theorem 7)")
-        for key, v in c.to_dict().items():
-            if key != "label" and v not in (None, ""):
-                _print_field(key, v)
+    for k, row in df.head(members).iterrows():
+        print(f"member {k}: {row['convex_label']} (loss={loss_name}: Laurent & von Brecht, not Theorem 7)")
+        for key in _CONVEX_COLUMNS:
+            if row.get(key) not in (None, ""):
+                _print_field(key, row[key])
+
+
+def _print_ridge_members(df, hooks, task, ridge: float, members: int) -> None:
+    data = task.landscape_data()
+    clf = next((h for h in hooks if isinstance(h, ClassifierHook)), None)
+    points = clf.ridge_points if clf is not None else []
+    print(f"units: lab (the run's loss, mean over {task.n_samples} samples, plus ridge "
+          f"lambda = {ridge:g} * ||theta||^2); paper = lab * {float(task.paper_scale):g} without the ridge term")
+    why = "partially observed completion" if data is None else f"ridge lambda = {ridge:g}"
+    for k, row in df.head(members).iterrows():
+        print(f"member {k}: {row.get('label') or 'unlabelled'} ({why}: first and second order, not Theorem 7)")
+        if k < len(points) and points[k] is not None:
+            _print_ridge(points[k])
+
+
+def _print_theorem7_members(df, cfg, task, members: int) -> None:
+    scale = float(task.paper_scale)
+    tol = tolerances_from_config(cfg.get("classify"))
+    print(f"units: paper = sum over the {task.n_samples} samples (the landscape paper's loss); "
+          f"lab = the run's loss (mean) = paper / {scale:g}")
+    print("tolerances (run config classify.*): " + ", ".join(
+        f"{k}={getattr(tol, k):g}" for k in ("grad_rtol", "rank_rtol", "rank_band", "gamma_tol")))
+    for k, row in df.head(members).iterrows():
+        print(f"member {k}: {row['label']}  S = {row['S'] or row['nearest_S'] + ' (nearest)'}")
+        _print_row(row, _THEOREM7_COLUMNS, scale)
 
 
 def main(argv=None) -> None:
-    """`dlnlab-classify PATH [--hessian]`: print the label of a checkpoint (see the module's docstring)."""
+    """`dlnlab-classify PATH [--step N] [--hessian]`: print the labels of a checkpoint (see the module)."""
     ap = argparse.ArgumentParser(prog="dlnlab-classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("path", help="a checkpoint .pt, or a run folder (its checkpoints/last.pt)")
-    ap.add_argument("--hessian", action="store_true", help="also compute the Hessian's smallest eigenvalue")
-    ap.add_argument("--members", type=int, default=8, help="label at most this many ensemble members")
+    ap.add_argument("path", help="a run folder (its newest checkpoint), or a checkpoint .pt in it")
+    ap.add_argument("--step", type=int, default=None, help="the checkpoint at this step (a run folder's)")
+    ap.add_argument("--hessian", action="store_true", help="also the Hessian's extreme eigenvalues")
+    ap.add_argument("--members", type=int, default=8, help="print at most this many ensemble members")
     args = ap.parse_args(argv)
-    path, ck, cfg = _load(Path(args.path))
-
-
-    lc = cfg.get("loss")
     try:
-        task = with_loss(build_task(cfg.task), build_loss(lc), lc.product_ridge if lc is not None else 0.0)
-    except ValueError as e:  # ConfigError, DataError, LossError
-        _fail(f"the run's task or loss cannot be rebuilt: {e}")
-    weights = ck["weights"]
-    E = weights[0].shape[0]
+        ck = load_checkpoint(args.path, args.step)
+        rec, hooks = replay_checkpoint(ck, curvature=args.hessian)
+    except (CheckpointNotFound, ConfigError, ValueError) as e:  # ConfigError, DataError, LossError
+        _fail(str(e))
+    df = record_frame(rec)
+    task, cfg = ck.task, ck.config
+    print(f"{ck.path}  step {ck.step}  dims {[int(ck.weights[0].shape[-1])] + [int(w.shape[-2]) for w in ck.weights]}"
+          f"  members {len(df)}")
     if not task.square_loss:
-        print(f"{path}  step {ck['step']}  dims {ck['dims']}  members {E}")
-        _convex(task, weights, min(E, args.members))
-        return
-    schedule = _ridge_schedule(cfg)
-    # the weights of step s were made by the step s - 1 took, under that step's lambda
-    ridge = schedule(max(int(ck["step"]) - 1, 0))
-    data = task.landscape_data()
-    theorem7 = data is not None and not any(schedule.values)   # as the classifier hook decides
-    scale = float(task.paper_scale)
-    print(f"{path}  step {ck['step']}  dims {ck['dims']}  members {E}")
-    if theorem7:
-        tol = tolerances_from_config(cfg.get("classify"))
-        print(f"units: paper = sum over the {task.n_samples} samples (the landscape paper's loss); "
-              f"lab = the run's loss (mean) = paper / {scale:g}")
-        print("tolerances (run config classify.*): " + ", ".join(
-            f"{k}={getattr(tol, k):g}" for k in ("grad_rtol", "rank_rtol", "rank_band", "gamma_tol")))
+        _print_convex(df, cfg, task.loss_name, args.members)
+    elif "S" in df.columns:
+        _print_theorem7_members(df, cfg, task, args.members)
     else:
-        print(f"units: lab (the run's loss, mean over {task.n_samples} samples, plus ridge "
-              f"lambda = {ridge:g} * ||theta||^2); paper = lab * {scale:g} without the ridge term")
-    for k in range(min(E, args.members)):
-        ws = [w[k] for w in weights]
-        if theorem7:
-            res = classify(ws, *data, tolerances=tol, hessian=args.hessian).to_dict()
-            print(f"member {k}: {res['label']}  S = {res['S'] or res['nearest_S'] + ' (nearest)'}")
-            _print_theorem7(res, scale)
-        else:
-
-            p = ridge_classify([w.double() for w in ws], task, ridge)
-            why = "partially observed completion" if data is None else f"ridge lambda = {ridge:g}"
-            print(f"member {k}: {p.label} ({why}: first and second order, not Theorem 7)")
-            _print_ridge(p)
+        _print_ridge_members(df, hooks, task, rec.ridge, args.members)
 
 
 if __name__ == "__main__":

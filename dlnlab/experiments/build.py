@@ -151,7 +151,8 @@ def build_hooks(cfg, out_dir, extra: Sequence[Hook] = ()) -> list[Hook]:
                                     ridge_tolerances=label_tolerances(cfg) if hasattr(cfg, "jumps") else None))
         if c.near or c.curvature_every:
             hooks.append(TrajectoryHook(c.every_records, c.curvature_every, c.full_max_params, c.near,
-                                        text_members=r.tb_members, members=c.near_members))
+                                        text_members=r.tb_members, members=c.near_members,
+                                        midpoint_window=c.midpoint_window))
     hooks += list(extra)
     producers = list(hooks)
     if out_dir is not None:

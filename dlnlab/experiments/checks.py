@@ -134,6 +134,7 @@ def check_classify(c) -> None:
     need(c.curvature_every >= 0, "classify.curvature_every", "an integer >= 0 (0: never)", c.curvature_every)
     need(c.full_max_params >= 0, "classify.full_max_params", "an integer >= 0", c.full_max_params)
     need(c.near_members >= 1, "classify.near_members", "an integer >= 1", c.near_members)
+    need(0 <= c.midpoint_window <= 0.5, "classify.midpoint_window", "a fraction in [0, 0.5]", c.midpoint_window)
     need(c.grad_rtol >= 0, "classify.grad_rtol", "a number >= 0", c.grad_rtol)
     need(0 < c.convex_gap_rtol < math.inf, "classify.convex_gap_rtol", "a finite number > 0", c.convex_gap_rtol)
     need(0 < c.rank_rtol < 1, "classify.rank_rtol", "a tolerance in (0, 1)", c.rank_rtol)

@@ -232,6 +232,10 @@ class ClassifyConfig:
     near_members: int = option(
         16,
         "lam_min, lam_max for the first n members of an ensemble only (NaN for the others)")
+    midpoint_window: float = option(
+        0.1,
+        "a plateau visit's curvature record counts as its midpoint's within this fraction of the visit's "
+        "records; else lam_min, lam_max are computed at the midpoint (0: always, unless one is there)")
 
 
 @dataclass

@@ -92,6 +92,9 @@ class ClassifierHook(Hook):
         self.text_members = text_members  # members whose labels go into the TensorBoard text
         self._last_text: list = []   # per member (label, S) at the last text written
         self.latest: list = []  # per member: "label" or "label, S = {..}" at the latest labelled record
+        # per member: the ridge labels' whole result (layer ranks, balance, modes...) at the latest
+        # ridge-labelled record (None: not labelled), for `dlnlab-classify`'s details
+        self.ridge_points: list = []
 
     def on_start(self, trainer) -> None:
         data = trainer.task.landscape_data()
@@ -162,11 +165,13 @@ class ClassifierHook(Hook):
         k_max = min(E, self.ridge_members)
         labels, reasons = [""] * E, [""] * E
         codes = torch.full((E,), float("nan"), dtype=torch.float64)
+        self.ridge_points = [None] * k_max
         for k in range(k_max):
             if not bool(rec.active[k]):
                 continue
             p = ridge_classify([w[k] for w in rec.weights], trainer.task, rec.ridge, tol=self.ridge_tol)
             labels[k], reasons[k], codes[k] = p.label, p.reason, float(LABEL_CODES.get(p.label, -1))
+            self.ridge_points[k] = p
         rec.metrics["label"], rec.metrics["label_reason"], rec.metrics["label_code"] = labels, reasons, codes
         self.latest = labels[:k_max]
         self._text(rec, labels, None)

@@ -16,10 +16,10 @@ import pandas as pd
 
 from dlnlab.theory.square.data import format_S
 
-__all__ = ["StaircaseTolerances", "staircase", "plateau_table", "format_staircase", "staircase_markdown"]
+__all__ = ["StaircaseTolerances", "staircase", "which_plateau", "plateau_table", "format_staircase", "staircase_markdown"]
 
 COLUMNS = ["member", "S", "r", "start_step", "end_step", "steps", "records", "loss", "theory_value",
-           "near_label", "near_dist", "lam_min"]
+           "near_label", "near_dist", "lam_min", "lam_max", "lam_step"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _parse_S(s: Any) -> Sequence[int]:
     return [int(x) for x in s]
 
 
-def _which_plateau(loss: np.ndarray, values: np.ndarray, tol: StaircaseTolerances) -> np.ndarray:
+def which_plateau(loss: np.ndarray, values: np.ndarray, tol: StaircaseTolerances) -> np.ndarray:
     """Index of the plateau each loss lies on, -1 for none (the nearest one if several match)."""
     # the global minimum's value is 0 up to rounding (say 1e-13): not a scale for the floor
     pos = values[values > 1e-9 * max(float(values.max(initial=0.0)), 1e-300)]
@@ -84,8 +84,8 @@ def staircase(table: pd.DataFrame, plateau_values: Any, tol: StaircaseTolerances
 
     Args:
         table: run table with columns step, loss (lab units) and optionally member (default 0),
-            near_label, near_dist (read at the visit's midpoint record; NaN/None if absent), lam_min (at
-            the visit's record nearest the midpoint that has one).
+            near_label, near_dist (read at the visit's midpoint record; NaN/None if absent), lam_min,
+            lam_max (at the visit's record nearest the midpoint that has lam_min).
         plateau_values: see `plateau_table` (in lab units, or paper units with `paper_scale`).
         tol: StaircaseTolerances.
         paper_scale: plateau values are divided by it (task.paper_scale for paper-unit values).
@@ -93,7 +93,8 @@ def staircase(table: pd.DataFrame, plateau_values: Any, tol: StaircaseTolerances
     Returns:
         DataFrame with COLUMNS: S ("{1,2}"), r, start_step / end_step (first and last record on the
         plateau), steps (end - start), records, loss (at the midpoint record), theory_value, and
-        near_label, near_dist, lam_min at the midpoint record, in visit order per member.
+        near_label, near_dist at the midpoint record; lam_min, lam_max at the record nearest it that
+        has them and lam_step, that record's step (NaN if none has); in visit order per member.
     """
     pt = plateau_table(plateau_values, paper_scale)
     values = pt["value"].to_numpy(dtype=float)
@@ -101,7 +102,7 @@ def staircase(table: pd.DataFrame, plateau_values: Any, tol: StaircaseTolerances
     out = []
     for member, g in t.sort_values(["member", "step"]).groupby("member", sort=True):
         g = g.reset_index(drop=True)
-        which = _which_plateau(g["loss"].to_numpy(dtype=float), values, tol)
+        which = which_plateau(g["loss"].to_numpy(dtype=float), values, tol)
         start = 0
         for n in range(1, len(g) + 1):
             if n < len(g) and which[n] == which[start]:
@@ -109,24 +110,26 @@ def staircase(table: pd.DataFrame, plateau_values: Any, tol: StaircaseTolerances
             k, count = which[start], n - start
             if k >= 0 and count >= tol.min_records:
                 mid = g.iloc[start + (count - 1) // 2]
+                lam = _nearest_row(g, start, n, start + (count - 1) // 2, "lam_min")
                 out.append({"member": member, "S": pt["S"][k], "r": int(pt["r"][k]),
                             "start_step": int(g["step"][start]), "end_step": int(g["step"][n - 1]),
                             "steps": int(g["step"][n - 1] - g["step"][start]), "records": count,
                             "loss": float(mid["loss"]), "theory_value": float(values[k]),
                             "near_label": mid.get("near_label"), "near_dist": _num(mid, "near_dist"),
-                            "lam_min": _nearest_num(g, start, n, start + (count - 1) // 2, "lam_min")})
+                            "lam_min": _num(lam, "lam_min"), "lam_max": _num(lam, "lam_max"),
+                            "lam_step": _num(lam, "step")})
             start = n
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _nearest_num(g: pd.DataFrame, lo: int, hi: int, mid: int, key: str) -> float:
-    """g[key] at the record of rows lo..hi-1 nearest to `mid` that has a number (a column computed
-    every few records, as lam_min), NaN if none does."""
+def _nearest_row(g: pd.DataFrame, lo: int, hi: int, mid: int, key: str) -> pd.Series:
+    """The record of rows lo..hi-1 nearest to `mid` (the earlier on a tie) that has a number in `key` (a
+    column computed every few records, as lam_min); an empty row if none does."""
     if key not in g.columns:
-        return float("nan")
+        return pd.Series(dtype=float)
     v = pd.to_numeric(g[key].iloc[lo:hi], errors="coerce").to_numpy(dtype=float)
     ok = np.flatnonzero(np.isfinite(v))
-    return float(v[ok[np.abs(ok + lo - mid).argmin()]]) if ok.size else float("nan")
+    return g.iloc[lo + ok[np.abs(ok + lo - mid).argmin()]] if ok.size else pd.Series(dtype=float)
 
 
 def _num(row: pd.Series, key: str) -> float:

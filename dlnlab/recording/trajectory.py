@@ -13,14 +13,18 @@ near_label, near_S (strings), near_dist (||theta - theta_proj|| / ||theta||, uni
 tight_margin (unit-free, in [0, 1]); every `curvature_every` labelled records (and the last):
 lam_min, lam_max (LAB units: the paper Hessian / task.paper_scale) and lam_converged (1: within the
 Lanczos bound, 0: its last Ritz values after lanczos_restarts cycles), NaN on the other records.
-`rows` keeps (step, member, loss, near_label, near_dist, lam_min) for the staircase, which `on_end`
-turns into `staircase` (one row per plateau visit per member, LAB units; dlnlab.recording.staircase)
-and declares as the TensorBoard text `staircase` (`tb_end_texts`, a markdown table).
+`rows` keeps (step, member, loss, near_label, near_dist, lam_min, lam_max) for the staircase, which
+`on_end` turns into `staircase` (one row per plateau visit per member, LAB units;
+dlnlab.recording.staircase) and declares as the TensorBoard text `staircase` (`tb_end_texts`, a
+markdown table). Every visit gets lam_min, lam_max at (or next to) its midpoint record, computed when
+the visit ends from the weights kept near its running midpoint (dlnlab.recording.midpoints), unless
+a curvature record is as near: in `rows` only, the run table keeps its curvature records as they are.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import pandas as pd
 import torch
@@ -34,7 +38,8 @@ from dlnlab.recording.base import (
     split_columns,
     stack_weights,
 )
-from dlnlab.recording.staircase import staircase, staircase_markdown
+from dlnlab.recording.midpoints import PlateauVisits
+from dlnlab.recording.staircase import plateau_table, staircase, staircase_markdown
 from dlnlab.theory.square.classify import Classifier
 from dlnlab.theory.square.critical import plateau_values
 from dlnlab.theory.square.trajectory import (
@@ -58,7 +63,7 @@ class TrajectoryHook(Hook):
     tb_tags = TB_TAGS
 
     def __init__(self, every_records: int = 1, curvature_every: int = 10, full_max_params: int = 2000,
-                 near: bool = True, text_members: int = 8, members: int = 16):
+                 near: bool = True, text_members: int = 8, members: int = 16, midpoint_window: float = 0.1):
         self.every, self.curv_every = every_records, curvature_every
         # curvature for the first `members` members only: a Lanczos run per member and record costs
         # too much for a large ensemble (the others get NaN, as diverged members do); the projection,
@@ -74,24 +79,33 @@ class TrajectoryHook(Hook):
         self.staircase: pd.DataFrame | None = None   # set by on_end
         self.paper_scale = 1.0
         self.text_members = text_members   # members listed in the TensorBoard text (record.tb_members)
+        # each plateau visit's midpoint weights, for a lam_min there when no curvature record is
+        # within midpoint_window x its records of the midpoint (docs/theory.md §6)
+        self.visits: PlateauVisits | None = None
+        self.midpoint_window = float(midpoint_window)
 
     def state_dict(self) -> dict:
         """Counters, the staircase rows and the warm start: a resumed run labels, measures and starts
         its Lanczos runs exactly where this one would."""
         warm = None if self.warm is None else dataclasses.asdict(self.warm)
         return {"n": self.n, "labelled": self.labelled, "rows": list(self.rows), "warm": warm,
-                "warm_idx": self._warm_idx}
+                "warm_idx": self._warm_idx, "visits": None if self.visits is None else self.visits.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.n, self.labelled, self.rows = int(state["n"]), int(state["labelled"]), list(state["rows"])
         self.warm = None if state["warm"] is None else CurvatureState(**state["warm"])
         self._warm_idx = state["warm_idx"]
+        if self.visits is not None and state.get("visits") is not None:
+            self.visits.load_state_dict(state["visits"])
 
     def on_start(self, trainer) -> None:
         self.paper_scale = float(trainer.task.paper_scale)
         data = trainer.task.landscape_data()
         if data is not None and not any(trainer.ridge_at.values):
             self.clf = Classifier(*data)   # exact tolerances: projected points are critical to 1e-10
+            if self.curv_every:
+                values = plateau_table(plateau_values(self.clf.data), self.paper_scale)["value"]
+                self.visits = PlateauVisits(values, self.members)
 
     def on_record(self, trainer, rec: Record) -> None:
         self.on_records(trainer, [rec])
@@ -185,14 +199,44 @@ class TrajectoryHook(Hook):
         near_label = m.get("near_label") or [""] * E
         nan = [float("nan")] * E
         near_dist = m["near_dist"].tolist() if "near_dist" in m else nan
-        for k, (lo, lab, dist, lam) in enumerate(zip(loss, near_label, near_dist, m["lam_min"].tolist())):
+        base = len(self.rows)
+        for k, (lo, lab, dist, lam, lam_hi) in enumerate(zip(loss, near_label, near_dist, m["lam_min"].tolist(),
+                                                            m["lam_max"].tolist())):
             self.rows.append({"step": rec.step, "member": k, "loss": lo, "near_label": lab or None,
-                              "near_dist": dist, "lam_min": lam})
+                              "near_dist": dist, "lam_min": lam, "lam_max": lam_hi})
+        if self.visits is not None:
+            self._midpoints(self.visits.observe(list(range(base, base + E)), loss, rec.weights))
+
+    def _midpoints(self, ended: list) -> None:
+        """lam_min, lam_max at the kept record nearest each ended visit's midpoint, into the staircase
+        rows (not the run table: that record has passed), unless a curvature record is within
+        midpoint_window x the visit's records of the midpoint, or as near as the kept one. Cold
+        Lanczos starts: the warm start of the curvature records, hence their numbers, stay as they were."""
+        todo = []
+        for k, v in ended:
+            mid = (len(v.rows) - 1) // 2
+            pos, ws = v.nearest()
+            have = [(abs(p - mid), p) for p, r in enumerate(v.rows) if math.isfinite(self.rows[r]["lam_min"])]
+            near = min(have) if have else None
+            if near is None or (near[0] > self.midpoint_window * len(v.rows) and near > (abs(pos - mid), pos)):
+                todo.append((v.rows[pos], ws))
+        if not todo:
+            return
+        stacked = [torch.stack([ws[h] for _, ws in todo]).to(torch.float64) for h in range(len(todo[0][1]))]
+        try:
+            lo, hi, _ = curvature(stacked, self.clf.data, full_max_params=self.full_max_params)
+        except (RuntimeError, torch.linalg.LinAlgError) as e:
+            log.warning("trajectory: no curvature at a plateau's midpoint: %s", e)
+            return
+        for (row, _), a, b in zip(todo, (lo / self.paper_scale).tolist(), (hi / self.paper_scale).tolist()):
+            self.rows[row]["lam_min"], self.rows[row]["lam_max"] = a, b
 
     def on_end(self, trainer, status: str) -> None:
         """The staircase of the rows recorded so far (also after a divergence or an interrupt)."""
         if self.clf is None or not self.rows:
             return
+        if self.visits is not None:   # the visits the end of the run cut short
+            self._midpoints(self.visits.end_all())
         try:
             self.staircase = staircase(pd.DataFrame(self.rows), plateau_values(self.clf.data),
                                        paper_scale=self.paper_scale)

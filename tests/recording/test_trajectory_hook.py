@@ -1,13 +1,20 @@
 """The TrajectoryHook on the default run (docs/columns.md: near_*, tight_margin, lam_*) and the
 staircase.csv written at the end of a square-loss run (docs/theory.md §6)."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dlnlab.analysis.runs import load_run
 from dlnlab.experiments.build import compose, prepare
 from dlnlab.experiments.config import ConfigError
 from dlnlab.experiments.run import run
+from dlnlab.recording.base import Hook
+from dlnlab.recording.midpoints import MIDPOINT_SLOTS, PlateauVisits
+from dlnlab.runfolder import write_status
+from dlnlab.theory import full_hessian
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,7 @@ def test_default_columns(default_run):
     assert ((df.tight_margin >= 0) & (df.tight_margin <= 1 + 1e-12)).all()
 
 
-@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5",
+@pytest.mark.parametrize("override", ["classify.curvature_every=-1", "classify.full_max_params=-5", "classify.midpoint_window=0.7",
                                       "classify.near_members=0"])
 def test_config_validation(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
@@ -98,3 +105,84 @@ def test_depth_two_control_in_the_run_table(tmp_path):
     assert near.sum() >= 10 and (df.lam_min[near] < -0.5).all(), df.lam_min[near].max()
     rows = pd.read_csv(tmp_path / "staircase.csv", dtype={"S": str})
     assert (rows.near_label[rows.r < 4] == "strict_saddle").all() and rows.near_label.iloc[-1] == "global_min"
+
+
+class KeepWeights(Hook):
+    """Every record's weights (float64 copies), to check the staircase against."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_record(self, trainer, rec):
+        self.weights[rec.step] = [w.detach().to(torch.float64).clone() for w in rec.weights]
+
+
+LAM_ATOL = 1e-9   # closed-form-HVP Hessian vs autograd's, both eigvalsh in float64: rounding of O(lam_max = 181)
+
+
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_every_staircase_row_has_the_curvature_at_its_midpoint(tmp_path, ensemble):
+    """Curvature records every 1000th record (the first and the last only): every plateau visit still
+    gets lam_min, lam_max, at its midpoint record (lam_step), equal to an independent float64 Hessian there.
+    Before, the {1}, {1,2}, {1,2,3} rows had lam_min = NaN."""
+    keep = KeepWeights()
+    cfg = compose(["record.progress=off", "record.tensorboard=false", "classify.curvature_every=1000",
+                   f"model.ensemble={ensemble}", "optim.steps=9000"])
+    run(cfg, out_dir=str(tmp_path), extra_hooks=[keep])
+    table = load_run(str(tmp_path))
+    assert table.lam_min.notna().sum() == 2 * ensemble            # the run table's curvature records: as before
+    rows = pd.read_csv(tmp_path / "staircase.csv", dtype={"S": str})
+    for m in range(ensemble):   # every member passes the saddles {}, {1}, {1,2} (the first member {1,2,3} too)
+        assert {"{}", "{1}", "{1,2}"} <= set(rows[rows.member == m].S)
+    task = prepare(cfg)
+    X, Y = (a.to(torch.float64) for a in task.landscape_data())
+
+    def paper_loss(ws):   # the landscape paper's loss, straight from the samples (no statistics)
+        P = ws[0]
+        for w in ws[1:]:
+            P = w @ P
+        return ((X @ P.T - Y) ** 2).sum()
+
+    every = cfg.record.every
+    for _, row in rows.iterrows():
+        assert np.isfinite(row.lam_min) and np.isfinite(row.lam_max), row
+        mid = row.start_step + every * ((row.records - 1) // 2)
+        if row.records < 2 * MIDPOINT_SLOTS:   # every record kept: the midpoint itself
+            assert row.lam_step == mid, row
+        assert abs(row.lam_step - mid) <= every * row.records / (2 * (MIDPOINT_SLOTS - 1)), row
+        ws = [w[int(row.member)] for w in keep.weights[int(row.lam_step)]]
+        eig = torch.linalg.eigvalsh(full_hessian(paper_loss, ws)) / task.paper_scale   # lab units
+        assert abs(row.lam_min - float(eig[0])) <= LAM_ATOL and abs(row.lam_max - float(eig[-1])) <= LAM_ATOL
+
+
+def test_a_long_visit_keeps_a_record_near_its_midpoint():
+    """PlateauVisits with 4 slots: a 7-record visit keeps its exact midpoint, a 101-record one a record
+    within 101 / (2 (4 - 1)) of it, with at most 4 copies at any time."""
+    visits = PlateauVisits([85.0, 21.0], members=1, slots=4)
+    ws = lambda n: [torch.full((1, 2, 2), float(n))]   # noqa: E731 - the record's number as its weights
+    losses = [85.0] * 7 + [21.0] * 101 + [50.0]
+    ended = []
+    for n, loss in enumerate(losses):
+        ended += visits.observe([n], [loss], ws(n))
+        assert all(len(v.kept) <= 4 for v in visits.open.values())
+    (_, first), (_, second) = ended
+    assert first.nearest()[0] == 3 and first.nearest()[1][0][0, 0].item() == 3.0
+    pos, w = second.nearest()
+    assert abs(pos - 50) <= 101 / 6 and w[0][0, 0].item() == 7 + pos
+
+
+def test_a_run_resumed_inside_a_plateau_visit_gets_the_same_staircase(tmp_path):
+    """The weights kept near an open visit's midpoint travel in the checkpoint: a run stopped at step
+    2000 (inside the {1} visit, 1200..2600) and resumed writes the staircase of a run never stopped."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(compose(["record.progress=off", "record.tensorboard=false", "classify.curvature_every=1000",
+                 "optim.steps=5000"]), out_dir=str(a))
+    shutil.copytree(a, b)
+    for f in (b / "checkpoints").glob("*.pt"):
+        if f.name != "step_000002000.pt":
+            f.unlink()
+    write_status(b, status="interrupted", step=2000)
+    run(None, resume=str(b))
+    sa, sb = (pd.read_csv(d / "staircase.csv", dtype={"S": str}) for d in (a, b))
+    assert "{1}" in set(sa.S) and sa.lam_min.notna().all()
+    pd.testing.assert_frame_equal(sa, sb, check_exact=True)
