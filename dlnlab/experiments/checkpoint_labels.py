@@ -27,7 +27,13 @@ from omegaconf import OmegaConf
 from dlnlab.experiments.build import build_hooks, build_net, build_trainer, prepare
 from dlnlab.experiments.config import Config
 from dlnlab.recording.base import Record
-from dlnlab.runfolder import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, STEP_CHECKPOINTS, step_checkpoint
+from dlnlab.runfolder import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    STEP_CHECKPOINTS,
+    step_checkpoint,
+)
 
 __all__ = ["CheckpointNotFound", "SavedCheckpoint", "load_checkpoint", "replay_checkpoint", "record_frame", "label_checkpoint", "classify_checkpoint"]
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from dlnlab.analysis.runs import load_run
-from dlnlab.experiments.build import build_hooks, compose, prepare, run_info, width_report
+from dlnlab.experiments.build import (
+    build_hooks,
+    compose,
+    prepare,
+    run_info,
+    width_report,
+)
 from dlnlab.experiments.config import ConfigError
 from dlnlab.experiments.run import run
 from dlnlab.recording.base import Hook
