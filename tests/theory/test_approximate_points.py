@@ -5,6 +5,7 @@ critical point, the point `near_label` is read at."""
 import pytest
 import torch
 
+import dlnlab.theory.square.theorem7 as t7
 from dlnlab.theory.square.classify import TRAINING_TOLERANCES, Classifier, classify
 from dlnlab.theory.square.data import LandscapeData
 from dlnlab.theory.square.points import enumeration_points, random_global_min, saddle_family
@@ -109,3 +110,16 @@ def test_exact_points_keep_their_own_pivots_under_training_tolerances():
 def test_exact_grad_rtol_is_validated():
     with pytest.raises(ValueError, match="exact_grad_rtol"):
         TRAINING_TOLERANCES.with_(exact_grad_rtol=-1.0)
+
+
+def test_no_plateau_critical_point_leaves_the_pivots_ambiguous(monkeypatch):
+    """Where the projection cannot keep the learned modes (a singular core: NaN gradient), the
+    label says so instead of guessing."""
+    def failed(ws, data, r):
+        return [torch.full_like(w, float("nan")) for w in ws], torch.full((ws[0].shape[0],), float("nan"), dtype=F64)
+
+    monkeypatch.setattr(t7, "snap_plateaus", failed)
+    X, Y = teacher_data([3, 2, 1])
+    ws = near_zero_point([X.shape[1], 5, 5, 3], 0.02, seed=3)
+    c = Classifier(X, Y, tolerances=TRAINING_TOLERANCES).classify(ws)
+    assert c.label == "ambiguous" and "no critical point of the plateau keeps" in c.reason
