@@ -60,15 +60,17 @@ def near_zero_point(dims, scale, seed):
 
 
 @pytest.mark.parametrize("H, scale, expected", [(2, 1e-4, "strict_saddle"), (3, 0.02, "nonstrict_saddle"),
-                                                (4, 0.05, "nonstrict_saddle")])
+                                                (4, 0.05, "nonstrict_saddle"), (4, 1e-3, "nonstrict_saddle"),
+                                                (5, 1e-2, "nonstrict_saddle")])
 def test_approximately_critical_point_near_zero_gets_the_plateau_saddle_type(H, scale, expected):
     X, Y = teacher_data([3, 2, 1])
     dims = [X.shape[1]] + [5] * (H - 1) + [3]
     ws = near_zero_point(dims, scale, seed=H)
     clf = Classifier(X, Y, tolerances=TRAINING_TOLERANCES)
     c = clf.classify(ws)
-    g_rel = c.grad_norm / clf.data.tr_syy
-    assert TRAINING_TOLERANCES.exact_grad_rtol < g_rel <= TRAINING_TOLERANCES.grad_rtol
+    # critical to the training tolerance; at scale 1e-3 and H = 4 also to the exact-point one in units
+    # of tr(Syy) (||grad L|| ~ scale^(H-1)), yet nothing in the gradient cancels: not exactly critical
+    assert c.grad_norm <= TRAINING_TOLERANCES.grad_rtol * clf.data.tr_syy
     assert c.label == expected, c.reason
     assert c.S == () and c.reason.startswith("approximately critical: pivots of the plateau's critical point")
     assert c.label == project_to_critical(ws, clf.data).near_label[0]

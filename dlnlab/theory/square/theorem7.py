@@ -219,14 +219,15 @@ def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, produ
 
 def _pivots(prep: PreparedData, fo: _FirstOrder, pr: ProductRank, masks: dict, fro: list, dims: list,
             floor_rtol: float, eps: float, singular_values: dict | None) -> PivotTest:
-    """Step 5 for the members in masks["piv"]: an exactly critical member (gradient within the
-    exact-point tolerance `exact_grad_rtol`) on its own pivots; an approximately critical one on the
+    """Step 5 for the members in masks["piv"]: an exactly critical member (`_exactly_critical`,
+    tolerance `exact_grad_rtol`) on its own pivots; an approximately critical one on the
     pivots of the critical point of its plateau S = {1..r} (docs/theory.md §6: numerical ranks of a
     point that is not critical say nothing about its pivots), `plateau_point.snap_plateaus`, the
     point `near_label` is read at. Sets masks["approx"] and masks["proj_bad"] (no such point)."""
-    d, tol, E = prep.data, prep.tol, fo.fine.shape[0]
-    exact_gtol = tol.grad_atol + max(tol.exact_grad_rtol, tol.grad_eps * eps) * d.tr_syy
-    approx = masks["piv"] & ~(fo.gnorm.numpy() <= exact_gtol)
+    d, E = prep.data, fo.fine.shape[0]
+    approx = np.zeros(E, dtype=bool)
+    if masks["piv"].any():
+        approx[masks["piv"]] = ~_exactly_critical(prep, fo, fro, np.nonzero(masks["piv"])[0], eps)
     masks["approx"], masks["proj_bad"] = approx, np.zeros(E, dtype=bool)
     # Lemma 24's ranks ride with the pivot blocks: one batched SVD for a point
     pt = pivot_test(prep, fo.ch, fro, dims, floor_rtol, masks["piv"] & ~approx, pr.r, singular_values,
@@ -252,6 +253,19 @@ def _pivots(prep: PreparedData, fo: _FirstOrder, pr: ProductRank, masks: dict, f
         pt.amb_values.update({int(on[n]): v for n, v in sub.amb_values.items()})
     pt.code = code[masks["piv"]]
     return pt
+
+
+def _exactly_critical(prep: PreparedData, fo: _FirstOrder, fro: list, idx: np.ndarray, eps: float) -> np.ndarray:
+    """(len(idx),) bool: ||grad L||_F <= max(exact_grad_rtol, grad_eps * eps) * |G|_F * (sum_h prod_{k != h}
+    |W_k|_F^2)^{1/2}, G = 2 (P - A) Sxx (docs/theory.md §5 step 5). dL/dW_h is G between the other layers,
+    so at an exact critical point only rounding of that size remains, whatever the weights' scale; a
+    small-init checkpoint has a tiny gradient (eps^{H-1}) but no cancellation in it."""
+    tol, d = prep.tol, prep.data
+    G = 2.0 * ((fo.ch[(len(fro), 1)][torch.from_numpy(idx)] - d.A) @ d.Sxx)
+    norms = [f[idx] for f in fro]
+    others = sum(ordered_prod(norms[:h] + norms[h + 1:]) ** 2 for h in range(len(norms)))
+    scale = torch.linalg.matrix_norm(G).numpy() * np.sqrt(others)
+    return fo.gnorm.numpy()[idx] <= max(tol.exact_grad_rtol, tol.grad_eps * eps) * scale
 
 
 def _exact_prep(prep: PreparedData) -> PreparedData:

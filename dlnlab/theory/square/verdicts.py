@@ -34,10 +34,12 @@ class Tolerances:
         tr(Syy) = the loss at W = 0). Exact float64 points give ~1e-13 * tr(Syy); for training
         checkpoints use ~1e-2 (docs/theory.md §5 "training checkpoints").
     exact_grad_rtol: a point that passes the gradient test is *exactly* critical iff also ||grad L||_F <=
-        grad_atol + max(exact_grad_rtol, grad_eps * eps) * tr(Syy) (the exact-point default of
-        grad_rtol). A point critical only to grad_rtol that reaches the pivot test gets the pivots of
-        the critical point of its plateau S = {1..r} (docs/theory.md §5 step 5, §6): numerical ranks of
-        a point that is not critical say nothing about its pivots. Exact points keep their own pivots.
+        max(exact_grad_rtol, grad_eps * eps) * |G|_F * (sum_h prod_{k != h} |W_k|_F^2)^{1/2},
+        G = 2 (P - A) Sxx: the gradient is zero up to rounding of the size of the terms it is made
+        of, whatever the weights' scale. A point that is not exactly critical and reaches the pivot
+        test gets the pivots of the critical point of its plateau S = {1..r} (docs/theory.md §5 step
+        5, §6): numerical ranks of a point that is not critical say nothing about its pivots. Exact
+        points keep their own pivots.
     grad_eps: the gradient floor in units of the input dtype's machine epsilon: exact critical points
         rounded to float32 have ||grad L|| up to ~10 eps * tr(Syy) (measured on gauged H = 4 global
         minima), above grad_rtol's 1e-6. No effect for float64 input (100 * 2.2e-16 << 1e-6).
