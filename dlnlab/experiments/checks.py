@@ -136,6 +136,7 @@ def check_classify(c) -> None:
     need(c.near_members >= 1, "classify.near_members", "an integer >= 1", c.near_members)
     need(0 <= c.midpoint_window <= 0.5, "classify.midpoint_window", "a fraction in [0, 0.5]", c.midpoint_window)
     need(c.grad_rtol >= 0, "classify.grad_rtol", "a number >= 0", c.grad_rtol)
+    need(c.exact_grad_rtol >= 0, "classify.exact_grad_rtol", "a number >= 0", c.exact_grad_rtol)
     need(0 < c.convex_gap_rtol < math.inf, "classify.convex_gap_rtol", "a finite number > 0", c.convex_gap_rtol)
     need(0 < c.rank_rtol < 1, "classify.rank_rtol", "a tolerance in (0, 1)", c.rank_rtol)
     need(c.rank_band >= 1 and c.rank_rtol * c.rank_band < 1, "classify.rank_band",

@@ -210,9 +210,13 @@ class ClassifyConfig:
     grad_rtol: float = option(
         TRAINING_TOLERANCES.grad_rtol,
         "critical iff ||grad L|| <= grad_rtol * tr(Syy) (paper loss)")
+    exact_grad_rtol: float = option(
+        TRAINING_TOLERANCES.exact_grad_rtol,
+        "exactly critical iff ||grad L|| <= exact_grad_rtol * the size of its terms; a point critical only to "
+        "grad_rtol gets the pivots of its plateau's critical point (docs/theory.md §5)")
     rank_rtol: float = option(
         TRAINING_TOLERANCES.rank_rtol,
-        "relative numerical-rank threshold of products and pivot blocks")
+        "relative numerical-rank threshold of products (times sqrt(lam_k)) and pivot blocks (times s_1)")
     rank_band: float = option(
         TRAINING_TOLERANCES.rank_band,
         "singular values within a factor rank_band of the threshold: \"ambiguous\"")

@@ -76,12 +76,14 @@ def decided_text(prep: PreparedData, masks: dict, r: np.ndarray, gam, L: np.ndar
     d, tol = prep.data, prep.tol
     decided, piv, code, nmask = masks["decided"], masks["piv"], masks["code"], gam.nmask
     idx = np.nonzero(decided)[0]
+    how = masks["approx"].astype(np.int64) + masks["proj_bad"]   # 0 own pivots, 1 the plateau's, 2 none
     if idx.size == 1:
-        reasons[int(idx[0])] = _reason(int(idx[0]), code, r, piv, nmask, pt)
+        reasons[int(idx[0])] = _reason(int(idx[0]), code, r, piv, nmask, pt, how)
     else:
-        key = np.concatenate([code[:, None], r[:, None], piv[:, None], nmask, pt.loose, pt.amb], 1)[idx]
+        key = np.concatenate([code[:, None], r[:, None], piv[:, None], how[:, None], nmask, pt.loose, pt.amb],
+                             1)[idx]
         _, first, inv = np.unique(key.astype(np.int64), axis=0, return_index=True, return_inverse=True)
-        strs = [_reason(int(idx[n]), code, r, piv, nmask, pt) for n in first.tolist()]
+        strs = [_reason(int(idx[n]), code, r, piv, nmask, pt, how) for n in first.tolist()]
         for e, u in zip(idx.tolist(), inv.reshape(-1).tolist()):
             reasons[e] = strs[u]
     lw = np.abs(L - gam.nearest_value) > tol.value_rtol * d.tr_syy
@@ -107,22 +109,36 @@ def _warnings(prep: PreparedData, e: int, re: int, loss_off: bool, loss: float, 
     return tuple(w)
 
 
-def _reason(e, code, r, piv, nmask, pt) -> str:
-    """The reason of a decided member e."""
+_APPROX = "approximately critical: pivots of the plateau's critical point (docs/theory.md §6): "
+
+
+def _reason(e, code, r, piv, nmask, pt, how) -> str:
+    """The reason of a decided member e (how[e]: 0 its own pivots, 1 its plateau's critical point's,
+    2 that point could not be built)."""
     H, r_max, re, c = pt.H, pt.r_max, int(r[e]), int(code[e])
     S = tuple((np.nonzero(nmask[e])[0] + 1).tolist())
+    if bool(piv[e]) and how[e] == 2:
+        return (f"approximately critical, S = {{1..r}}, r = {re} < r_max = {r_max}, but no critical point of "
+                "the plateau keeps the checkpoint's learned modes (a layer lost one): pivots undecided")
+    if bool(piv[e]) and how[e] == 1:
+        return _APPROX + _pivot_reason(e, c, re, r_max, H, pt)
     if bool(piv[e]):
-        if c == _SS:
-            pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)
-            return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, pivot(s) {pv} not tightened "
-                    "(both blocks of rank > r): strict saddle (Theorem 7.2, Prop. 14)")
-        if c == _AM:
-            return ("S = {1..r}, r < r_max, and whether pivot(s) "
-                    + " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.amb[e].tolist()) if x)
-                    + " are tightened depends on singular values inside the tolerance gap")
-        return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, all {H * (H - 1) // 2} pivots "
-                "tightened: non-strict saddle (Theorem 7.2, Prop. 15/17)")
+        return _pivot_reason(e, c, re, r_max, H, pt)
     if re == r_max:
         return (f"r = r_max = {r_max} and S = {{1..r_max}}: global minimizer (Theorem 7.1)" if c == _GM else
                 f"r = r_max = {r_max} and S = {format_S(S)} != {{1..r_max}}: strict saddle (Theorem 7.1)")
     return f"r = {re} < r_max = {r_max} and S = {format_S(S)} != {{1..r}}: strict saddle (Theorem 7.2)"
+
+
+def _pivot_reason(e, c, re, r_max, H, pt) -> str:
+    """The pivot test's reason for member e (code c, rank re)."""
+    if c == _SS:
+        pv = " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.loose[e].tolist()) if x)
+        return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, pivot(s) {pv} not tightened "
+                "(both blocks of rank > r): strict saddle (Theorem 7.2, Prop. 14)")
+    if c == _AM:
+        return ("S = {1..r}, r < r_max, and whether pivot(s) "
+                + " ".join(f"({i},{j})" for (i, j), x in zip(pt.pivots, pt.amb[e].tolist()) if x)
+                + " are tightened depends on singular values inside the tolerance gap")
+    return (f"S = {{1..r}}, r = {re} < r_max = {r_max}, all {H * (H - 1) // 2} pivots "
+            "tightened: non-strict saddle (Theorem 7.2, Prop. 15/17)")

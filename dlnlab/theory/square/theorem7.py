@@ -26,9 +26,10 @@ import torch
 
 from dlnlab.linalg import finite_members, partial_products
 from dlnlab.theory.square.hessian import hessian_min_eig
-from dlnlab.theory.square.pivots import ordered_prod, pivot_test
+from dlnlab.theory.square.pivots import PivotTest, ordered_prod, pivot_test
+from dlnlab.theory.square.plateau_point import PROJECTION_GRAD_RTOL, snap_plateaus
 from dlnlab.theory.square.reasons import ProductRank, decided_text, undecided_text
-from dlnlab.theory.square.verdicts import LABELS, EnsembleClassification, PreparedData
+from dlnlab.theory.square.verdicts import LABELS, EnsembleClassification, PreparedData, Tolerances
 
 __all__ = ["LABELS", "classify_ensemble"]
 
@@ -160,8 +161,10 @@ def _product_rank(prep: PreparedData, P: torch.Tensor, fro: list, floor_rtol: fl
     fro: [|W_1|_F..|W_H|_F] per member (numpy)."""
     tol, E = prep.tol, P.shape[0]
     s = torch.linalg.svdvals(P @ prep.data.Sxx_half).numpy()
-    s1 = s[:, 0] if s.shape[-1] else np.zeros(E)
-    thr = np.maximum(tol.rank_rtol * np.maximum(s1, prep.sqrt_lam1), floor_rtol * ordered_prod(fro) * prep.sxxh_fro)
+    # at a critical point the non-zero singular values are sqrt(lam_i), i in S, the smallest of them at
+    # least sqrt(lam_k): measured against that, a teacher of wide dynamic range is not "ambiguous"
+    # at its global minimum (docs/theory.md §5 step 2)
+    thr = np.maximum(np.full(E, tol.rank_rtol * prep.sqrt_lam_min), floor_rtol * ordered_prod(fro) * prep.sxxh_fro)
     t, band = thr[:, None], tol.rank_band
     T = np.stack([t, t * band, t / band])   # one comparison and one count for rank, lo and hi
     gt = s > T
@@ -200,9 +203,7 @@ def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, produ
     fro = [torch.linalg.matrix_norm(w).numpy() for w in fo.weights]  # the noise floors: numpy arithmetic
     pr = _product_rank(prep, fo.ch[(H, 1)], fro, floor_rtol)
     masks = _decide(prep, fo, gam, pr, gtol, min(dims))
-    # Lemma 24's ranks ride with the pivot blocks: one batched SVD for a point
-    pt = pivot_test(prep, fo.ch, fro, dims, floor_rtol, masks["piv"], pr.r, singular_values,
-                    lemma=bool(masks["decided"].any()))
+    pt = _pivots(prep, fo, pr, masks, fro, dims, floor_rtol, eps, singular_values)
     masks["code"][masks["piv"]] = pt.code
     reasons, warns = undecided_text(prep, fo, gam, pr, masks, gtol)
     if masks["decided"].any():
@@ -214,6 +215,67 @@ def classify_ensemble(prep: PreparedData, weights: list, eps: float = 0.0, produ
     if fo.redo.any():
         _redo(out, prep, weights, eps, fo.redo, hessian, hessian_method)
     return out
+
+
+def _pivots(prep: PreparedData, fo: _FirstOrder, pr: ProductRank, masks: dict, fro: list, dims: list,
+            floor_rtol: float, eps: float, singular_values: dict | None) -> PivotTest:
+    """Step 5 for the members in masks["piv"]: an exactly critical member (`_exactly_critical`,
+    tolerance `exact_grad_rtol`) on its own pivots; an approximately critical one on the
+    pivots of the critical point of its plateau S = {1..r} (docs/theory.md §6: numerical ranks of a
+    point that is not critical say nothing about its pivots), `plateau_point.snap_plateaus`, the
+    point `near_label` is read at. Sets masks["approx"] and masks["proj_bad"] (no such point)."""
+    d, E = prep.data, fo.fine.shape[0]
+    approx = np.zeros(E, dtype=bool)
+    if masks["piv"].any():
+        approx[masks["piv"]] = ~_exactly_critical(prep, fo, fro, np.nonzero(masks["piv"])[0], eps)
+    masks["approx"], masks["proj_bad"] = approx, np.zeros(E, dtype=bool)
+    # Lemma 24's ranks ride with the pivot blocks: one batched SVD for a point
+    pt = pivot_test(prep, fo.ch, fro, dims, floor_rtol, masks["piv"] & ~approx, pr.r, singular_values,
+                    lemma=bool(masks["decided"].any()))
+    if not approx.any():
+        return pt
+    code = np.full(E, _AM, dtype=np.int64)
+    code[masks["piv"] & ~approx] = pt.code
+    idx = np.nonzero(approx)[0]
+    proj, g = snap_plateaus([w[torch.from_numpy(idx)] for w in fo.weights], d, torch.from_numpy(pr.r[idx]))
+    ok = (g <= PROJECTION_GRAD_RTOL).numpy()   # a layer that lost a learned mode has no such point
+    masks["proj_bad"][idx[~ok]] = True
+    if ok.any():
+        keep = torch.from_numpy(ok)
+        proj, on = [w[keep] for w in proj], idx[ok]
+        # the projected point is exact in float64: it is ranked with the exact-point rank_rtol
+        ep = _exact_prep(prep)
+        sub = pivot_test(ep, partial_products(proj), [torch.linalg.matrix_norm(w).numpy() for w in proj], dims,
+                         ep.tol.rank_floor_rtol, np.ones(on.size, dtype=bool), pr.r[on], None)
+        code[on] = sub.code
+        for name in ("block_ranks", "loose", "amb", "prop4"):
+            getattr(pt, name)[on] = getattr(sub, name)
+        pt.amb_values.update({int(on[n]): v for n, v in sub.amb_values.items()})
+    pt.code = code[masks["piv"]]
+    return pt
+
+
+def _exactly_critical(prep: PreparedData, fo: _FirstOrder, fro: list, idx: np.ndarray, eps: float) -> np.ndarray:
+    """(len(idx),) bool: ||grad L||_F <= max(exact_grad_rtol, grad_eps * eps) * |G|_F * (sum_h prod_{k != h}
+    |W_k|_F^2)^{1/2}, G = 2 (P - A) Sxx (docs/theory.md §5 step 5). dL/dW_h is G between the other layers,
+    so at an exact critical point only rounding of that size remains, whatever the weights' scale; a
+    small-init checkpoint has a tiny gradient (eps^{H-1}) but no cancellation in it."""
+    tol, d = prep.tol, prep.data
+    G = 2.0 * ((fo.ch[(len(fro), 1)][torch.from_numpy(idx)] - d.A) @ d.Sxx)
+    norms = [f[idx] for f in fro]
+    others = sum(ordered_prod(norms[:h] + norms[h + 1:]) ** 2 for h in range(len(norms)))
+    scale = torch.linalg.matrix_norm(G).numpy() * np.sqrt(others)
+    return fo.gnorm.numpy()[idx] <= max(tol.exact_grad_rtol, tol.grad_eps * eps) * scale
+
+
+def _exact_prep(prep: PreparedData) -> PreparedData:
+    """`prep` with the exact-point rank_rtol (Tolerances' default, or the run's if smaller), kept on it."""
+    ep = prep.cache.get("exact_prep")
+    if ep is None:
+        rt = min(prep.tol.rank_rtol, Tolerances().rank_rtol)
+        ep = prep if rt == prep.tol.rank_rtol else PreparedData.of(prep.data, prep.tol.with_(rank_rtol=rt))
+        prep.cache["exact_prep"] = ep
+    return ep
 
 
 def _columns(prep: PreparedData, fo: _FirstOrder, gam: _Gamma, pr: ProductRank, masks: dict, pt, reasons: list,

@@ -30,6 +30,7 @@ from dlnlab.theory.square.lanczos import (
     unit_rows,
 )
 from dlnlab.theory.square.pivots import b1_cores, block_sources, factor_scale
+from dlnlab.theory.square.plateau_point import POLISH_ITERS, PROJECTION_GRAD_RTOL, snap_plateaus
 
 F64 = torch.float64
 NAN = float("nan")
@@ -68,8 +69,8 @@ class TrajectoryTolerances:
     lanczos_seed: int = 0
     lanczos_check_every: int = 3
     max_abs: float = 1e150
-    grad_rtol: float = 1e-10
-    polish_iters: int = 3
+    grad_rtol: float = PROJECTION_GRAD_RTOL
+    polish_iters: int = POLISH_ITERS
 
     def __post_init__(self):
         if self.lanczos_steps < 2 or self.lanczos_restarts < 1 or self.polish_iters < 0:
@@ -281,38 +282,6 @@ def plateau_r(weights: Sequence[Any], data: LandscapeData, r_max: int | None = N
     return (L[:, None] - vals[None, :]).abs().argmin(1)
 
 
-def _snap(ws: list[torch.Tensor], data: LandscapeData, r: int) -> list[torch.Tensor]:
-    """Keep r directions per layer and make the product exactly U_S U_S^T A (S = {1..r}).
-
-    V_0 = an orthonormal basis of the row space of U_S^T A, V_H = U_S (the exact end subspaces of a
-    critical point of S: docs/theory.md §2, Prop. 9 with Z = 0); V_h = orth(W_h V_{h-1}) carries the
-    product's learned modes through the layers. Cores C_h = V_h^T W_h V_{h-1} are the kept parts;
-    the top core is re-solved so that C_H..C_1 = U_S^T A V_0 exactly. Then L' = value(S) and every
-    gradient vanishes: Suf_h^T G has the factor U_S^T U_Q = 0 (h < H), and G Pre_{H-1}^T has
-    U_Q^T Syx V_0 = U_Q^T Sigma U_S (...) = 0.
-    """
-    E, H = ws[0].shape[0], len(ws)
-    if r == 0:
-        return [torch.zeros_like(w) for w in ws]
-    US = data.U[:, :r]
-    V0 = torch.linalg.qr(data.A.T @ US).Q                      # (d_x, r)
-    K = US.T @ data.A @ V0                                     # (r, r): the target core product
-    Vs, cores = [V0.expand(E, -1, -1)], []
-    for h in range(1, H):
-        img = ws[h - 1] @ Vs[-1]                               # (E, d_h, r)
-        Q, R = torch.linalg.qr(img)
-        Vs.append(Q)
-        cores.append(R)                                        # = Q^T W_h V_{h-1}
-    low = cores[0]
-    for C in cores[1:]:
-        low = C @ low                                          # C_{H-1}..C_1
-    # C_H low = K  <=>  low^T C_H^T = K^T
-    CH = torch.linalg.solve(low.transpose(-1, -2), K.T.expand(E, -1, -1)).transpose(-1, -2)
-    out = [Vs[h] @ cores[h - 1] @ Vs[h - 1].transpose(-1, -2) for h in range(1, H)]
-    out.append(US @ CH @ Vs[H - 1].transpose(-1, -2))
-    return out
-
-
 def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: Any = None,
                         label: bool | str = True, tol: TrajectoryTolerances = DEFAULT,
                         classifier: Classifier | None = None) -> Projection:
@@ -335,24 +304,7 @@ def project_to_critical(weights: Sequence[Any], data: Any, r: Any = None, *, Y: 
     ws = _batched(weights)
     E = ws[0].shape[0]
     rr = plateau_r(ws, d) if r is None else _as_r(r, E)
-    proj = [torch.empty_like(w) for w in ws]
-    grad_rel = torch.empty(E, dtype=F64)
-    for rv in sorted(set(rr.tolist())):                        # a few distinct r, not a loop over members
-        idx = (rr == rv).nonzero().squeeze(1)
-        sub = _snap([w[idx] for w in ws], d, rv)
-        g = _grad_rel(sub, d)
-        for _ in range(tol.polish_iters):                      # re-snapping removes rounding residue
-            # only the members that miss: a member's point must not depend on the others
-            bad = (g > tol.grad_rtol).nonzero().squeeze(1)
-            if not bad.numel():
-                break
-            again = _snap([s[bad] for s in sub], d, rv)
-            for s, a in zip(sub, again):
-                s[bad] = a
-            g[bad] = _grad_rel(again, d)
-        for h in range(len(ws)):
-            proj[h][idx] = sub[h]
-        grad_rel[idx] = g
+    proj, grad_rel = snap_plateaus(ws, d, rr, tol.grad_rtol, tol.polish_iters)
     if not bool((grad_rel <= tol.grad_rtol).all()):
         raise RuntimeError(f"projection not critical: max ||grad||/tr(Syy) = {float(grad_rel.max()):.3g} "
                            f"> {tol.grad_rtol:g}")
@@ -391,9 +343,3 @@ def projection_labels(r: torch.Tensor, dims: Sequence[int], data: LandscapeData)
     r_max, H = min(dims), len(dims) - 1
     saddle = "strict_saddle" if H == 2 else "nonstrict_saddle"
     return ["global_min" if v == r_max else saddle for v in r.tolist()]
-
-
-def _grad_rel(ws: list[torch.Tensor], d: LandscapeData) -> torch.Tensor:
-    """(E,) ||grad L||_F / tr(Syy), closed form."""
-    g = SquareLossHVP(ws, d.A, d.Sxx).grad()
-    return sum((x * x).sum((-2, -1)) for x in g).sqrt() / max(d.tr_syy, 1e-300)

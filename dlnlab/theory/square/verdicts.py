@@ -33,11 +33,20 @@ class Tolerances:
         g = max(grad_rtol, grad_eps * eps(input dtype)) (grad over all parameters, paper loss;
         tr(Syy) = the loss at W = 0). Exact float64 points give ~1e-13 * tr(Syy); for training
         checkpoints use ~1e-2 (docs/theory.md §5 "training checkpoints").
+    exact_grad_rtol: a point that passes the gradient test is *exactly* critical iff also ||grad L||_F <=
+        max(exact_grad_rtol, grad_eps * eps) * |G|_F * (sum_h prod_{k != h} |W_k|_F^2)^{1/2},
+        G = 2 (P - A) Sxx: the gradient is zero up to rounding of the size of the terms it is made
+        of, whatever the weights' scale. A point that is not exactly critical and reaches the pivot
+        test gets the pivots of the critical point of its plateau S = {1..r} (docs/theory.md §5 step
+        5, §6): numerical ranks of a point that is not critical say nothing about its pivots. Exact
+        points keep their own pivots.
     grad_eps: the gradient floor in units of the input dtype's machine epsilon: exact critical points
         rounded to float32 have ||grad L|| up to ~10 eps * tr(Syy) (measured on gauged H = 4 global
         minima), above grad_rtol's 1e-6. No effect for float64 input (100 * 2.2e-16 << 1e-6).
-    rank_rtol: relative numerical-rank threshold (see the module docstring). Exact points: any value in
-        1e-12..1e-3 works; for training checkpoints 1e-2.
+    rank_rtol: relative numerical-rank threshold. The product's threshold is rank_rtol * sqrt(lam_k), lam_k
+        the data's smallest non-zero eigenvalue of Sigma (the smallest non-zero singular value of P Sxx^{1/2}
+        at any critical point); a pivot block's is rank_rtol * its s_1 (docs/theory.md §5). Exact points:
+        any value in 1e-12..1e-3 works; for training checkpoints 1e-2.
     rank_floor_rtol: float64 noise floor, relative to the product of the factors' Frobenius norms.
     rank_floor_eps: the same floor in units of the input dtype's machine epsilon (the weights' dtype
         before the float64 conversion): floor = max(rank_floor_rtol, rank_floor_eps * eps). Rounding
@@ -56,6 +65,7 @@ class Tolerances:
     """
     grad_rtol: float = 1e-6
     grad_atol: float = 0.0
+    exact_grad_rtol: float = 1e-6
     grad_eps: float = 100.0
     rank_rtol: float = 1e-6
     rank_floor_rtol: float = 1e-11
@@ -67,8 +77,8 @@ class Tolerances:
     data_rank_rtol: float = 1e-10
 
     def __post_init__(self):
-        for name in ("grad_rtol", "grad_atol", "grad_eps", "rank_floor_rtol", "rank_floor_eps", "value_rtol",
-                     "eig_gap_rtol", "data_rank_rtol"):
+        for name in ("grad_rtol", "grad_atol", "exact_grad_rtol", "grad_eps", "rank_floor_rtol", "rank_floor_eps",
+                     "value_rtol", "eig_gap_rtol", "data_rank_rtol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Tolerances.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.rank_rtol < 1:
@@ -148,14 +158,15 @@ class Classification:
 class PreparedData:
     """A data set and tolerances with the constants Theorem 7 reads at every point, computed once.
 
-    UT: U^T (contiguous); sqrt_lam1: sqrt(lam_1), the product's rank scale; sxy_fro, sxxh_fro: the
+    UT: U^T (contiguous); sqrt_lam_min: sqrt(lam_k), the data's smallest non-zero sqrt(lam_i) (0 when
+    Sxy = 0), the product's rank scale (docs/theory.md §5 step 2); sxy_fro, sxxh_fro: the
     Frobenius norms of Sxy and Sxx^{1/2} (noise floors); sxy_inj / sxy_surj: Sxy has full column /
     row rank (the rank shortcuts of docs/theory.md §5); data_warnings: the failed parts of Assumption 1.
     """
     data: LandscapeData
     tol: Tolerances
     UT: torch.Tensor
-    sqrt_lam1: float
+    sqrt_lam_min: float
     sxy_fro: float
     sxxh_fro: float
     sxy_inj: bool
@@ -179,7 +190,7 @@ class PreparedData:
         """Prepare `data` for classification under `tol`."""
         return cls(
             data=data, tol=tol, UT=data.U.T.contiguous(),
-            sqrt_lam1=math.sqrt(max(float(data.lam[0]), 0.0)) if data.d_y else 0.0,
+            sqrt_lam_min=math.sqrt(max(float(data.lam[data.k - 1]), 0.0)) if data.k else 0.0,
             sxy_fro=float(torch.linalg.matrix_norm(data.Sxy)) if data.Sxy.numel() else 0.0,
             sxxh_fro=float(torch.linalg.matrix_norm(data.Sxx_half)) if data.Sxx_half.numel() else 0.0,
             sxy_inj=data.assumptions.sxy_rank == data.d_y,     # rk B1(i,1) = rk W_H..W_{i+1}
