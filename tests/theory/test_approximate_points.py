@@ -8,7 +8,11 @@ import torch
 import dlnlab.theory.square.theorem7 as t7
 from dlnlab.theory.square.classify import TRAINING_TOLERANCES, Classifier, classify
 from dlnlab.theory.square.data import LandscapeData
-from dlnlab.theory.square.points import enumeration_points, random_global_min, saddle_family
+from dlnlab.theory.square.points import (
+    enumeration_points,
+    random_global_min,
+    saddle_family,
+)
 from dlnlab.theory.square.trajectory import project_to_critical
 
 F64 = torch.float64

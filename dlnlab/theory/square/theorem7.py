@@ -29,7 +29,12 @@ from dlnlab.theory.square.hessian import hessian_min_eig
 from dlnlab.theory.square.pivots import PivotTest, ordered_prod, pivot_test
 from dlnlab.theory.square.plateau_point import PROJECTION_GRAD_RTOL, snap_plateaus
 from dlnlab.theory.square.reasons import ProductRank, decided_text, undecided_text
-from dlnlab.theory.square.verdicts import LABELS, EnsembleClassification, PreparedData, Tolerances
+from dlnlab.theory.square.verdicts import (
+    LABELS,
+    EnsembleClassification,
+    PreparedData,
+    Tolerances,
+)
 
 __all__ = ["LABELS", "classify_ensemble"]
 

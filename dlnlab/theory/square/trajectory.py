@@ -30,7 +30,11 @@ from dlnlab.theory.square.lanczos import (
     unit_rows,
 )
 from dlnlab.theory.square.pivots import b1_cores, block_sources, factor_scale
-from dlnlab.theory.square.plateau_point import POLISH_ITERS, PROJECTION_GRAD_RTOL, snap_plateaus
+from dlnlab.theory.square.plateau_point import (
+    POLISH_ITERS,
+    PROJECTION_GRAD_RTOL,
+    snap_plateaus,
+)
 
 F64 = torch.float64
 NAN = float("nan")
